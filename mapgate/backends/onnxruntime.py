@@ -1,0 +1,53 @@
+"""ONNX Runtime (CPU): ONNX originals (YOLOX), Darknet/TF models converted to ONNX, and
+static-QDQ INT8 models from onnxruntime.quantization."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mapgate.backends.base import Availability, BuildContext, Runner
+from mapgate.manifest import ModelSpec
+from mapgate.optional import require
+
+
+class OrtRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, model: ModelSpec, precision: str | None, ctx: BuildContext) -> None:
+        super().__init__()
+        self.model, self.precision, self.ctx = model, precision or "fp32", ctx
+        self.is_reference = precision is None
+        self.session = None
+
+    def activate_impl(self) -> None:
+        from mapgate.convert import artifact_for
+
+        ort = require("onnxruntime", self.backend)
+        self.artifact = artifact_for(self.model, None if self.is_reference else f"onnxruntime:{self.precision}",
+                                     self.ctx)
+        opts = ort.SessionOptions()
+        self.session = ort.InferenceSession(str(self.artifact), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        assert self.session is not None
+        values = self.session.run(self.output_names, {self.input_name: batch})
+        return dict(zip(self.output_names, values))
+
+    def deactivate_impl(self) -> None:
+        self.session = None
+
+
+class _OrtBackend:
+    name = "onnxruntime"
+    precisions = ("fp32", "int8")
+
+    def availability(self) -> Availability:
+        return Availability.probe(self.name, "onnxruntime", "onnx")
+
+    def runner(self, model: ModelSpec, precision: str | None, ctx: BuildContext) -> Runner:
+        return OrtRunner(model, precision, ctx)
+
+
+BACKEND = _OrtBackend()

@@ -1,0 +1,72 @@
+"""TFLite through ai-edge-litert: TFLite originals (ssd_mobilenet_v1_quant), vendor TFLite
+files of a manifest entry, and TF -> TFLite FP16/INT8 conversions."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mapgate.backends.base import Availability, BuildContext, Runner
+from mapgate.manifest import ModelSpec
+from mapgate.optional import require
+
+
+class TfliteRunner(Runner):
+    backend = "tflite"
+
+    def __init__(self, model: ModelSpec, precision: str | None, ctx: BuildContext) -> None:
+        super().__init__()
+        self.model, self.precision, self.ctx = model, precision or "fp32", ctx
+        self.is_reference = precision is None
+
+    def activate_impl(self) -> None:
+        from mapgate.convert import artifact_for
+
+        litert = require("ai_edge_litert.interpreter", self.backend)
+        self.artifact = artifact_for(self.model, None if self.is_reference else f"tflite:{self.precision}", self.ctx)
+        threads = int(os.environ.get("MAPGATE_TFLITE_THREADS", os.cpu_count() or 1))
+        self.interpreter = litert.Interpreter(model_path=str(self.artifact), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.outputs = self.interpreter.get_output_details()
+
+    def infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self.interpreter.set_tensor(self.input["index"], _quantize(batch, self.input))
+        self.interpreter.invoke()
+        return {o["name"]: _dequantize(self.interpreter.get_tensor(o["index"]), o) for o in self.outputs}
+
+    def deactivate_impl(self) -> None:
+        self.interpreter = None
+
+
+def _quantize(batch: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if batch.dtype == dtype:
+        return batch
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(dtype, np.integer) and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(batch / scale + zero), info.min, info.max).astype(dtype)
+    return batch.astype(dtype)
+
+
+def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    if np.issubdtype(value.dtype, np.integer) and scale:
+        return (value.astype(np.float32) - zero) * np.float32(scale)
+    return value
+
+
+class _TfliteBackend:
+    name = "tflite"
+    precisions = ("fp32", "fp16", "int8")
+
+    def availability(self) -> Availability:
+        return Availability.probe(self.name, "ai_edge_litert")
+
+    def runner(self, model: ModelSpec, precision: str | None, ctx: BuildContext) -> Runner:
+        return TfliteRunner(model, precision, ctx)
+
+
+BACKEND = _TfliteBackend()

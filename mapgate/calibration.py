@@ -1,0 +1,65 @@
+"""INT8 calibration input: the calibration images only, through the model's own preprocessing.
+
+Calibration and evaluation images must never overlap (calibrating on the test set flatters
+INT8); every converter and the TensorRT builder call :func:`check_disjoint` first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from mapgate.dataset import CALIB_DIR, read_image
+from mapgate.errors import ConfigError, DataError
+from mapgate.fsutil import sha256_json
+from mapgate.manifest import ModelSpec
+from mapgate.preprocess import preprocess
+
+_COCO_NAME = re.compile(r"^0*(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
+
+
+def calibration_images(folder: Path = CALIB_DIR, limit: int | None = None) -> list[Path]:
+    """The calibration images in a deterministic (sorted) order."""
+    if not folder.is_dir():
+        raise DataError(f"calibration image folder {folder} does not exist")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not paths:
+        raise DataError(f"calibration image folder {folder} has no .jpg/.png images")
+    return paths[:limit] if limit else paths
+
+
+def image_ids_of(paths: Iterable[Path]) -> list[int]:
+    """COCO image ids from COCO file names (000000000785.jpg -> 785); other names have none."""
+    return [int(m.group(1)) for p in paths if (m := _COCO_NAME.match(p.name))]
+
+
+def calibration_set_hash(paths: Iterable[Path]) -> str:
+    # names + sizes identify COCO images; hashing every JPEG would cost more than it guards.
+    return sha256_json([[p.name, p.stat().st_size] for p in paths])
+
+
+def check_disjoint(calib_ids: Iterable[int], evaluated_ids: Iterable[int], where: str) -> None:
+    """Refuse calibration images that are also evaluated; the error names the overlap."""
+    overlap = sorted(set(calib_ids) & set(evaluated_ids))
+    if overlap:
+        shown = ", ".join(map(str, overlap[:10])) + (" ..." if len(overlap) > 10 else "")
+        raise ConfigError(
+            f"{where}: {len(overlap)} calibration image(s) are also evaluated (image ids {shown}); "
+            "INT8 calibration on the evaluated images would flatter the result. Use a disjoint calibration set."
+        )
+
+
+def calibration_batches(model: ModelSpec, images: list[Path], batch_size: int = 1) -> Iterator[np.ndarray]:
+    """Preprocessed calibration batches, in file order; the last partial batch is dropped."""
+    if batch_size < 1:
+        raise ConfigError(f"calibration batch size must be at least 1, got {batch_size}")
+    batch: list[np.ndarray] = []
+    for path in images:
+        tensor, _ = preprocess(read_image(path), model)
+        batch.append(tensor)
+        if len(batch) == batch_size:
+            yield np.concatenate(batch, axis=0)
+            batch = []

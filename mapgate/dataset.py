@@ -1,0 +1,165 @@
+"""The evaluation data set: the bundled val2017-mini, or a real COCO layout.
+
+Images are streamed one at a time (never all decoded in memory). Nothing is skipped
+silently: a listed image that is missing, undecodable or of a size other than its
+annotation says is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mapgate.errors import DataError
+from mapgate.fsutil import sha256_json
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+BUNDLED_ROOT = FIXTURES / "coco" / "val2017-mini"
+BUNDLED_ANNOTATIONS = BUNDLED_ROOT / "annotations" / "instances_val2017_subset.json"
+CALIB_DIR = FIXTURES / "coco" / "calib-val2017" / "images"
+VAL2017_SIZE = 5000
+MINI_SIZE = 206
+
+
+@dataclass(frozen=True)
+class Sample:
+    image_id: int
+    path: Path
+    image: np.ndarray  # HxWx3 uint8, BGR (OpenCV's order; preprocess converts)
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+class CocoDataset:
+    """A COCO-format image set with its instance annotations.
+
+    ``CocoDataset()`` is the bundled val2017-mini; ``CocoDataset.from_root(DIR)`` reads
+    ``DIR/val2017/*.jpg`` and ``DIR/annotations/instances_val2017.json`` as COCO ships them.
+    ``max_images`` keeps the first N image ids (sorted), so subsets are deterministic.
+    """
+
+    def __init__(self, annotations: Path = BUNDLED_ANNOTATIONS, image_dir: Path = BUNDLED_ROOT / "val2017",
+                 max_images: int | None = None, name: str | None = None) -> None:
+        self.annotations_path = Path(annotations)
+        self.image_dir = Path(image_dir)
+        self.max_images = max_images
+        self._name = name
+        if max_images is not None and max_images < 1:
+            raise DataError(f"--max-images must be at least 1, got {max_images}")
+        if not self.image_dir.is_dir():
+            raise DataError(f"image folder {self.image_dir} does not exist")
+        if not self.annotations_path.is_file():
+            raise DataError(f"annotation file {self.annotations_path} does not exist")
+
+    @classmethod
+    def from_root(cls, root: str | Path, max_images: int | None = None) -> "CocoDataset":
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"COCO root {root} does not exist (expected {root}/val2017/*.jpg and "
+                            f"{root}/annotations/instances_val2017.json)")
+        return cls(root / "annotations" / "instances_val2017.json", root / "val2017", max_images)
+
+    @classmethod
+    def open(cls, coco_root: str | Path | None = None, max_images: int | None = None) -> "CocoDataset":
+        return cls.from_root(coco_root, max_images) if coco_root else cls(max_images=max_images)
+
+    @cached_property
+    def full_gt(self) -> dict[str, Any]:
+        try:
+            with open(self.annotations_path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"annotation file {self.annotations_path} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise DataError(f"annotation file {self.annotations_path}: top level must be an object")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(data.get(key), list):
+                raise DataError(f"annotation file {self.annotations_path}: missing or non-list field '{key}'")
+        for i, img in enumerate(data["images"]):
+            for key in ("id", "file_name", "height", "width"):
+                if key not in img:
+                    raise DataError(f"annotation file {self.annotations_path}: images[{i}] has no field '{key}'")
+        return data
+
+    @cached_property
+    def image_ids(self) -> list[int]:
+        ids = sorted(int(img["id"]) for img in self.full_gt["images"])
+        return ids[: self.max_images] if self.max_images else ids
+
+    @cached_property
+    def images(self) -> dict[int, dict[str, Any]]:
+        keep = set(self.image_ids)
+        return {int(img["id"]): img for img in self.full_gt["images"] if int(img["id"]) in keep}
+
+    @cached_property
+    def gt(self) -> dict[str, Any]:
+        """The annotations restricted to the evaluated images (what the evaluator gets)."""
+        if self.max_images is None:
+            return self.full_gt
+        keep = set(self.image_ids)
+        out = {k: v for k, v in self.full_gt.items() if k not in ("images", "annotations")}
+        out["images"] = [self.images[i] for i in self.image_ids]
+        out["annotations"] = [a for a in self.full_gt["annotations"] if int(a["image_id"]) in keep]
+        return out
+
+    @property
+    def label(self) -> str:
+        """A label that never lets a subset number pass for COCO mAP."""
+        if self._name:
+            return f"{self._name} ({len(self.image_ids)} images)"
+        total = len(self.full_gt["images"])
+        bundled = self.annotations_path.resolve() == BUNDLED_ANNOTATIONS.resolve()
+        base = "val2017-mini" if bundled else ("val2017" if total == VAL2017_SIZE else self.annotations_path.stem)
+        if len(self.image_ids) == total:
+            return f"{base} ({total} images)"
+        return f"{base} subset (first {len(self.image_ids)} of {total} images)"
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the evaluated image set (ids and file names), for caches and reference matching."""
+        return sha256_json([[i, self.images[i]["file_name"]] for i in self.image_ids])
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def path_of(self, image_id: int) -> Path:
+        return self.image_dir / self.images[image_id]["file_name"]
+
+    def load(self, image_id: int) -> Sample:
+        path = self.path_of(image_id)
+        image = read_image(path)
+        meta = self.images[image_id]
+        if image.shape[:2] != (int(meta["height"]), int(meta["width"])):
+            raise DataError(
+                f"image {path}: decoded size {image.shape[1]}x{image.shape[0]} differs from the annotation's "
+                f"{meta['width']}x{meta['height']} (image id {image_id}); the file does not belong to these annotations"
+            )
+        return Sample(image_id, path, image)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for image_id in self.image_ids:
+            yield self.load(image_id)
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode a JPEG/PNG into HxWx3 uint8 BGR; errors name the file."""
+    import cv2  # opencv is a core dependency; imported here to keep `import mapgate` light
+
+    if not path.is_file():
+        raise DataError(f"image {path} is listed in the annotations but does not exist")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(f"image {path} cannot be decoded (corrupt or not an image)")
+    return image

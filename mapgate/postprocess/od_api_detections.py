@@ -1,0 +1,20 @@
+"""Graphs with NMS inside (TF OD API full graphs, TFLite_Detection_PostProcess): normalised
+(ymin, xmin, ymax, xmax) boxes, scores, class indices and a valid-detection count."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mapgate.manifest import ModelSpec
+from mapgate.postprocess import Candidates, output
+
+
+def decode(outputs: dict[str, np.ndarray], model: ModelSpec) -> Candidates:
+    cfg = model.postprocess.decoder
+    n = int(np.asarray(output(outputs, cfg["count"], model)).reshape(-1)[0])
+    boxes = output(outputs, cfg["boxes"], model).reshape(-1, 4)[:n].astype(np.float32)
+    scores = output(outputs, cfg["scores"], model).reshape(-1)[:n].astype(np.float32)
+    classes = output(outputs, cfg["classes"], model).reshape(-1)[:n]
+    h, w = model.input_size
+    xyxy = np.stack((boxes[:, 1] * w, boxes[:, 0] * h, boxes[:, 3] * w, boxes[:, 2] * h), axis=1)
+    return Candidates(xyxy, scores, np.rint(classes).astype(np.int64), final=True)

@@ -1,0 +1,19 @@
+"""SSD heads as the TF Object Detection API leaves them before NMS: decoded boxes
+[1, N, 1, 4] normalised (ymin, xmin, ymax, xmax) and per-class sigmoid scores [1, N, C]
+(background column already removed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mapgate.manifest import ModelSpec
+from mapgate.postprocess import Candidates, output
+
+
+def decode(outputs: dict[str, np.ndarray], model: ModelSpec) -> Candidates:
+    cfg = model.postprocess.decoder
+    boxes = output(outputs, cfg["boxes"], model).reshape(-1, 4).astype(np.float32)
+    scores = output(outputs, cfg["scores"], model)[0].astype(np.float32)
+    h, w = model.input_size
+    xyxy = np.stack((boxes[:, 1] * w, boxes[:, 0] * h, boxes[:, 3] * w, boxes[:, 2] * h), axis=1)
+    return Candidates(xyxy, scores)
