@@ -73,6 +73,18 @@ class Postprocess:
 
 
 @dataclass(frozen=True)
+class ConvertOptions:
+    """Converter hints: data, so a model needing them still needs no code."""
+
+    # A tensor fed with the (already input_size) image cast to float32, bypassing an in-graph
+    # resize loop (TF OD API's Preprocessor/map) that the TFLite converter cannot lower.
+    resize_loop_output: str | None = None
+    # Node-name prefixes kept in float by INT8 quantizers (e.g. box decoding: 8 bits cannot hold
+    # normalised box corners to a pixel).
+    int8_keep_float: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     family: str
@@ -88,6 +100,7 @@ class ModelSpec:
     expected_verdicts: dict[str, str]  # BACKEND:PRECISION -> "pass" | "fail" (known-bad canaries)
     input_name: str | None = None
     output_names: tuple[str, ...] = ()
+    convert: ConvertOptions = ConvertOptions()
     description: str = ""
     manifest_path: Path = Path()
 
@@ -252,6 +265,12 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     expected = {_target(ve, "", k): ve.get(k, str, choices=("pass", "fail")) for k in list(ve.table)}
     input_name = e.get("input_name", str, None)
     output_names = tuple(e.get("output_names", list, []))
+    ce = e.sub("convert")
+    convert = ConvertOptions(
+        resize_loop_output=ce.get("resize_loop_output", str, None),
+        int8_keep_float=tuple(ce.get("int8_keep_float", list, [])),
+    )
+    ce.reject_unknown()
     e.reject_unknown()
     return ModelSpec(
         name=name,
@@ -268,6 +287,7 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         expected_verdicts=expected,
         input_name=input_name,
         output_names=output_names,
+        convert=convert,
         description=description,
         manifest_path=path,
     )

@@ -19,6 +19,7 @@ _HINTS: dict[str, tuple[str, str]] = {
     "cv2": ("opencv", "pip install 'opencv-python-headless<5'  (5.x has no Darknet reader)"),
     "onnx": ("onnx", "pip install 'mapgate[onnx]'  (onnx)"),
     "onnxruntime": ("onnxruntime", "pip install 'mapgate[onnx]'  (onnxruntime)"),
+    "ai_edge_litert.interpreter": ("tflite", "pip install 'mapgate[tflite]'  (ai-edge-litert)"),
     "ai_edge_litert": ("tflite", "pip install 'mapgate[tflite]'  (ai-edge-litert)"),
     "tensorrt": ("tensorrt", "install TensorRT's Python bindings (JetPack ships them; on x86 see NVIDIA's TensorRT install guide)"),
     "polygraphy": ("tensorrt", "pip install 'mapgate[trt]'  (polygraphy)"),

@@ -1,0 +1,71 @@
+"""ONNX -> ONNX Runtime INT8: static QDQ quantization (onnxruntime.quantization), calibrated on
+the calibration images only, through the model's own preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mapgate.backends.base import BuildContext
+from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
+from mapgate.convert.cache import cached_artifact
+from mapgate.files import verified_sha256
+from mapgate.manifest import ModelSpec
+from mapgate.optional import require, version_of
+
+QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear needs the 'axis' attribute of opset 13
+SETTINGS = {"format": "QDQ", "activations": "QUInt8", "weights": "QInt8", "per_channel": True, "method": "MinMax"}
+
+
+def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
+    from mapgate.convert import onnx_for
+
+    source = onnx_for(model, ctx)
+    images = ctx.calib_images or calibration_images(limit=ctx.max_calib_images)
+    check_disjoint(ctx.calib_image_ids or image_ids_of(images), ctx.evaluated_image_ids,
+                   f"INT8 calibration of {model.name} for onnxruntime:int8")
+    inputs = {
+        "onnx_sha256": verified_sha256(source),
+        "converter": f"onnxruntime.quantization/{version_of('onnxruntime')}",
+        "settings": SETTINGS,
+        "calibration_set": calibration_set_hash(images),
+        "calibration_images": len(images),
+        "preprocess": repr(model.preprocess),
+        "keep_float": list(model.convert.int8_keep_float),
+        "opset_min": QDQ_MIN_OPSET,
+    }
+
+    def _build(out: Path) -> dict[str, Any]:
+        q = require("onnxruntime.quantization", "onnxruntime")
+        ort = require("onnxruntime", "onnxruntime")
+        onnx = require("onnx", "onnxruntime")
+        input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+        proto = onnx.load(str(source))
+        if _opset(proto) < QDQ_MIN_OPSET:
+            proto = onnx.version_converter.convert_version(proto, QDQ_MIN_OPSET)
+        keep_float = [n.name for n in proto.graph.node
+                      if any(n.name.startswith(p) for p in model.convert.int8_keep_float)]
+
+        class Reader(q.CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches: Iterator[np.ndarray] = calibration_batches(model, images)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self.batches, None)
+                return None if batch is None else {input_name: batch}
+
+        q.quantize_static(
+            proto, str(out), Reader(), nodes_to_exclude=keep_float, quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, per_channel=True,
+            calibrate_method=q.CalibrationMethod.MinMax,
+        )
+        return {"source": str(source), "kept_float_nodes": len(keep_float), "calibration_image_names": [p.name for p in images]}
+
+    return cached_artifact(ctx.engines_dir, model.name, "ort-int8", inputs, _build, ".onnx")
+
+
+def _opset(proto: Any) -> int:
+    return max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
