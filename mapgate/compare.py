@@ -1,0 +1,178 @@
+"""Original vs optimized: deltas, a paired bootstrap CI, detection agreement, and the verdict.
+
+A verdict is an object holding the numbers and the reason; it never prints or exits itself.
+All deltas are in AP *points* (x100) and are opt - ref, so a loss is negative.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+AGREEMENT_MIN_SCORE = 0.3
+AGREEMENT_MIN_IOU = 0.9
+
+
+@dataclass
+class Agreement:
+    """How many confident reference detections the optimized engine reproduces almost exactly."""
+
+    min_score: float
+    min_iou: float
+    reference_detections: int
+    matched: int
+    matched_share: float  # 1.0 when there is nothing to match
+    mean_iou: float | None
+    worst_images: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of xywh boxes a (N,4) vs b (M,4)."""
+    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
+    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def detection_agreement(ref: list[dict], opt: list[dict], min_score: float = AGREEMENT_MIN_SCORE,
+                        min_iou: float = AGREEMENT_MIN_IOU, worst: int = 5) -> Agreement:
+    """Share of reference detections (score >= min_score) matched one-to-one, greedily in reference
+    score order, by an optimized detection of the same class at IoU >= min_iou (any opt score)."""
+    by_key: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for d in opt:
+        by_key[(d["image_id"], d["category_id"])].append(d)
+    ref_by_key: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for d in ref:
+        if d["score"] >= min_score:
+            ref_by_key[(d["image_id"], d["category_id"])].append(d)
+    per_image: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+    ious: list[float] = []
+    for key, refs in ref_by_key.items():
+        refs = sorted(refs, key=lambda d: -d["score"])
+        per_image[key[0]][1] += len(refs)
+        cands = by_key.get(key)
+        if not cands:
+            continue
+        m = _iou_matrix(np.array([d["bbox"] for d in refs], float), np.array([d["bbox"] for d in cands], float))
+        used = np.zeros(m.shape[1], bool)
+        for i in range(m.shape[0]):
+            row = np.where(used, -1.0, m[i])
+            j = int(row.argmax())
+            if row[j] >= min_iou:
+                used[j] = True
+                ious.append(float(row[j]))
+                per_image[key[0]][0] += 1
+    total = sum(v[1] for v in per_image.values())
+    matched = len(ious)
+    worst_list = sorted(
+        ({"image_id": img, "matched": v[0], "reference": v[1], "share": v[0] / v[1]} for img, v in per_image.items()),
+        key=lambda r: (r["share"], -r["reference"]),
+    )[:worst]
+    return Agreement(min_score, min_iou, total, matched, matched / total if total else 1.0,
+                     float(np.mean(ious)) if ious else None, worst_list)
+
+
+@dataclass
+class Verdict:
+    model: str
+    ref: dict[str, Any]  # backend, precision, files/engine hashes
+    opt: dict[str, Any]
+    dataset: str
+    ref_stats: dict[str, float]
+    opt_stats: dict[str, float]
+    deltas: dict[str, float]  # AP points, opt - ref, per named stat
+    per_category: dict[str, dict[str, float]]  # category id -> {name, ref_AP, opt_AP, delta_AP, delta_AP50}
+    ci: dict[str, Any]  # paired bootstrap of delta AP
+    agreement: Agreement
+    tolerance: float  # AP points allowed to be lost
+    tolerance_source: str
+    expected: str = "pass"  # manifest expected verdict (known-bad canaries expect "fail")
+    verdict: str = field(init=False)
+    reason: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        d = self.deltas["AP"]
+        ci = f"95% CI [{self.ci['low_points']:+.2f}, {self.ci['high_points']:+.2f}]" if self.ci else "no CI"
+        if d >= -self.tolerance:
+            self.verdict = "pass"
+            self.reason = (f"dAP {d:+.2f} points ({ci}) is within the tolerance of -{self.tolerance:g} "
+                           f"({self.tolerance_source})")
+        else:
+            self.verdict = "fail"
+            self.reason = (f"dAP {d:+.2f} points ({ci}) loses more than the tolerance of {self.tolerance:g} points "
+                           f"({self.tolerance_source}); dAP50 {self.deltas['AP50']:+.2f}")
+
+    @property
+    def delta_ap(self) -> float:
+        return self.deltas["AP"]
+
+    @property
+    def delta_ap50(self) -> float:
+        return self.deltas["AP50"]
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    @property
+    def as_expected(self) -> bool:
+        return self.verdict == self.expected
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["delta_ap"] = self.delta_ap
+        out["delta_ap50"] = self.delta_ap50
+        return out
+
+    def summary_markdown(self) -> str:
+        rows = [
+            f"# {self.model}: {self.opt['target']} vs {self.ref['target']}",
+            "",
+            f"Data set: **{self.dataset}** (a subset's mAP is noisy; it is not COCO mAP).",
+            "",
+            "| metric | reference | optimized | delta (points) |",
+            "|---|---:|---:|---:|",
+        ]
+        for name in STAT_NAMES:
+            rows.append(f"| {name} | {100 * self.ref_stats[name]:.2f} | {100 * self.opt_stats[name]:.2f} | "
+                        f"{self.deltas[name]:+.2f} |")
+        a = self.agreement
+        rows += [
+            "",
+            f"- paired bootstrap 95% CI of dAP: [{self.ci['low_points']:+.2f}, {self.ci['high_points']:+.2f}] points "
+            f"({self.ci['n_resamples']} resamples of images, seed {self.ci['seed']})" if self.ci else "- no CI",
+            f"- detection agreement: {a.matched}/{a.reference_detections} reference detections with score >= "
+            f"{a.min_score:g} matched at IoU >= {a.min_iou:g} ({100 * a.matched_share:.1f}%)"
+            + (f", mean IoU {a.mean_iou:.4f}" if a.mean_iou is not None else ""),
+            f"- tolerance: {self.tolerance:g} AP points ({self.tolerance_source})",
+            f"- **verdict: {self.verdict}** (expected: {self.expected}) — {self.reason}",
+            "",
+        ]
+        return "\n".join(rows)
+
+
+def build_verdict(*, model: str, ref: dict[str, Any], opt: dict[str, Any], dataset: str, ref_metrics: Any,
+                  opt_metrics: Any, ci: dict[str, Any], agreement: Agreement, tolerance: float, tolerance_source: str,
+                  expected: str = "pass") -> Verdict:
+    """Assemble a verdict from two evaluations (mapgate.evaluate.Metrics) and the statistics."""
+    rs, os_ = ref_metrics.stats, opt_metrics.stats
+    deltas = {k: 100.0 * (os_[k] - rs[k]) for k in STAT_NAMES}
+    per_cat: dict[str, dict[str, float]] = {}
+    for cid, r in ref_metrics.per_category.items():
+        o = opt_metrics.per_category.get(cid, {})
+        per_cat[str(cid)] = {
+            "name": r.get("name", ""),
+            "ref_AP": r["AP"], "opt_AP": o.get("AP", float("nan")),
+            "delta_AP": 100.0 * (o.get("AP", float("nan")) - r["AP"]),
+            "delta_AP50": 100.0 * (o.get("AP50", float("nan")) - r["AP50"]),
+        }
+    return Verdict(model=model, ref=ref, opt=opt, dataset=dataset, ref_stats=dict(rs), opt_stats=dict(os_),
+                   deltas=deltas, per_category=per_cat, ci=ci, agreement=agreement, tolerance=tolerance,
+                   tolerance_source=tolerance_source, expected=expected)
