@@ -166,13 +166,9 @@ def build_verdict(*, model: str, ref: dict[str, Any], opt: dict[str, Any], datas
     deltas = {k: 100.0 * (os_[k] - rs[k]) for k in STAT_NAMES}
     per_cat: dict[str, dict[str, float]] = {}
     for cid, r in ref_metrics.per_category.items():
-        o = opt_metrics.per_category.get(cid, {})
-        per_cat[str(cid)] = {
-            "name": r.get("name", ""),
-            "ref_AP": r["AP"], "opt_AP": o.get("AP", float("nan")),
-            "delta_AP": 100.0 * (o.get("AP", float("nan")) - r["AP"]),
-            "delta_AP50": 100.0 * (o.get("AP50", float("nan")) - r["AP50"]),
-        }
+        o = opt_metrics.per_category[cid]
+        per_cat[str(cid)] = {"name": r.name, "ref_AP": r.ap, "opt_AP": o.ap, "delta_AP": 100.0 * (o.ap - r.ap),
+                             "delta_AP50": 100.0 * (o.ap50 - r.ap50)}
     return Verdict(model=model, ref=ref, opt=opt, dataset=dataset, ref_stats=dict(rs), opt_stats=dict(os_),
                    deltas=deltas, per_category=per_cat, ci=ci, agreement=agreement, tolerance=tolerance,
                    tolerance_source=tolerance_source, expected=expected)

@@ -90,6 +90,15 @@ class Gate:
     _sides: dict[tuple[str, str], Side] = field(default_factory=dict)
 
     @property
+    def ground_truth(self) -> Any:
+        """The indexed ground truth, built once per gate (every side is evaluated against it)."""
+        if "_gt" not in self.__dict__:
+            from mapgate.evaluate import load_ground_truth
+
+            self.__dict__["_gt"] = load_ground_truth(self.dataset.gt)
+        return self.__dict__["_gt"]
+
+    @property
     def run_dir(self) -> Path:
         return self.reports_dir / self.run_id
 
@@ -162,7 +171,7 @@ class Gate:
             tmp.unlink(missing_ok=True)
         from mapgate.evaluate import evaluate
 
-        metrics = evaluate(self.dataset.gt, detections, img_ids=self.dataset.image_ids, label=self.dataset.label)
+        metrics = evaluate(self.ground_truth, detections, img_ids=self.dataset.image_ids, label=self.dataset.label)
         side = Side(model.name, backend_name, precision, detections, metrics, timings, identity,
                     from_cache="run" not in runs)
         side.directory = self._write_side(model, side)
@@ -220,7 +229,7 @@ class Gate:
                               f"this run's ({self.dataset.label}); use the same --coco-root/--max-images")
         from mapgate.evaluate import evaluate
 
-        metrics = evaluate(self.dataset.gt, detections, img_ids=self.dataset.image_ids, label=self.dataset.label)
+        metrics = evaluate(self.ground_truth, detections, img_ids=self.dataset.image_ids, label=self.dataset.label)
         return Side(model_name, f"stored:{meta.get('backend', '?')}", None, detections, metrics,
                     meta.get("timings_ms_per_image", {}), {"stored": str(detections_json),
                                                            "sha256": verified_sha256(detections_json)},
@@ -258,13 +267,10 @@ class Gate:
 
         for s in (ref, opt):
             if s.per_image is None:
-                s.per_image = per_image_results(self.dataset.gt, s.detections, self.dataset.image_ids)
+                s.per_image = per_image_results(self.ground_truth, s.detections, self.dataset.image_ids)
         ci = paired_bootstrap(ref.per_image, opt.per_image, n_resamples=self.bootstrap_resamples,
                               seed=self.bootstrap_seed)
-        out = ci.to_dict()
-        out.update(low_points=100.0 * ci.low, high_points=100.0 * ci.high, n_resamples=ci.n_resamples,
-                   seed=ci.seed, method="paired bootstrap over images, 95% percentile interval")
-        return out
+        return ci.to_dict()
 
     def write_env(self) -> Path:
         path = self.run_dir / "env.json"

@@ -45,15 +45,26 @@ class Availability:
 
     @classmethod
     def probe(cls, backend: str, *modules: str) -> "Availability":
-        """Available when every module imports; otherwise the first missing one and its install hint."""
+        """Available when every module is installed; otherwise the first missing one and its install hint.
+
+        find_spec, not import: listing models must not pay TensorFlow's seconds-long import; a module
+        that is installed but broken fails at activate() with the framework's own error.
+        """
+        import importlib.util
+
         from mapgate.errors import BackendUnavailable
         from mapgate.optional import require
 
         for module in modules:
             try:
-                require(module, backend)
-            except BackendUnavailable as exc:
-                return cls.no(exc.reason)
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):  # a parent package missing
+                found = False
+            if not found:
+                try:
+                    require(module, backend)  # raises with the install hint
+                except BackendUnavailable as exc:
+                    return cls.no(exc.reason)
         return cls.yes()
 
 

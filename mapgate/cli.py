@@ -1,0 +1,212 @@
+"""The ``mapgate`` command line. Exit codes: 0 success/pass, 1 gate failed, 2 usage or input error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mapgate import __version__
+from mapgate.errors import MapgateError
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of AP points, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a tolerance is the AP points allowed to be lost, >= 0; got {value}")
+    return value
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--coco-root", type=Path, metavar="DIR",
+                   help="a COCO layout (DIR/val2017/*.jpg, DIR/annotations/instances_val2017.json); "
+                        "default: the bundled val2017-mini (206 images)")
+    p.add_argument("--max-images", type=_positive_int, metavar="N", help="evaluate only the first N image ids")
+    p.add_argument("--models-file", type=Path, action="append", default=[], metavar="FILE",
+                   help="an extra TOML model manifest (repeatable); the bundled fixtures/models.toml is always read")
+    p.add_argument("--mirror", type=Path, metavar="DIR",
+                   help="folder holding downloaded model files for air-gapped use (or set MAPGATE_MIRROR)")
+    p.add_argument("--engines-dir", type=Path, metavar="DIR", help="conversion/engine/detection cache (default engines/)")
+    p.add_argument("--no-cache", action="store_true", help="recompute detections even if a cached run matches")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mapgate",
+        description="Prove an optimized object detector (TensorRT, ONNX Runtime, TFLite) is as accurate as the "
+                    "model it came from: same images, same pre/post-processing, COCO mAP via pycocotools, a verdict "
+                    "with a confidence interval, and JSON artifacts anyone can re-check.",
+        epilog="Exit codes: 0 ok/pass, 1 gate failed, 2 usage or input error. Run `mapgate COMMAND --help` for details.",
+    )
+    parser.add_argument("--version", action="version", version=f"mapgate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("evaluate", help="COCO-evaluate a detections JSON against annotations",
+                       description="Evaluate detections in the COCO results format (list of {image_id, category_id, "
+                                   "bbox:[x,y,w,h], score}) against COCO instance annotations. Prints the 12-line "
+                                   "pycocotools summary; --out writes the metrics JSON (stats, voc07_ap50, "
+                                   "voc_area_ap50, per_category, dataset).")
+    p.add_argument("--gt", type=Path, required=True, metavar="ANNOTATIONS.json", help="COCO instance annotations")
+    p.add_argument("--dets", type=Path, required=True, metavar="DETECTIONS.json", help="COCO results-format detections")
+    p.add_argument("--out", type=Path, metavar="METRICS.json", help="write the metrics JSON here")
+    p.add_argument("--label", help="data set label for the report (default: derived from the annotations)")
+
+    p = sub.add_parser("models", help="list the models of the manifest and whether each can run here",
+                       description="List manifest models: name, family, original backend, and whether that backend "
+                                   "is available (or exactly what is missing); also every optimized target.")
+    p.add_argument("--models-file", type=Path, action="append", default=[], metavar="FILE",
+                   help="an extra TOML model manifest (repeatable)")
+
+    p = sub.add_parser("eval", help="run one model on one backend and evaluate it (like tensorrt_demos' eval_ssd.py)",
+                       description="Run MODEL on BACKEND over the images with a progress bar, write DIR/detections.json "
+                                   "and DIR/metrics.json, and print the pycocotools summary.")
+    p.add_argument("--model", required=True, help="a model name from `mapgate models`")
+    p.add_argument("--backend", required=True, metavar="BACKEND[:PRECISION]",
+                   help="e.g. tf, opencv, onnxruntime (the original file), or onnxruntime:int8, tflite:fp16, tensorrt:fp16")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default reports/<run-id>/<model>/<backend>)")
+    _add_data_options(p)
+
+    p = sub.add_parser("compare", help="the accuracy gate: original vs optimized, exit 0 pass / 1 fail",
+                       description="Run the reference and the optimized engine on the same images, compare COCO AP "
+                                   "(delta, paired bootstrap 95%% CI over images, detection agreement) and decide. "
+                                   "Writes comparison.json and summary.md.")
+    p.add_argument("--model", required=True, help="a model name from `mapgate models`")
+    p.add_argument("--ref", metavar="BACKEND|DETECTIONS.json",
+                   help="reference backend (default: the manifest's reference_backend) or a stored "
+                        "detections.json from `mapgate eval` (with its metrics.json beside it)")
+    p.add_argument("--opt", required=True, metavar="BACKEND:PRECISION", help="e.g. onnxruntime:fp32, tensorrt:int8")
+    p.add_argument("--tolerance", type=_non_negative_float, metavar="POINTS",
+                   help="AP points the optimized model may lose (default: manifest, else fp32 0.1, fp16 0.5, int8 1.5)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="reports folder (default reports/); a run-id subfolder is made")
+    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    _add_data_options(p)
+
+    p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",
+                       description="Read pytest-benchmark runs saved with --benchmark-autosave and show images/s and "
+                                   "p99 latency over time, per device fingerprint.")
+    p.add_argument("--storage", type=Path, default=Path(".benchmarks"), metavar="DIR",
+                   help="pytest-benchmark storage folder (default .benchmarks)")
+    p.add_argument("--out", type=Path, default=Path("reports/benchmark-history.png"), metavar="PNG",
+                   help="where to write the trend plot")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except MapgateError as exc:
+        print(f"mapgate: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mapgate.evaluate import evaluate, load_detections, load_ground_truth
+    from mapgate.fsutil import write_json_atomic
+
+    gt = load_ground_truth(args.gt)
+    metrics = evaluate(gt, load_detections(args.dets), label=args.label)
+    print("\n".join(metrics.summary_lines()))
+    print(f"data set: {metrics.dataset.label}")
+    if args.out:
+        write_json_atomic(args.out, metrics.to_dict())
+        print(f"metrics written to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from mapgate.backends import all_backends
+    from mapgate.convert import can_make
+    from mapgate.gate import load_models
+
+    models = load_models(args.models_file)
+    backends = all_backends()
+    status = {name: b.availability() for name, b in backends.items()}
+    print(f"{'model':30} {'family':18} {'original':12} status")
+    missing = {name: st.reason for name, st in status.items() if not st.ok}
+
+    def state_of(backend: str) -> str:
+        st = status.get(backend)
+        if st is None:
+            return "unknown backend"
+        return "available" if st.ok else f"unavailable ({backend}: see below)"
+
+    for m in models.values():
+        print(f"{m.name:30} {m.family:18} {m.reference_backend:12} {state_of(m.reference_backend)}")
+        for target in m.optimized:
+            how = "prebuilt" if target in m.prebuilt else ("converted" if can_make(m, target) else "no route")
+            expect = f", expected verdict {m.expected_verdicts[target]}" if target in m.expected_verdicts else ""
+            print(f"{'':30}   -> {target:18} {how:9} {state_of(target.split(':')[0])}{expect}")
+    for name, reason in sorted(missing.items()):
+        print(f"\n{name} is unavailable: {reason}")
+    return EXIT_OK
+
+
+def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN202 - returns mapgate.gate.Gate
+    import os
+
+    from mapgate.dataset import CocoDataset
+    from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS, Gate, load_models
+
+    if args.mirror:
+        os.environ["MAPGATE_MIRROR"] = str(args.mirror)
+    return Gate(models=load_models(args.models_file),
+                dataset=CocoDataset.open(args.coco_root, args.max_images),
+                engines_dir=args.engines_dir or DEFAULT_ENGINES, reports_dir=reports or DEFAULT_REPORTS,
+                use_cache=not args.no_cache, progress=not args.no_progress)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mapgate.fsutil import write_bytes_atomic
+
+    gate = _gate(args)
+    side = gate.side(args.model, args.backend)
+    print("\n".join(side.metrics.summary_lines()))
+    print(f"model {args.model} on {side.target}, data set: {side.metrics.dataset.label}")
+    t = side.timings_ms
+    print("mean ms per image: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
+          + (" (detections from cache)" if side.from_cache else ""))
+    if args.out and side.directory is not None:
+        for name in ("detections.json", "metrics.json"):
+            write_bytes_atomic(args.out / name, (side.directory / name).read_bytes())
+    print(f"written: {(args.out or side.directory) / 'detections.json'}, {(args.out or side.directory) / 'metrics.json'}")
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    gate = _gate(args, reports=args.out)
+    gate.bootstrap_resamples = args.resamples
+    gate.write_env()
+    verdict = gate.compare(args.model, args.opt, ref=args.ref, tolerance=args.tolerance)
+    print(verdict.summary_markdown())
+    print(f"artifacts: {gate.run_dir / args.model}")
+    return EXIT_OK if verdict.passed else EXIT_FAIL
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from mapgate.history import run_history
+
+    return run_history(args.storage, args.out)
+
+
+_COMMANDS = {"evaluate": _cmd_evaluate, "models": _cmd_models, "eval": _cmd_eval, "compare": _cmd_compare,
+             "history": _cmd_history}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""mapgate's pytest plugin: options, the gate session, and the (model x backend) matrix.
+
+Options are grouped under "mapgate" and validated at parse time; one session object is
+attached as ``config.mapgate`` in ``pytest_configure``; the reference of each model is
+computed once per session and shared by every optimized target of that model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mapgate.manifest import DEFAULT_TOLERANCES
+
+REPO = Path(__file__).resolve().parent.parent
+BASELINES = REPO / "fixtures" / "baselines.json"
+
+
+def _csv(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _backend_list(text: str) -> list[str]:
+    items = _csv(text)
+    for item in items:
+        name, sep, precision = item.partition(":")
+        if sep and precision not in DEFAULT_TOLERANCES:
+            raise argparse.ArgumentTypeError(
+                f"{item!r}: expected BACKEND or BACKEND:PRECISION with precision fp32, fp16 or int8")
+    return items
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("mapgate", "mapgate accuracy gate")
+    g.addoption("--models", type=_csv, metavar="NAMES", help="comma-separated model names (default: all in the manifest)")
+    g.addoption("--backends", type=_backend_list, metavar="TARGETS",
+                help="comma-separated optimized targets, BACKEND or BACKEND:PRECISION (default: each model's list)")
+    g.addoption("--coco-root", type=Path, metavar="DIR", help="a COCO layout instead of the bundled val2017-mini")
+    g.addoption("--max-images", type=_positive_int, metavar="N", help="evaluate only the first N image ids")
+    g.addoption("--reports-dir", type=Path, default=REPO / "reports", metavar="DIR", help="where run artifacts go")
+    g.addoption("--engines-dir", type=Path, default=REPO / "engines", metavar="DIR",
+                help="conversion/engine/detection cache")
+    g.addoption("--models-file", type=Path, action="append", default=[], metavar="FILE",
+                help="an extra TOML model manifest (repeatable)")
+    g.addoption("--update-baselines", action="store_true",
+                help="rewrite fixtures/baselines.json with this run's AP/AP50 (prints old and new)")
+    g.addoption("--no-detection-cache", action="store_true", help="recompute detections even when cached")
+
+
+@dataclass
+class MapgateSession:
+    """Everything the accuracy tests share in one pytest session."""
+
+    config: pytest.Config
+    baseline_updates: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+
+    def option(self, name: str) -> Any:
+        return self.config.getoption(name)
+
+    @cached_property
+    def models(self) -> dict[str, Any]:
+        from mapgate.gate import load_models
+
+        return load_models(self.option("models_file"))
+
+    @cached_property
+    def gate(self) -> Any:
+        from mapgate.dataset import CocoDataset
+        from mapgate.gate import Gate
+
+        gate = Gate(models=self.models, dataset=CocoDataset.open(self.option("coco_root"), self.option("max_images")),
+                    engines_dir=self.option("engines_dir"), reports_dir=self.option("reports_dir"),
+                    use_cache=not self.option("no_detection_cache"))
+        gate.write_env()
+        return gate
+
+    def matrix(self) -> list[tuple[str, str]]:
+        """(model, BACKEND:PRECISION) pairs selected by --models/--backends."""
+        names = self.option("models") or list(self.models)
+        unknown = [n for n in names if n not in self.models]
+        if unknown:
+            raise pytest.UsageError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(self.models)}")
+        wanted = self.option("backends")
+        pairs = []
+        for name in names:
+            for target in self.models[name].optimized:
+                if wanted is None or target in wanted or target.split(":")[0] in wanted:
+                    pairs.append((name, target))
+        return pairs
+
+    @cached_property
+    def baselines(self) -> dict[str, dict[str, dict[str, float]]]:
+        return json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.mapgate = MapgateSession(config)  # type: ignore[attr-defined]
+    for line in ("accuracy: the accuracy gate (original vs optimized, per model and backend)",
+                 "benchmark: the full throughput benchmark matrix",
+                 "tensorrt: needs TensorRT and a CUDA device"):
+        config.addinivalue_line("markers", line)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "gate_case" in metafunc.fixturenames:
+        session: MapgateSession = metafunc.config.mapgate  # type: ignore[attr-defined]
+        params = []
+        for model, target in session.matrix():
+            marks = [pytest.mark.tensorrt] if target.startswith("tensorrt:") else []
+            params.append(pytest.param((model, target), id=f"{model}-{target}", marks=marks))
+        metafunc.parametrize("gate_case", params)
+
+
+@pytest.fixture(scope="session")
+def mapgate_session(request: pytest.FixtureRequest) -> MapgateSession:
+    return request.config.mapgate  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    ms: MapgateSession | None = getattr(session.config, "mapgate", None)
+    if ms is None or not ms.option("update_baselines") or not ms.baseline_updates:
+        return
+    from mapgate.fsutil import write_json_atomic
+
+    merged = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    lines = []
+    for model, targets in sorted(ms.baseline_updates.items()):
+        for target, new in sorted(targets.items()):
+            old = merged.get(model, {}).get(target)
+            lines.append(f"  {model} {target}: AP {_fmt(old, 'AP')} -> {new['AP']:.4f}, "
+                         f"AP50 {_fmt(old, 'AP50')} -> {new['AP50']:.4f}")
+            merged.setdefault(model, {})[target] = new
+    write_json_atomic(BASELINES, merged)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    text = f"mapgate: baselines rewritten in {BASELINES}:\n" + "\n".join(lines)
+    if reporter is not None:
+        reporter.write_line(text)
+    else:
+        print(text)
+
+
+def _fmt(old: dict[str, float] | None, key: str) -> str:
+    return f"{old[key]:.4f}" if old and key in old else "(none)"
