@@ -36,8 +36,26 @@ def require(module: str, backend: str | None = None) -> ModuleType:
         raise BackendUnavailable(backend or name, f"Python module {module!r} is not installed ({exc}); fix: {hint}") from exc
 
 
+# module -> distributions that provide it, so versions are read without importing the module
+# (importing tf2onnx imports TensorFlow: seconds, on a path that only wants a cache key)
+_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-aarch64"),
+    "cv2": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "ai_edge_litert": ("ai-edge-litert",),
+    "faster_coco_eval": ("faster-coco-eval",),
+}
+
+
 def version_of(module: str) -> str | None:
     """Installed version of an optional module, or None when it is absent (never raises)."""
+    from importlib import metadata
+
+    for dist in _DISTRIBUTIONS.get(module, (module,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
     try:
         mod = importlib.import_module(module)
     except ImportError:

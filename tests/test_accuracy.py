@@ -27,8 +27,7 @@ def test_gate(gate_case: tuple[str, str], mapgate_session) -> None:  # noqa: ANN
     gate = mapgate_session.gate
     verdict = gate.compare(model, target)
     assert verdict.verdict == verdict.expected, (
-        f"{model} {target}: verdict {verdict.verdict}, expected {verdict.expected}: {verdict.reason}; "
-        f"dAP50 {verdict.delta_ap50:+.2f}; agreement {100 * verdict.agreement.matched_share:.1f}%; "
+        f"{model} {target}: verdict {verdict.verdict}, expected {verdict.expected}: {verdict.reason}; agreement {100 * verdict.agreement.matched_share:.1f}%; "
         f"artifacts in {gate.run_dir / model}"
     )
 

@@ -134,8 +134,9 @@ class OpenCVBackend:
                                    f"module?); fix: {PIN_HINT}")
         return Availability.yes()
 
-    def runner(self, model: "ModelSpec", precision: str, ctx: BuildContext) -> Runner:
-        if precision not in self.precisions:
+    def runner(self, model: "ModelSpec", precision: str | None, ctx: BuildContext) -> Runner:
+        # None = the original cfg+weights, which OpenCV runs in fp32
+        if precision is not None and precision not in self.precisions:
             raise ConfigError(f"{model.manifest_path}: model {model.name!r}: backend 'opencv' runs only fp32, "
                               f"not {precision!r}")
         if model.format != "darknet":

@@ -1,0 +1,939 @@
+"""TensorRT backend and engine cache logic that runs without TensorRT or a GPU.
+
+Everything TensorRT-dependent is replaced by fakes at the seams the code exposes
+(DeviceInfo, build/load callbacks, the small probe functions, Polygraphy's loader classes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+import mapgate.backends.tensorrt as trt_backend
+from mapgate.backends.base import BuildContext
+from mapgate.engine_cache import (
+    BuildJob,
+    CalibrationInfo,
+    CorruptEngine,
+    DeviceInfo,
+    EngineCache,
+    EngineSpec,
+    calibration_set_digest,
+    file_lock,
+)
+from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
+from mapgate.manifest import ModelSpec, Postprocess, Preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIB_DIR = ROOT / "fixtures" / "coco" / "calib-val2017" / "images"
+HAS_CALIBRATION = importlib.util.find_spec("mapgate.calibration") is not None
+needs_calibration = pytest.mark.skipif(
+    not HAS_CALIBRATION, reason="mapgate.calibration (the lead's calibration module) does not exist yet"
+)
+
+DEVICE = DeviceInfo(trt_version="10.3.0", gpu_name="Orin", compute_capability="8.7")
+CALIB = CalibrationInfo(set_sha256="a" * 64, count=100, preprocess_sha256="b" * 64)
+
+
+def make_spec(**changes: Any) -> EngineSpec:
+    base: dict[str, Any] = dict(
+        model="yolov3-tiny-416", onnx_path=Path("/models/y.onnx"), onnx_sha256="0" * 64, precision="fp16",
+        input_shape=(1, 3, 416, 416), workspace_mb=1024, device=DEVICE, calibration=None,
+        recipe={"flags": ["fp16"]},
+    )
+    base.update(changes)
+    return EngineSpec(**base)
+
+
+def make_model(name: str = "tiny", layout: str = "NCHW", size: tuple[int, int] = (32, 32), **kw: Any) -> ModelSpec:
+    return ModelSpec(
+        name=name, family="yolox", format="onnx", reference_backend="onnxruntime", files={},
+        input_size=size, preprocess=Preprocess(layout=layout), postprocess=Postprocess(),
+        tolerances={"fp32": 0.1, "fp16": 0.5, "int8": 1.5}, optimized=(), prebuilt={}, expected_verdicts={},
+        manifest_path=Path("/manifests/models.toml"), **kw,
+    )
+
+
+class FakeBuilder:
+    """Stands in for the TensorRT build: returns bytes, optionally writes a calibration table."""
+
+    def __init__(self, payload: bytes = b"ENGINE-BYTES" * 100, calib: bytes | None = b"TRT-8601-EntropyCalibration2\n"):
+        self.payload, self.calib = payload, calib
+        self.jobs: list[BuildJob] = []
+        self.seen_calibration: list[bytes] = []
+
+    def __call__(self, job: BuildJob) -> bytes:
+        self.jobs.append(job)
+        if job.calibration_cache is not None:
+            existing = job.calibration_cache.read_bytes() if job.calibration_cache.exists() else b""
+            self.seen_calibration.append(existing)
+            if not job.calibration_reused and self.calib is not None:
+                job.calibration_cache.write_bytes(self.calib)
+        return self.payload
+
+
+def identity(data: bytes) -> bytes:
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache key
+# ---------------------------------------------------------------------------------------------
+def test_key_is_stable_for_equal_inputs() -> None:
+    assert make_spec().key() == make_spec().key()
+    assert make_spec(precision="int8", calibration=CALIB).key() == make_spec(precision="int8", calibration=CALIB).key()
+
+
+def test_key_ignores_model_name_and_onnx_location() -> None:
+    # Same ONNX bytes build the same engine wherever the file lives.
+    assert make_spec(model="other", onnx_path=Path("/elsewhere.onnx")).key() == make_spec().key()
+
+
+@pytest.mark.parametrize("change", [
+    {"onnx_sha256": "1" * 64},
+    {"precision": "fp32"},
+    {"input_shape": (1, 3, 320, 320)},
+    {"input_shape": (2, 3, 416, 416)},
+    {"device": dataclasses.replace(DEVICE, trt_version="8.6.2")},
+    {"device": dataclasses.replace(DEVICE, gpu_name="Xavier")},
+    {"device": dataclasses.replace(DEVICE, compute_capability="7.2")},
+    {"workspace_mb": 512},
+    {"recipe": {"flags": ["fp16"], "tf32": True}},
+], ids=lambda c: next(iter(c)))
+def test_key_changes_with_each_input(change: dict[str, Any]) -> None:
+    assert make_spec(**change).key() != make_spec().key()
+
+
+@pytest.mark.parametrize("change", [
+    {"set_sha256": "c" * 64}, {"count": 99}, {"preprocess_sha256": "d" * 64}, {"algorithm": "IInt8MinMaxCalibrator"},
+], ids=lambda c: next(iter(c)))
+def test_int8_key_and_calibration_key_change_with_calibration_set(change: dict[str, Any]) -> None:
+    a = make_spec(precision="int8", calibration=CALIB)
+    b = make_spec(precision="int8", calibration=dataclasses.replace(CALIB, **change))
+    assert a.key() != b.key()
+    assert a.calibration_key() != b.calibration_key()
+
+
+def test_calibration_key_ignores_precision_only_fields() -> None:
+    a = make_spec(precision="int8", calibration=CALIB)
+    b = make_spec(precision="int8", calibration=CALIB, workspace_mb=256, recipe={"flags": ["int8"]})
+    assert a.key() != b.key()
+    assert a.calibration_key() == b.calibration_key()
+    assert "precision" not in a.calibration_key_fields() and "workspace_mb" not in a.calibration_key_fields()
+    # ... but keeps what changes the scales or their validity.
+    for change in ({"onnx_sha256": "1" * 64}, {"device": dataclasses.replace(DEVICE, trt_version="8.6.2")},
+                   {"input_shape": (1, 3, 320, 320)}):
+        assert make_spec(precision="int8", calibration=CALIB, **change).calibration_key() != a.calibration_key()
+
+
+def test_spec_refuses_inconsistent_calibration() -> None:
+    with pytest.raises(ConfigError, match="calibration info is required for int8"):
+        make_spec(precision="int8")
+    with pytest.raises(ConfigError, match="meaningless for fp16"):
+        make_spec(precision="fp16", calibration=CALIB)
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        make_spec(precision="bf16")
+
+
+def test_calibration_set_digest_is_by_content_and_order(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jpg", tmp_path / "b.jpg"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    d1 = calibration_set_digest([a, b])
+    assert d1.count == 2
+    assert calibration_set_digest([a, b]) == d1
+    assert calibration_set_digest([b, a]).sha256 != d1.sha256  # feed order is what TensorRT sees
+    a.write_bytes(b"ONE")  # same name, same size, new content
+    assert calibration_set_digest([a, b]).sha256 != d1.sha256
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookup, provenance, rebuild rules
+# ---------------------------------------------------------------------------------------------
+def test_build_then_reuse_without_calling_the_builder(tmp_path: Path) -> None:
+    cache, spec, builder = EngineCache(tmp_path), make_spec(), FakeBuilder()
+    first = cache.get_or_build(spec, builder, identity)
+    assert first.built and first.reason == "no cached engine"
+    assert first.engine_path == tmp_path / "yolov3-tiny-416" / f"fp16-{spec.key()[:16]}.engine"
+    second = cache.get_or_build(spec, builder, identity)
+    assert not second.built and second.reason == "cache hit"
+    assert len(builder.jobs) == 1
+    assert second.value == builder.payload
+    assert second.provenance["built_at"] == first.provenance["built_at"]
+    assert cache.check(spec) == (True, "cache hit")
+
+
+def test_provenance_contents(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    spec = make_spec(precision="int8", calibration=CALIB)
+    result = cache.get_or_build(spec, FakeBuilder(), identity)
+    prov = json.loads(cache.provenance_path(spec).read_text())
+    assert prov == result.provenance
+    assert prov["model"] == "yolov3-tiny-416"
+    assert prov["onnx"] == {"path": "/models/y.onnx", "sha256": "0" * 64}
+    assert prov["precision"] == "int8" and prov["input_shape"] == [1, 3, 416, 416]
+    assert (prov["tensorrt_version"], prov["gpu"], prov["compute_capability"]) == ("10.3.0", "Orin", "8.7")
+    assert prov["workspace_mb"] == 1024
+    assert prov["calibration"]["set_sha256"] == "a" * 64 and prov["calibration"]["count"] == 100
+    assert prov["calibration"]["algorithm"] == "IInt8EntropyCalibrator2"
+    assert prov["calibration"]["cache_file"] == cache.calibration_path(spec).name
+    assert prov["built_at"] and prov["build_seconds"] >= 0
+    from mapgate import __version__
+    assert prov["mapgate_version"] == __version__
+    engine_bytes = cache.engine_path(spec).read_bytes()
+    import hashlib
+    assert prov["file"] == {"name": cache.engine_path(spec).name, "sha256": hashlib.sha256(engine_bytes).hexdigest(),
+                            "size": len(engine_bytes)}
+    assert prov["key"] == spec.key() and prov["key_fields"] == json.loads(json.dumps(spec.key_fields()))
+    assert "fp16" in prov["recipe"]["flags"]  # INT8 builds keep FP16 as the fallback
+
+
+def _rebuilds(cache: EngineCache, spec: EngineSpec, match: str) -> None:
+    builder = FakeBuilder(payload=b"NEW-ENGINE" * 50)
+    result = cache.get_or_build(spec, builder, identity)
+    assert result.built, "expected a rebuild"
+    assert match in result.reason, result.reason
+    assert len(builder.jobs) == 1
+    assert cache.engine_path(spec).read_bytes() == builder.payload
+    assert cache.check(spec)[0]
+
+
+def test_stale_provenance_rebuilds(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+    cache.get_or_build(spec, FakeBuilder(), identity)
+    prov_path = cache.provenance_path(spec)
+    prov = json.loads(prov_path.read_text())
+    prov["key_fields"]["tensorrt_version"] = "8.5.2"
+    prov_path.write_text(json.dumps(prov))
+    assert not cache.check(spec)[0]
+    _rebuilds(cache, spec, "stale provenance")
+
+
+def test_missing_provenance_rebuilds(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+    cache.get_or_build(spec, FakeBuilder(), identity)
+    cache.provenance_path(spec).unlink()
+    _rebuilds(cache, spec, "has no provenance file")
+
+
+def test_corrupt_provenance_json_rebuilds(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+    cache.get_or_build(spec, FakeBuilder(), identity)
+    cache.provenance_path(spec).write_text('{"key": "trunc')
+    _rebuilds(cache, spec, "not valid JSON")
+
+
+def test_truncated_engine_is_detected_and_rebuilt(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+    cache.get_or_build(spec, FakeBuilder(), identity)
+    engine = cache.engine_path(spec)
+    engine.write_bytes(engine.read_bytes()[:100])
+    ok, reason = cache.check(spec)
+    assert not ok and "truncated" in reason
+    _rebuilds(cache, spec, "truncated")
+
+
+def test_same_size_corruption_is_detected_by_sha256(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+    cache.get_or_build(spec, FakeBuilder(), identity)
+    engine = cache.engine_path(spec)
+    data = bytearray(engine.read_bytes())
+    data[10] ^= 0xFF
+    engine.write_bytes(bytes(data))
+    _rebuilds(cache, spec, "sha256 differs")
+
+
+def test_engine_that_fails_to_deserialize_is_deleted_and_rebuilt(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+    cache.get_or_build(spec, FakeBuilder(payload=b"OLD" * 10), identity)
+
+    def load(data: bytes) -> bytes:
+        if data.startswith(b"OLD"):
+            raise CorruptEngine("Serialization assertion failed (magic tag)")
+        return data
+
+    builder = FakeBuilder(payload=b"GOOD" * 10)
+    result = cache.get_or_build(spec, builder, load)
+    assert result.built and "failed to deserialize" in result.reason
+    assert result.value == b"GOOD" * 10 and len(builder.jobs) == 1
+
+
+def test_fresh_engine_that_does_not_deserialize_is_not_cached(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+
+    def load(data: bytes) -> bytes:
+        raise CorruptEngine("version tag mismatch")
+
+    with pytest.raises(ConversionError, match="does not deserialize"):
+        cache.get_or_build(spec, FakeBuilder(), load)
+    assert not cache.engine_path(spec).exists() and not cache.provenance_path(spec).exists()
+
+
+def test_empty_build_output_is_refused(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+    with pytest.raises(ConversionError, match="produced no bytes"):
+        cache.get_or_build(spec, FakeBuilder(payload=b""), identity)
+    assert not cache.engine_path(spec).exists()
+
+
+def test_failed_build_publishes_nothing_and_releases_the_lock(tmp_path: Path) -> None:
+    cache, spec = EngineCache(tmp_path, lock_timeout_s=2), make_spec()
+
+    def boom(job: BuildJob) -> bytes:
+        raise ConversionError("parser failed")
+
+    with pytest.raises(ConversionError, match="parser failed"):
+        cache.get_or_build(spec, boom, identity)
+    assert not cache.engine_path(spec).exists()
+    assert cache.get_or_build(spec, FakeBuilder(), identity).built  # lock was released
+
+
+# ---------------------------------------------------------------------------------------------
+# INT8 calibration cache
+# ---------------------------------------------------------------------------------------------
+def test_calibration_cache_is_published_then_reused_by_another_engine(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    spec_a = make_spec(precision="int8", calibration=CALIB)
+    first = FakeBuilder()
+    result_a = cache.get_or_build(spec_a, first, identity)
+    assert first.jobs[0].calibration_reused is False and first.seen_calibration == [b""]
+    calib = cache.calibration_path(spec_a)
+    assert calib.read_bytes() == first.calib
+    calib_prov = json.loads(cache.calibration_provenance_path(spec_a).read_text())
+    assert calib_prov["key"] == spec_a.calibration_key() and calib_prov["calibration_count"] == 100
+    assert result_a.provenance["calibration"]["cache_reused"] is False
+
+    # A second INT8 engine differing only in a precision-only field shares the table.
+    spec_b = make_spec(precision="int8", calibration=CALIB, workspace_mb=256)
+    second = FakeBuilder(calib=b"SHOULD-NOT-BE-WRITTEN")
+    result_b = cache.get_or_build(spec_b, second, identity)
+    assert second.jobs[0].calibration_reused is True
+    assert second.seen_calibration == [first.calib]
+    assert result_b.provenance["calibration"]["cache_reused"] is True
+    assert calib.read_bytes() == first.calib
+    assert not list(calib.parent.glob("*.staging")), "staging files must be cleaned up"
+
+
+def test_corrupt_calibration_cache_is_discarded(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    spec = make_spec(precision="int8", calibration=CALIB)
+    cache.get_or_build(spec, FakeBuilder(), identity)
+    cache.calibration_path(spec).write_bytes(b"garbage")
+    other = make_spec(precision="int8", calibration=CALIB, workspace_mb=64)
+    builder = FakeBuilder(calib=b"FRESH-TABLE")
+    cache.get_or_build(other, builder, identity)
+    assert builder.jobs[0].calibration_reused is False and builder.seen_calibration == [b""]
+    assert cache.calibration_path(spec).read_bytes() == b"FRESH-TABLE"
+
+
+def test_calibration_cache_with_stale_provenance_is_discarded(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    spec = make_spec(precision="int8", calibration=CALIB)
+    cache.get_or_build(spec, FakeBuilder(), identity)
+    prov_path = cache.calibration_provenance_path(spec)
+    prov = json.loads(prov_path.read_text())
+    prov["key_fields"]["calibration"]["count"] = 5
+    prov_path.write_text(json.dumps(prov))
+    builder = FakeBuilder(calib=b"RECALIBRATED")
+    cache.get_or_build(make_spec(precision="int8", calibration=CALIB, workspace_mb=64), builder, identity)
+    assert builder.jobs[0].calibration_reused is False
+    assert cache.calibration_path(spec).read_bytes() == b"RECALIBRATED"
+
+
+def test_new_calibration_set_gets_its_own_cache(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    spec = make_spec(precision="int8", calibration=CALIB)
+    cache.get_or_build(spec, FakeBuilder(), identity)
+    other = make_spec(precision="int8", calibration=dataclasses.replace(CALIB, set_sha256="e" * 64))
+    builder = FakeBuilder(calib=b"OTHER-TABLE")
+    cache.get_or_build(other, builder, identity)
+    assert builder.jobs[0].calibration_reused is False
+    assert cache.calibration_path(other) != cache.calibration_path(spec)
+    assert cache.calibration_path(spec).exists() and cache.calibration_path(other).read_bytes() == b"OTHER-TABLE"
+
+
+def test_explicitly_quantized_build_without_calibration_table(tmp_path: Path) -> None:
+    cache = EngineCache(tmp_path)
+    spec = make_spec(precision="int8", calibration=CALIB)
+    result = cache.get_or_build(spec, FakeBuilder(calib=None), identity)
+    assert result.provenance["calibration"]["cache_file"] is None
+    assert not cache.calibration_path(spec).exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes and concurrency
+# ---------------------------------------------------------------------------------------------
+def test_crash_mid_write_leaves_destination_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, spec = EngineCache(tmp_path), make_spec()
+    cache.get_or_build(spec, FakeBuilder(payload=b"V1" * 100), identity)
+    engine = cache.engine_path(spec)
+    before = engine.read_bytes()
+    # Make the existing entry stale so the next call rebuilds, then "crash" while publishing.
+    prov_path = cache.provenance_path(spec)
+    prov = json.loads(prov_path.read_text())
+    prov["key_fields"]["workspace_mb"] = 1
+    prov_path.write_text(json.dumps(prov))
+
+    import mapgate.fsutil
+    from mapgate.engine_cache import _write_atomic
+
+    class OsWithReplace:
+        """os for mapgate.fsutil only, with a replace() that can be made to fail."""
+
+        def __init__(self, replace: Any) -> None:
+            self.replace = replace
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+    def crash(src: Any, dst: Any) -> None:
+        raise KeyboardInterrupt("killed while publishing")
+
+    monkeypatch.setattr(mapgate.fsutil, "os", OsWithReplace(crash))
+    with pytest.raises(KeyboardInterrupt):
+        _write_atomic(engine, b"V2-PARTIAL")
+    assert engine.read_bytes() == before
+    assert not list(engine.parent.glob(".*.part")), "temporary files must be removed"
+
+    # Killed while publishing the engine: the stale entry was already discarded, nothing new appears.
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_build(spec, FakeBuilder(payload=b"V2" * 100), identity)
+    assert not engine.exists() and not prov_path.exists()
+    assert not list(engine.parent.glob(".*.part"))
+
+    # Killed between publishing the engine and its provenance: the orphan engine is not trusted.
+    calls = []
+
+    def crash_second(src: Any, dst: Any) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed before the provenance landed")
+        os.replace(src, dst)
+
+    monkeypatch.setattr(mapgate.fsutil, "os", OsWithReplace(crash_second))
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_build(spec, FakeBuilder(payload=b"V2" * 100), identity)
+    monkeypatch.undo()
+    assert engine.exists() and not prov_path.exists()
+    ok, reason = cache.check(spec)
+    assert not ok and "no provenance" in reason
+    again = cache.get_or_build(spec, FakeBuilder(payload=b"V3" * 100), identity)
+    assert again.built and engine.read_bytes() == b"V3" * 100 and cache.check(spec)[0]
+
+
+def _concurrent_worker(root: str, log_path: str, start: Any, out: Any) -> None:
+    def slow_build(job: BuildJob) -> bytes:
+        with open(log_path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        time.sleep(0.5)  # hold the build long enough for the other process to contend
+        return b"SHARED-ENGINE" * 1000
+
+    start.wait(10)
+    result = EngineCache(Path(root), lock_timeout_s=30).get_or_build(make_spec(), slow_build, identity)
+    out.put((result.built, result.value))
+
+
+def test_concurrent_builders_build_once(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Event(), ctx.Queue()
+    log_path = tmp_path / "builds.log"
+    procs = [ctx.Process(target=_concurrent_worker, args=(str(tmp_path / "engines"), str(log_path), start, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    start.set()
+    results = [out.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert len(log_path.read_text().splitlines()) == 1, "exactly one process may build"
+    assert sorted(built for built, _ in results) == [False, True]
+    assert results[0][1] == results[1][1] == b"SHARED-ENGINE" * 1000
+
+
+def test_lock_timeout_names_the_holder(tmp_path: Path) -> None:
+    lock = tmp_path / ".x.lock"
+    with file_lock(lock):
+        with pytest.raises(ConversionError, match=f"held by pid {os.getpid()}"):
+            with file_lock(lock, timeout_s=0.3, poll_s=0.05):
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Availability
+# ---------------------------------------------------------------------------------------------
+def test_module_import_does_not_import_tensorrt_or_polygraphy() -> None:
+    code = ("import sys, mapgate.backends.tensorrt, mapgate.engine_cache; "
+            "bad = [m for m in ('tensorrt', 'polygraphy') if m in sys.modules]; "
+            "sys.exit(f'imported at module import: {bad}' if bad else 0)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
+def test_availability_on_this_machine_names_tensorrt_and_the_fix() -> None:
+    status = trt_backend.BACKEND.availability()
+    assert not status.ok
+    assert "tensorrt" in status.reason
+    assert "JetPack" in status.reason and "--system-site-packages" in status.reason
+    assert "pypi.nvidia.com" in status.reason
+
+
+def fake_trt(version: str = "10.3.0") -> SimpleNamespace:
+    return SimpleNamespace(
+        __version__=version,
+        TensorIOMode=SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
+        MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
+        IInt8EntropyCalibrator2=type("IInt8EntropyCalibrator2", (), {}),
+        Runtime=lambda logger: SimpleNamespace(kind="runtime"),
+    )
+
+
+def test_availability_old_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt("8.4.3.1"))
+    status = trt_backend.BACKEND.availability()
+    assert not status.ok and "TensorRT 8.4.3.1" in status.reason and ">= 8.5" in status.reason
+
+
+def test_availability_polygraphy_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> None:
+        raise BackendUnavailable("tensorrt", "Python module 'polygraphy' is not installed; fix: pip install 'mapgate[trt]'")
+
+    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt())
+    monkeypatch.setattr(trt_backend, "_import_polygraphy", missing)
+    status = trt_backend.BACKEND.availability()
+    assert not status.ok and "polygraphy" in status.reason and "mapgate[trt]" in status.reason
+
+
+def test_availability_no_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt())
+    monkeypatch.setattr(trt_backend, "cuda_device_count",
+                        lambda: (0, "cudaGetDeviceCount failed with CUDA error 100 (cudaErrorNoDevice)"))
+    status = trt_backend.BACKEND.availability()
+    assert not status.ok and status.reason.startswith("no CUDA device") and "error 100" in status.reason
+
+
+def test_availability_ok_when_everything_is_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt("8.5.2.2"))
+    monkeypatch.setattr(trt_backend, "cuda_device_count", lambda: (1, ""))
+    assert trt_backend.BACKEND.availability().ok
+
+
+def test_real_cuda_probe_reports_a_reason_here() -> None:
+    count, why = trt_backend.cuda_device_count()
+    if count:
+        pytest.skip(f"this machine has {count} CUDA device(s)")
+    assert why  # libcudart missing, no driver, or no device: each is named
+
+
+@pytest.mark.parametrize("text,supported", [
+    ("8.4.3.1", False), ("8.5.2.2", True), ("8.6.1", True), ("10.3.0", True), ("10.0.0b6", True),
+    ("7.1", False), ("", False), ("unknown", False),
+])
+def test_version_gate(text: str, supported: bool) -> None:
+    assert trt_backend.trt_version_supported(text) is supported
+
+
+def test_parse_version() -> None:
+    assert trt_backend.parse_version("8.6.1.6") == (8, 6, 1, 6)
+    assert trt_backend.parse_version("10.0.0b6") == (10, 0, 0)
+
+
+def test_workspace_setting() -> None:
+    assert trt_backend.resolve_workspace_mb(environ={}) == 1024
+    assert trt_backend.resolve_workspace_mb(environ={"MAPGATE_TRT_WORKSPACE_MB": "256"}) == 256
+    assert trt_backend.resolve_workspace_mb(64, environ={"MAPGATE_TRT_WORKSPACE_MB": "256"}) == 64
+    with pytest.raises(ConfigError, match="MAPGATE_TRT_WORKSPACE_MB"):
+        trt_backend.resolve_workspace_mb(environ={"MAPGATE_TRT_WORKSPACE_MB": "lots"})
+    with pytest.raises(ConfigError, match="positive integer"):
+        trt_backend.resolve_workspace_mb(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input plan, binding layout, outputs by name
+# ---------------------------------------------------------------------------------------------
+def test_input_shape_from_manifest() -> None:
+    assert trt_backend.input_shape_for(make_model(size=(416, 320))) == (1, 3, 416, 320)
+    assert trt_backend.input_shape_for(make_model(layout="NHWC", size=(300, 300)), 4) == (4, 300, 300, 3)
+    with pytest.raises(ConfigError):
+        trt_backend.input_shape_for(make_model(), 0)
+
+
+def test_plan_network_input_static_and_dynamic() -> None:
+    static = trt_backend.plan_network_input([("images", (1, 3, 416, 416))], (1, 3, 416, 416))
+    assert static == trt_backend.InputPlan("images", (1, 3, 416, 416), dynamic=False)
+    dynamic = trt_backend.plan_network_input([("images", (-1, 3, -1, -1))], (1, 3, 416, 416), "images")
+    assert dynamic.dynamic and dynamic.shape == (1, 3, 416, 416)
+
+
+@pytest.mark.parametrize("inputs,name,match", [
+    ([("images", (1, 3, 320, 320))], None, "input_size"),
+    ([("images", (1, 416, 416, 3))], None, "preprocess.layout"),
+    ([("images", (1, 3, 416))], None, "has shape"),
+    ([("a", (1, 3, 416, 416)), ("b", (1,))], None, "2 inputs"),
+    ([("input_1", (1, 3, 416, 416))], "images", "input_name"),
+])
+def test_plan_network_input_refuses_mismatch(inputs: list, name: str | None, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        trt_backend.plan_network_input(inputs, (1, 3, 416, 416), name, where="model 'm'")
+
+
+ENGINE_IO = [
+    trt_backend.TensorDesc("images", True, (1, 3, 416, 416), "float32"),
+    trt_backend.TensorDesc("boxes", False, (1, 2535, 4), "float32"),
+    trt_backend.TensorDesc("scores", False, (1, 2535, 80), "float32"),
+]
+
+
+def test_binding_layout_maps_outputs_by_name_in_manifest_order() -> None:
+    layout = trt_backend.binding_layout(ENGINE_IO, (1, 3, 416, 416), "images", ("scores", "boxes"))
+    assert layout.input_name == "images" and layout.input_dtype == "float32"
+    assert layout.output_names == ("scores", "boxes")
+    assert trt_backend.binding_layout(ENGINE_IO, (1, 3, 416, 416)).output_names == ("boxes", "scores")
+
+
+def test_binding_layout_refuses_missing_output() -> None:
+    with pytest.raises(ConfigError, match=r"missing \['classes'\].*'boxes', 'scores'"):
+        trt_backend.binding_layout(ENGINE_IO, (1, 3, 416, 416), None, ("boxes", "classes"))
+    with pytest.raises(ConfigError, match="no outputs"):
+        trt_backend.binding_layout(ENGINE_IO[:1], (1, 3, 416, 416))
+    with pytest.raises(ConfigError, match="input_size"):
+        trt_backend.binding_layout(ENGINE_IO, (1, 3, 320, 320))
+
+
+def test_map_outputs_copies_and_checks() -> None:
+    layout = trt_backend.binding_layout(ENGINE_IO, (1, 3, 416, 416))
+    raw = {"boxes": np.zeros((1, 2535, 4), np.float32), "scores": np.ones((1, 2535, 80), np.float32)}
+    out = trt_backend.map_outputs(raw, layout)
+    raw["boxes"][:] = 7  # the runner reuses its host buffers on the next infer
+    assert list(out) == ["boxes", "scores"] and not out["boxes"].any()
+    with pytest.raises(ConversionError, match="missing"):
+        trt_backend.map_outputs({"boxes": raw["boxes"]}, layout)
+
+
+class NamedTensorEngine:
+    """The TensorRT >= 8.5 / 10.x engine surface describe_engine_io uses."""
+
+    def __init__(self, io: list[trt_backend.TensorDesc]) -> None:
+        self.io = io
+        self.num_io_tensors = len(io)
+
+    def get_tensor_name(self, i: int) -> str:
+        return self.io[i].name
+
+    def _t(self, name: str) -> trt_backend.TensorDesc:
+        return next(t for t in self.io if t.name == name)
+
+    def get_tensor_mode(self, name: str) -> str:
+        return "INPUT" if self._t(name).is_input else "OUTPUT"
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self._t(name).shape
+
+    def get_tensor_dtype(self, name: str) -> str:
+        return self._t(name).dtype
+
+
+class BindingEngine:
+    """The TensorRT 8.0-8.4 binding-index surface."""
+
+    def __init__(self, io: list[trt_backend.TensorDesc]) -> None:
+        self.io = io
+        self.num_bindings = len(io)
+
+    def get_binding_name(self, i: int) -> str:
+        return self.io[i].name
+
+    def binding_is_input(self, i: int) -> bool:
+        return self.io[i].is_input
+
+    def get_binding_shape(self, i: int) -> tuple[int, ...]:
+        return self.io[i].shape
+
+    def get_binding_dtype(self, i: int) -> str:
+        return self.io[i].dtype
+
+
+@pytest.mark.parametrize("engine_cls", [NamedTensorEngine, BindingEngine])
+def test_describe_engine_io_both_apis(engine_cls: type) -> None:
+    described = trt_backend.describe_engine_io(fake_trt(), engine_cls(ENGINE_IO), dtype_name=str)
+    assert described == ENGINE_IO
+
+
+def test_build_recipe_int8_keeps_fp16_fallback() -> None:
+    assert trt_backend.build_recipe("fp32")["flags"] == []
+    assert trt_backend.build_recipe("fp16")["flags"] == ["fp16"]
+    assert trt_backend.build_recipe("int8")["flags"] == ["int8", "fp16"]
+    assert trt_backend.build_recipe("fp32")["tf32"] is False
+
+
+# ---------------------------------------------------------------------------------------------
+# The build call, with Polygraphy's loaders replaced by recorders
+# ---------------------------------------------------------------------------------------------
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: dict[str, Any] = {}
+
+
+@pytest.fixture
+def fake_polygraphy(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    import polygraphy.backend.trt as ptrt
+
+    rec = Recorder()
+    rec.network_shape = (1, 3, 32, 32)  # type: ignore[attr-defined]
+
+    class FakeInput:
+        def __init__(self, name: str, shape: tuple[int, ...]) -> None:
+            self.name, self.shape = name, shape
+
+    class FakeNetwork:
+        num_inputs = 1
+
+        def get_input(self, i: int) -> FakeInput:
+            return FakeInput("images", rec.network_shape)  # type: ignore[attr-defined]
+
+    def network_from_onnx_path(path: str) -> Any:
+        rec.calls["onnx"] = path
+        return lambda: ("builder", FakeNetwork(), "parser")
+
+    def calibrator(**kw: Any) -> Any:
+        rec.calls["calibrator"] = kw
+        return SimpleNamespace(kind="calibrator")
+
+    def create_config(**kw: Any) -> Any:
+        rec.calls["config"] = kw
+        return SimpleNamespace(kind="config")
+
+    def engine_bytes(network: Any, config: Any) -> Any:
+        rec.calls["network_tuple"] = network
+        return lambda: b"SERIALIZED"
+
+    monkeypatch.setattr(ptrt, "NetworkFromOnnxPath", network_from_onnx_path)
+    monkeypatch.setattr(ptrt, "Calibrator", calibrator)
+    monkeypatch.setattr(ptrt, "CreateConfig", create_config)
+    monkeypatch.setattr(ptrt, "EngineBytesFromNetwork", engine_bytes)
+    return rec
+
+
+@pytest.mark.parametrize("precision,fp16,int8", [("fp32", False, False), ("fp16", True, False), ("int8", True, True)])
+def test_build_engine_configures_polygraphy(fake_polygraphy: Recorder, tmp_path: Path, precision: str, fp16: bool,
+                                            int8: bool) -> None:
+    model = make_model()
+    calib = CALIB if precision == "int8" else None
+    spec = make_spec(precision=precision, calibration=calib, input_shape=(1, 3, 32, 32), workspace_mb=256)
+    staging = tmp_path / "calib.staging" if int8 else None
+    job = BuildJob(spec, calibration_cache=staging)
+    trt = fake_trt()
+    data = trt_backend._build_engine(trt, model, tmp_path / "m.onnx", job, images=[])
+    assert data == b"SERIALIZED"
+    config = fake_polygraphy.calls["config"]
+    assert config["fp16"] is fp16 and config["int8"] is int8 and config["tf32"] is False
+    assert config["memory_pool_limits"] == {"WORKSPACE": 256 << 20}
+    assert config["profiles"] is None  # static ONNX input: no extra profile
+    assert fake_polygraphy.calls["network_tuple"] == ("builder", fake_polygraphy.calls["network_tuple"][1], "parser")
+    if int8:
+        kw = fake_polygraphy.calls["calibrator"]
+        assert kw["BaseClass"] is trt.IInt8EntropyCalibrator2 and kw["cache"] == str(staging)
+        assert isinstance(kw["data_loader"], trt_backend.CalibrationFeed) and config["calibrator"] is not None
+    else:
+        assert config["calibrator"] is None and "calibrator" not in fake_polygraphy.calls
+
+
+def test_build_engine_adds_fixed_profile_for_dynamic_input(fake_polygraphy: Recorder, tmp_path: Path) -> None:
+    fake_polygraphy.network_shape = (-1, 3, -1, -1)  # type: ignore[attr-defined]
+    spec = make_spec(precision="fp16", input_shape=(1, 3, 32, 32))
+    trt_backend._build_engine(fake_trt(), make_model(), tmp_path / "m.onnx", BuildJob(spec), images=[])
+    (profile,) = fake_polygraphy.calls["config"]["profiles"]
+    shapes = profile["images"]
+    assert tuple(shapes.min) == tuple(shapes.opt) == tuple(shapes.max) == (1, 3, 32, 32)
+
+
+def test_build_engine_refuses_manifest_mismatch(fake_polygraphy: Recorder, tmp_path: Path) -> None:
+    fake_polygraphy.network_shape = (1, 3, 64, 64)  # type: ignore[attr-defined]
+    spec = make_spec(precision="fp16", input_shape=(1, 3, 32, 32))
+    with pytest.raises(ConfigError, match="input_size"):
+        trt_backend._build_engine(fake_trt(), make_model(), tmp_path / "m.onnx", BuildJob(spec), images=[])
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole runner with fakes: build once, reuse, outputs by name
+# ---------------------------------------------------------------------------------------------
+class FakeTrtRunner:
+    instances: list["FakeTrtRunner"] = []
+
+    def __init__(self, engine: Any, name: str | None = None) -> None:
+        self.engine, self.is_active, self.feeds = engine, False, []
+        self.host = OrderedDict(boxes=np.zeros((1, 10, 4), np.float32), scores=np.zeros((1, 10, 80), np.float32))
+        FakeTrtRunner.instances.append(self)
+
+    def activate(self) -> None:
+        self.is_active = True
+
+    def deactivate(self) -> None:
+        self.is_active = False
+
+    def infer(self, feed: dict[str, np.ndarray]) -> OrderedDict:
+        self.feeds.append(feed)
+        value = float(feed["images"].mean())
+        for arr in self.host.values():
+            arr[:] = value  # same host buffers every call, like Polygraphy
+        return self.host
+
+
+@pytest.fixture
+def fake_trt_stack(fake_polygraphy: Recorder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> SimpleNamespace:
+    import polygraphy.backend.trt as ptrt
+
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"fake onnx")
+    builds: list[bytes] = []
+    real_build = trt_backend._build_engine
+
+    def counting_build(*args: Any, **kw: Any) -> bytes:
+        builds.append(real_build(*args, **kw))
+        return builds[-1]
+
+    io = [trt_backend.TensorDesc("images", True, (1, 3, 32, 32), "float32"),
+          trt_backend.TensorDesc("boxes", False, (1, 10, 4), "float32"),
+          trt_backend.TensorDesc("scores", False, (1, 10, 80), "float32")]
+    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt())
+    monkeypatch.setattr(trt_backend, "cuda_device_count", lambda: (1, ""))
+    monkeypatch.setattr(trt_backend, "probe_device_info", lambda trt: DEVICE)
+    monkeypatch.setattr(trt_backend, "_onnx_for", lambda model, ctx: onnx)
+    monkeypatch.setattr(trt_backend, "_build_engine", counting_build)
+    monkeypatch.setattr(trt_backend, "_trt_dtype_name", str)
+    monkeypatch.setattr(ptrt, "get_trt_logger", lambda: "logger")
+    monkeypatch.setattr(ptrt, "EngineFromBytes", lambda data, runtime: (lambda: NamedTensorEngine(io)))
+    monkeypatch.setattr(ptrt, "TrtRunner", FakeTrtRunner)
+    FakeTrtRunner.instances.clear()
+    return SimpleNamespace(builds=builds, ctx=BuildContext(engines_dir=tmp_path / "engines"))
+
+
+def test_runner_builds_once_reuses_and_returns_outputs_by_name(fake_trt_stack: SimpleNamespace) -> None:
+    model = make_model(output_names=("scores", "boxes"))
+    runner = trt_backend.BACKEND.runner(model, "fp16", fake_trt_stack.ctx)
+    with runner:
+        assert runner.cache_result is not None and runner.cache_result.built
+        first = runner.infer(np.full((1, 3, 32, 32), 1.0, np.float32))
+        second = runner.infer(np.full((1, 3, 32, 32), 2, np.uint8))  # uint8 -> float32 is a safe cast
+        assert list(first) == ["scores", "boxes"]
+        assert first["boxes"].max() == 1.0 and second["boxes"].max() == 2.0  # outputs are copies
+        assert runner.artifact is not None and runner.artifact.suffix == ".engine"
+        with pytest.raises(ConfigError, match="built for"):
+            runner.infer(np.zeros((2, 3, 32, 32), np.float32))
+    built_at = runner.cache_result.provenance["built_at"]
+
+    again = trt_backend.BACKEND.runner(model, "fp16", fake_trt_stack.ctx)
+    with again:
+        assert again.cache_result is not None and not again.cache_result.built
+        assert again.cache_result.provenance["built_at"] == built_at
+    assert len(fake_trt_stack.builds) == 1, "the second activation must reuse the cached engine"
+    assert all(not r.is_active for r in FakeTrtRunner.instances)
+
+
+def test_identity_for_the_gate(fake_trt_stack: SimpleNamespace) -> None:
+    model = make_model()
+    before = trt_backend.BACKEND.identity(model, "fp16", fake_trt_stack.ctx)
+    assert before["cacheable"] is False  # no engine yet: the next run's build bytes are unknown
+    assert len(fake_trt_stack.builds) == 0, "identity must not build"
+    with trt_backend.BACKEND.runner(model, "fp16", fake_trt_stack.ctx) as runner:
+        sha = runner.artifact_sha256
+    after = trt_backend.BACKEND.identity(model, "fp16", fake_trt_stack.ctx)
+    assert "cacheable" not in after and after["artifact_sha256"] == sha
+    assert after["engine_key"] == before["engine_key"]
+    assert trt_backend.BACKEND.identity(model, "fp32", fake_trt_stack.ctx)["engine_key"] != after["engine_key"]
+
+
+def test_runner_rejects_bad_precision_and_missing_output(fake_trt_stack: SimpleNamespace) -> None:
+    with pytest.raises(ConfigError, match="never the reference"):
+        trt_backend.BACKEND.runner(make_model(), None, fake_trt_stack.ctx)  # type: ignore[arg-type]
+    runner = trt_backend.BACKEND.runner(make_model(output_names=("logits",)), "fp32", fake_trt_stack.ctx)
+    with pytest.raises(ConfigError, match="output_names"):
+        runner.activate()
+
+
+def test_runner_unavailable_raises_with_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt())
+    monkeypatch.setattr(trt_backend, "cuda_device_count", lambda: (0, "cudaGetDeviceCount reports 0 devices"))
+    runner = trt_backend.BACKEND.runner(make_model(), "fp32", BuildContext(engines_dir=tmp_path))
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        runner.activate()
+
+
+# ---------------------------------------------------------------------------------------------
+# Calibration input (needs the lead's mapgate.calibration)
+# ---------------------------------------------------------------------------------------------
+@needs_calibration
+def test_calibration_feed_shapes_and_order() -> None:
+    from mapgate.calibration import calibration_batches
+    from mapgate.dataset import read_image
+    from mapgate.preprocess import preprocess
+
+    model = make_model(size=(32, 48))
+    images = sorted(CALIB_DIR.iterdir())[:3]
+    feed = trt_backend.CalibrationFeed(model, images, "images")
+    batches = list(feed)
+    assert len(batches) == 3 and feed.batches_fed == 3 and feed.error is None
+    for batch, path in zip(batches, images):
+        assert list(batch) == ["images"]
+        assert batch["images"].shape == (1, 3, 32, 48) and batch["images"].dtype == np.float32
+        expected, _ = preprocess(read_image(path), model)
+        np.testing.assert_array_equal(batch["images"], expected)
+    assert len(list(feed)) == 3, "the feed must be re-iterable (Polygraphy rewinds it)"
+    pairs = list(calibration_batches(model, images, batch_size=2))
+    assert [b.shape for b in pairs] == [(2, 3, 32, 48)]  # the partial last batch is dropped
+
+
+@needs_calibration
+def test_calibration_feed_records_errors_instead_of_raising(tmp_path: Path) -> None:
+    bad = tmp_path / "000000000001.jpg"
+    bad.write_bytes(b"not a jpeg")
+    feed = trt_backend.CalibrationFeed(make_model(), [bad], "images")
+    assert list(feed) == []
+    assert feed.error is not None and str(bad) in str(feed.error)
+
+
+@needs_calibration
+def test_int8_refuses_calibration_images_that_are_evaluated(tmp_path: Path) -> None:
+    images = sorted(CALIB_DIR.iterdir())[:4]
+    from mapgate.calibration import image_ids_of
+
+    ids = image_ids_of(images)
+    ctx = BuildContext(engines_dir=tmp_path, calib_images=images, evaluated_image_ids=frozenset({ids[1], 123456789}))
+    runner = trt_backend.TensorRTRunner(make_model(), "int8", ctx)
+    with pytest.raises(ConfigError, match=rf"also evaluated \(image ids {ids[1]}\)"):
+        runner._calibration()
+
+
+@needs_calibration
+def test_int8_calibration_info_is_deterministic(tmp_path: Path) -> None:
+    images = sorted(CALIB_DIR.iterdir())[:5]
+    ctx = BuildContext(engines_dir=tmp_path, calib_images=list(reversed(images)), max_calib_images=3)
+    info, used = trt_backend.TensorRTRunner(make_model(), "int8", ctx)._calibration()
+    assert used == images[:3]  # sorted by name, capped at max_calib_images
+    assert info.count == 3 and info.algorithm == "IInt8EntropyCalibrator2" and info.batch_size == 1
+    again, _ = trt_backend.TensorRTRunner(make_model(), "int8", ctx)._calibration()
+    assert again == info
+    other_pre, _ = trt_backend.TensorRTRunner(make_model(layout="NHWC"), "int8", ctx)._calibration()
+    assert other_pre.preprocess_sha256 != info.preprocess_sha256
+
+
+def test_int8_without_calibration_images_is_refused(tmp_path: Path) -> None:
+    if not HAS_CALIBRATION:
+        pytest.skip("mapgate.calibration (the lead's calibration module) does not exist yet")
+    runner = trt_backend.TensorRTRunner(make_model(), "int8", BuildContext(engines_dir=tmp_path))
+    with pytest.raises(ConfigError, match="calibration images"):
+        runner._calibration()
