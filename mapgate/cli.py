@@ -133,6 +133,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from mapgate.backends import all_backends
     from mapgate.convert import can_make
+    from mapgate.files import missing_files
     from mapgate.gate import load_models
 
     models = load_models(args.models_file)
@@ -149,6 +150,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for m in models.values():
         print(f"{m.name:30} {m.family:18} {m.reference_backend:12} {state_of(m.reference_backend)}")
+        for line in missing_files(m):
+            print(f"{'':30}   files missing: {line}")
         for target in m.optimized:
             how = "prebuilt" if target in m.prebuilt else ("converted" if can_make(m, target) else "no route")
             expect = f", expected verdict {m.expected_verdicts[target]}" if target in m.expected_verdicts else ""

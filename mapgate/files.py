@@ -108,6 +108,22 @@ def _extract(name: str, ref: FileRef, archive: Path, cache_dir: Path) -> Path:
     return dest
 
 
+def missing_files(model: ModelSpec, mirror: Path | None = None, cache_dir: Path | None = None) -> list[str]:
+    """Files of ``model`` not on this machine yet (bundled files absent, URLs neither mirrored nor cached)."""
+    missing = []
+    mirror = mirror or (Path(os.environ[MIRROR_ENV]) if os.environ.get(MIRROR_ENV) else None)
+    cache_dir = cache_dir or default_cache_dir()
+    for ref in [*model.files.values(), *model.prebuilt.values()]:
+        if ref.path is not None:
+            if not ref.path.exists():
+                missing.append(f"{ref.role}: {ref.path} does not exist")
+            continue
+        name = (ref.url or "").rstrip("/").rsplit("/", 1)[-1]
+        if not any(c.exists() for c in ([mirror / name] if mirror else []) + [cache_dir / "downloads" / name]):
+            missing.append(f"{ref.role}: {ref.url} (not downloaded yet, not in a mirror)")
+    return missing
+
+
 def resolve_role(model: ModelSpec, role: str, **kw: object) -> Path:
     if role not in model.files:
         raise ConfigError(f"{model.manifest_path}: model {model.name!r} has no file '{role}' (field 'files.{role}')")

@@ -12,6 +12,7 @@ import json
 import platform
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,14 @@ DEFAULT_ENGINES = REPO / "engines"
 DEFAULT_REPORTS = REPO / "reports"
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+
+
+@lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of mapgate's own source: a decoder or NMS fix must invalidate cached detections,
+    even before anyone bumps the version (costs ~5 ms for the whole package)."""
+    package = Path(__file__).resolve().parent
+    return sha256_json([[str(p.relative_to(package)), verified_sha256(p)] for p in sorted(package.rglob("*.py"))])
 
 
 def contract(model: ModelSpec) -> dict[str, Any]:
@@ -137,6 +146,7 @@ class Gate:
         inputs = {
             "contract": contract_hash(model), "backend": backend_name, "precision": precision or "original",
             "identity": identity, "images": self.dataset.fingerprint, "mapgate": __version__,
+            "code": code_fingerprint(),
         }
         runs: dict[str, Any] = {}
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess.coco_ids import to_coco_ids
-from mapgate.postprocess.nms import nms
+from mapgate.postprocess.nms import nms, nms_dense
 from mapgate.preprocess import Transform
 
 
@@ -49,6 +49,10 @@ def select(c: Candidates, model: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.
         keep = keep[np.argsort(-c.scores[keep], kind="stable")][: post.max_detections]
         return c.boxes[keep], c.scores[keep], c.classes[keep]
     scores = c.scores
+    if post.multi_label and post.nms != "none" and not post.pre_nms_top_k:
+        box_idx, cls_idx = nms_dense(c.boxes, scores, post.score_threshold, post.nms_iou, post.max_detections,
+                                     agnostic=post.nms == "agnostic")
+        return c.boxes[box_idx], scores[box_idx, cls_idx], cls_idx
     if post.multi_label:
         box_idx, cls_idx = np.nonzero(scores > post.score_threshold)
         cand_scores = scores[box_idx, cls_idx]
@@ -60,12 +64,13 @@ def select(c: Candidates, model: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.
     if post.pre_nms_top_k and cand_scores.size > post.pre_nms_top_k:
         top = np.argsort(-cand_scores, kind="stable")[: post.pre_nms_top_k]
         box_idx, cls_idx, cand_scores = box_idx[top], cls_idx[top], cand_scores[top]
-    boxes = c.boxes[box_idx]
     if post.nms == "none":
         keep = np.argsort(-cand_scores, kind="stable")[: post.max_detections]
     else:
-        keep = nms(boxes, cand_scores, cls_idx, post.nms_iou, post.max_detections, agnostic=post.nms == "agnostic")
-    return boxes[keep], cand_scores[keep], cls_idx[keep]
+        keep = nms(c.boxes, cand_scores, cls_idx, post.nms_iou, post.max_detections,
+                   agnostic=post.nms == "agnostic", box_index=box_idx)
+    boxes = c.boxes[box_idx[keep]]
+    return boxes, cand_scores[keep], cls_idx[keep]
 
 
 def postprocess(outputs: dict[str, np.ndarray], model: ModelSpec, transform: Transform, image_id: int) -> list[dict]:
@@ -80,10 +85,12 @@ def postprocess(outputs: dict[str, np.ndarray], model: ModelSpec, transform: Tra
     boxes, scores, cat_ids = boxes[ok], scores[ok], cat_ids[ok]
     w = boxes[:, 2] - boxes[:, 0]
     h = boxes[:, 3] - boxes[:, 1]
+    # tolist() hands back Python floats/ints in one call: building the records from numpy scalars
+    # one by one costs more than NMS
     return [
-        {"image_id": image_id, "category_id": int(cid), "bbox": [float(x), float(y), float(bw), float(bh)],
-         "score": float(s)}
-        for x, y, bw, bh, s, cid in zip(boxes[:, 0], boxes[:, 1], w, h, scores, cat_ids)
+        {"image_id": image_id, "category_id": cid, "bbox": [x, y, bw, bh], "score": sc}
+        for x, y, bw, bh, sc, cid in zip(boxes[:, 0].tolist(), boxes[:, 1].tolist(), w.tolist(), h.tolist(),
+                                         scores.astype(np.float64).tolist(), cat_ids.tolist())
     ]
 
 

@@ -34,5 +34,8 @@ def decode(outputs: dict[str, np.ndarray], model: ModelSpec) -> Candidates:
     xy = (raw[:, :2] + grid) * stride
     wh = np.exp(raw[:, 2:4]) * stride
     boxes = np.concatenate((xy - wh / 2, xy + wh / 2), axis=1)
-    scores = raw[:, 4:5] * raw[:, 5:]
+    # obj * cls <= obj: rows whose objectness is at or below the threshold cannot yield a candidate
+    live = raw[:, 4] > np.float32(model.postprocess.score_threshold)
+    scores = np.zeros((raw.shape[0], raw.shape[1] - 5), np.float32)
+    scores[live] = raw[live, 4:5] * raw[live, 5:]
     return Candidates(boxes, scores)
