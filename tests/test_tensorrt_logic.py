@@ -489,7 +489,7 @@ def test_availability_on_this_machine_names_tensorrt_and_the_fix() -> None:
     assert not status.ok
     assert "tensorrt" in status.reason
     assert "JetPack" in status.reason and "--system-site-packages" in status.reason
-    assert "pypi.nvidia.com" in status.reason
+    assert "NVIDIA's pip index" in status.reason
 
 
 def fake_trt(version: str = "10.3.0") -> SimpleNamespace:
