@@ -72,7 +72,7 @@ class Side:
     identity: dict[str, Any]
     from_cache: bool = False
     directory: Path | None = None
-    per_image: Any = None  # bootstrap's per-image matching, computed on first use
+    per_image: Any = None  # mapgate.bootstrap.PerImage: the matching behind ``metrics``, reused by the bootstrap
 
     @property
     def target(self) -> str:
@@ -179,13 +179,17 @@ class Gate:
             detections = runs["run"].detections
             timings = runs["run"].timings_ms
             tmp.unlink(missing_ok=True)
-        from mapgate.evaluate import evaluate
-
-        metrics = evaluate(self.ground_truth, detections, img_ids=self.dataset.image_ids, label=self.dataset.label)
-        side = Side(model.name, backend_name, precision, detections, metrics, timings, identity,
-                    from_cache="run" not in runs)
+        per_image = self._per_image(detections)
+        side = Side(model.name, backend_name, precision, detections, per_image.metrics, timings, identity,
+                    from_cache="run" not in runs, per_image=per_image)
         side.directory = self._write_side(model, side)
         return side
+
+    def _per_image(self, detections: list[dict[str, Any]]) -> Any:
+        """One evaluation per side: its per-image matching serves both the metrics and the bootstrap."""
+        from mapgate.bootstrap import per_image_results
+
+        return per_image_results(self.ground_truth, detections, self.dataset.image_ids, label=self.dataset.label)
 
     def _identity(self, model: ModelSpec, backend: Any, precision: str | None, ctx: BuildContext) -> dict[str, Any]:
         """Hashes of what will run, without starting the framework where the files tell enough."""
@@ -237,13 +241,11 @@ class Gate:
         if ids != list(self.dataset.image_ids):
             raise ConfigError(f"stored reference {meta_path}: its image set ({len(ids or [])} images) differs from "
                               f"this run's ({self.dataset.label}); use the same --coco-root/--max-images")
-        from mapgate.evaluate import evaluate
-
-        metrics = evaluate(self.ground_truth, detections, img_ids=self.dataset.image_ids, label=self.dataset.label)
-        return Side(model_name, f"stored:{meta.get('backend', '?')}", None, detections, metrics,
+        per_image = self._per_image(detections)
+        return Side(model_name, f"stored:{meta.get('backend', '?')}", None, detections, per_image.metrics,
                     meta.get("timings_ms_per_image", {}), {"stored": str(detections_json),
                                                            "sha256": verified_sha256(detections_json)},
-                    from_cache=True)
+                    from_cache=True, per_image=per_image)
 
     # -- comparison -------------------------------------------------------------------------
     def compare(self, model_name: str, opt_target: str, ref: str | Path | None = None,
@@ -273,11 +275,8 @@ class Gate:
         return verdict
 
     def _bootstrap(self, ref: Side, opt: Side) -> dict[str, Any]:
-        from mapgate.bootstrap import paired_bootstrap, per_image_results
+        from mapgate.bootstrap import paired_bootstrap
 
-        for s in (ref, opt):
-            if s.per_image is None:
-                s.per_image = per_image_results(self.ground_truth, s.detections, self.dataset.image_ids)
         ci = paired_bootstrap(ref.per_image, opt.per_image, n_resamples=self.bootstrap_resamples,
                               seed=self.bootstrap_seed)
         return ci.to_dict()
