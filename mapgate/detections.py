@@ -30,6 +30,12 @@ def run_detections(model: ModelSpec, runner: Runner, dataset: CocoDataset, *, pr
     dets: list[dict[str, Any]] = []
     totals = {"preprocess": 0.0, "inference": 0.0, "postprocess": 0.0}
     clock = time.perf_counter
+    if len(dataset):
+        # warm-up, untimed: numba compilation and lazy engine allocations would otherwise land in
+        # the first image's timings
+        first = dataset.load(dataset.image_ids[0])
+        batch, transform = preprocess(first.image, model)
+        postprocess(runner.infer(batch), model, transform, first.image_id)
     for sample in tqdm(dataset, total=len(dataset), desc=desc or f"{model.name} [{runner.backend}]",
                        unit="img", disable=not progress, leave=False):
         t0 = clock()

@@ -23,14 +23,12 @@ on a machine without a GPU.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +36,7 @@ from typing import Any, Generic, TypeVar
 
 from mapgate import __version__ as MAPGATE_VERSION
 from mapgate.errors import ConfigError, ConversionError, DataError
-from mapgate.fsutil import atomic_path, sha256_bytes, sha256_file, sha256_json
+from mapgate.fsutil import atomic_path, file_lock, sha256_bytes, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -229,54 +227,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
     _write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, timeout_s: float | None = None, poll_s: float = 0.2) -> Iterator[None]:
-    """Exclusive ``flock`` on ``path`` (created if needed), released on exit or process death.
-
-    The lock file is never deleted: unlinking a lock file other processes have open lets two
-    of them hold "the" lock on different inodes. The kernel drops the lock of a killed
-    holder, so waiting without a timeout cannot deadlock on a crashed worker.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        start = time.monotonic()
-        announced = False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    raise
-            waited = time.monotonic() - start
-            if timeout_s is not None and waited > timeout_s:
-                raise ConversionError(
-                    f"waited {waited:.0f} s for the build lock {path} ({_lock_holder(fd)}); another process is "
-                    "still building this engine. Wait for it, or if it hung, stop it and run again."
-                )
-            if not announced:
-                log.info("waiting for %s (%s)", path, _lock_holder(fd))
-                announced = True
-            time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {_now()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-def _lock_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
-    except OSError:
-        text = ""
-    return f"held by {text}" if text else "holder unknown"
 
 
 class EngineCache:

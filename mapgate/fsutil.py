@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import logging
+import time
 import hashlib
 import json
 import os
@@ -10,6 +14,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from mapgate.errors import ConversionError
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
 
@@ -67,3 +75,51 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout_s: float | None = None, poll_s: float = 0.2) -> Iterator[None]:
+    """Exclusive ``flock`` on ``path`` (created if needed), released on exit or process death.
+
+    The lock file is never deleted: unlinking a lock file other processes have open lets two
+    of them hold "the" lock on different inodes. The kernel drops the lock of a killed
+    holder, so waiting without a timeout cannot deadlock on a crashed worker.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        start = time.monotonic()
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+            waited = time.monotonic() - start
+            if timeout_s is not None and waited > timeout_s:
+                raise ConversionError(
+                    f"waited {waited:.0f} s for the build lock {path} ({_lock_holder(fd)}); another process is "
+                    "still building this engine. Wait for it, or if it hung, stop it and run again."
+                )
+            if not announced:
+                log.info("waiting for %s (%s)", path, _lock_holder(fd))
+                announced = True
+            time.sleep(poll_s)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return f"held by {text}" if text else "holder unknown"

@@ -8,16 +8,14 @@ place, under a lock file, so concurrent pytest-xdist workers build once and neve
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mapgate import __version__
-from mapgate.fsutil import atomic_path, sha256_file, sha256_json, write_json_atomic
+from mapgate.fsutil import atomic_path, file_lock, sha256_file, sha256_json, write_json_atomic
 
 
 def cache_key(inputs: dict[str, Any]) -> str:
@@ -44,17 +42,6 @@ def read_provenance(artifact: Path) -> dict[str, Any] | None:
     return data
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def cached_artifact(cache_dir: Path, model: str, kind: str, inputs: dict[str, Any],
                     build: Callable[[Path], dict[str, Any] | None], suffix: str) -> Path:
     """Return the artifact for ``inputs``, building it with ``build(tmp_path)`` if needed.
@@ -65,7 +52,7 @@ def cached_artifact(cache_dir: Path, model: str, kind: str, inputs: dict[str, An
     artifact = Path(cache_dir) / model / f"{kind}-{key[:16]}{suffix}"
     if read_provenance(artifact) is not None:
         return artifact
-    with file_lock(artifact):
+    with file_lock(artifact.with_name(artifact.name + ".lock")):
         if read_provenance(artifact) is not None:  # another worker built it while we waited
             return artifact
         started = time.time()
