@@ -148,9 +148,9 @@ class Gate:
             "identity": identity, "images": self.dataset.fingerprint, "mapgate": __version__,
             "code": code_fingerprint(),
         }
-        runs: dict[str, Any] = {}
+        fresh: list[Any] = []  # the DetectionRun, when detections were computed (not loaded) here
 
-        def _detect(out: Path) -> dict[str, Any]:
+        def _detect() -> Any:
             from mapgate.detections import run_detections
 
             with backend.runner(model, precision, ctx) as runner:
@@ -158,30 +158,30 @@ class Gate:
                                      desc=f"{model.name} [{backend_name}:{precision or 'original'}]")
                 if runner.artifact is not None:
                     identity.setdefault("artifact", str(runner.artifact))
+            fresh.append(run)
+            return run
+
+        def _build(out: Path) -> dict[str, Any]:
+            run = _detect()
             out.write_text(json.dumps(run.detections))
-            runs["run"] = run
             return {"timings_ms": run.timings_ms, "image_ids": run.image_ids}
 
+        kind = f"detections-{backend_name}-{precision or 'orig'}"
         if self.use_cache and identity.get("cacheable", True):
-            path = cached_artifact(self.engines_dir, model.name, f"detections-{backend_name}-{precision or 'orig'}",
-                                   inputs, _detect, ".json")
+            path = cached_artifact(self.engines_dir, model.name, kind, inputs, _build, ".json")
             detections = _load_cached(path)
             if detections is None:  # damaged entry: discard and recompute, never trust it
                 path.unlink(missing_ok=True)
                 provenance_path(path).unlink(missing_ok=True)
-                path = cached_artifact(self.engines_dir, model.name,
-                                       f"detections-{backend_name}-{precision or 'orig'}", inputs, _detect, ".json")
+                path = cached_artifact(self.engines_dir, model.name, kind, inputs, _build, ".json")
                 detections = _load_cached(path) or []
             timings = json.loads(provenance_path(path).read_text()).get("timings_ms", {})
         else:
-            tmp = self.run_dir / ".uncached.json"
-            _detect(tmp)
-            detections = runs["run"].detections
-            timings = runs["run"].timings_ms
-            tmp.unlink(missing_ok=True)
+            run = _detect()
+            detections, timings = run.detections, run.timings_ms
         per_image = self._per_image(detections)
         side = Side(model.name, backend_name, precision, detections, per_image.metrics, timings, identity,
-                    from_cache="run" not in runs, per_image=per_image)
+                    from_cache=not fresh, per_image=per_image)
         side.directory = self._write_side(model, side)
         return side
 
