@@ -120,8 +120,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mapgate.evaluate import evaluate, load_detections, load_ground_truth
     from mapgate.fsutil import write_json_atomic
 
+    from mapgate.errors import ContractError, DataError
+
     gt = load_ground_truth(args.gt)
-    metrics = evaluate(gt, load_detections(args.dets), label=args.label)
+    try:
+        metrics = evaluate(gt, load_detections(args.dets), label=args.label)
+    except ContractError as exc:
+        raise DataError(f"{args.dets} against {args.gt}: {exc}") from exc
     print("\n".join(metrics.summary_lines()))
     print(f"data set: {metrics.dataset.label}")
     if args.out:
@@ -176,19 +181,15 @@ def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN20
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from mapgate.fsutil import write_bytes_atomic
-
     gate = _gate(args)
+    gate.side_dir = args.out
     side = gate.side(args.model, args.backend)
     print("\n".join(side.metrics.summary_lines()))
     print(f"model {args.model} on {side.target}, data set: {side.metrics.dataset.label}")
     t = side.timings_ms
     print("mean ms per image: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
           + (" (detections from cache)" if side.from_cache else ""))
-    if args.out and side.directory is not None:
-        for name in ("detections.json", "metrics.json"):
-            write_bytes_atomic(args.out / name, (side.directory / name).read_bytes())
-    print(f"written: {(args.out or side.directory) / 'detections.json'}, {(args.out or side.directory) / 'metrics.json'}")
+    print(f"written: {side.directory / 'detections.json'}, {side.directory / 'metrics.json'}")
     return EXIT_OK
 
 

@@ -96,6 +96,7 @@ class Gate:
     progress: bool = True
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
     bootstrap_seed: int = BOOTSTRAP_SEED
+    side_dir: Path | None = None  # write a side's detections/metrics here instead of the run tree (`eval --out`)
     _sides: dict[tuple[str, str], Side] = field(default_factory=dict)
 
     @property
@@ -204,7 +205,7 @@ class Gate:
                 "model_files": {r: f.sha256 for r, f in model.files.items()}}
 
     def _write_side(self, model: ModelSpec, side: Side) -> Path:
-        d = self.run_dir / model.name / side.target.replace(":", "-")
+        d = self.side_dir or self.run_dir / model.name / side.target.replace(":", "-")
         write_bytes_atomic(d / "detections.json", json.dumps(side.detections).encode())
         metrics = side.metrics.to_dict()
         metrics.update({
@@ -251,12 +252,12 @@ class Gate:
     def compare(self, model_name: str, opt_target: str, ref: str | Path | None = None,
                 tolerance: float | None = None) -> Verdict:
         model = self.model(model_name)
+        _, precision = parse_target(opt_target)  # a bad target fails before minutes of reference inference
         if ref is not None and (str(ref).endswith(".json") or "/" in str(ref)):
             ref_side = self.stored_side(model_name, Path(ref))
         else:
             ref_side = self.side(model_name, None if ref is None else str(ref))
         opt_side = self.side(model_name, opt_target)
-        _, precision = parse_target(opt_target)
         if tolerance is not None:
             tol, source = tolerance, "command line"
         elif precision in model.tolerances:

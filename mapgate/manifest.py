@@ -196,10 +196,13 @@ def _parse_file(entry: _Entry, role: str, value: Any) -> FileRef:
     return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel) if rel else None, url=url, member=member)
 
 
-def _target(entry: _Entry, fld: str, key: str) -> str:
+def _target(entry: _Entry, fld: str, key: object) -> str:
+    where = f"{fld}.{key}" if fld else str(key)
+    if not isinstance(key, str):
+        raise entry.error(fld or where, f"entries must be strings like BACKEND:PRECISION, got {key!r}")
     backend, sep, precision = key.partition(":")
     if not sep or not backend or precision not in DEFAULT_TOLERANCES:
-        raise entry.error(f"{fld}.{key}", "keys must look like BACKEND:PRECISION with precision fp32, fp16 or int8")
+        raise entry.error(where, "keys must look like BACKEND:PRECISION with precision fp32, fp16 or int8")
     return key
 
 
@@ -259,8 +262,9 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     # only explicit overrides are kept, so a verdict can say where its tolerance came from
     tolerances = {p: te.get(p, float) for p in DEFAULT_TOLERANCES if p in te.table}
     te.reject_unknown()
-    if any(v < 0 for v in tolerances.values()):
-        raise te.error("fp32", "tolerances are AP points lost that are allowed, and must be >= 0")
+    for precision, value in tolerances.items():
+        if value < 0:
+            raise te.error(precision, f"tolerances are AP points allowed to be lost and must be >= 0, got {value}")
 
     optimized = tuple(_target(e, "optimized", t) for t in e.get("optimized", list, []))
     pb = e.sub("prebuilt")
@@ -268,11 +272,11 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     ve = e.sub("expected_verdicts")
     expected = {_target(ve, "", k): ve.get(k, str, choices=("pass", "fail")) for k in list(ve.table)}
     input_name = e.get("input_name", str, None)
-    output_names = tuple(e.get("output_names", list, []))
+    output_names = tuple(_strings(e, "output_names"))
     ce = e.sub("convert")
     convert = ConvertOptions(
         resize_loop_output=ce.get("resize_loop_output", str, None),
-        int8_keep_float=tuple(ce.get("int8_keep_float", list, [])),
+        int8_keep_float=tuple(_strings(ce, "int8_keep_float")),
     )
     ce.reject_unknown()
     e.reject_unknown()
@@ -295,6 +299,13 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         description=description,
         manifest_path=path,
     )
+
+
+def _strings(e: _Entry, fld: str) -> list[str]:
+    values = e.get(fld, list, [])
+    if not all(isinstance(v, str) for v in values):
+        raise e.error(fld, f"must be a list of strings, got {values!r}")
+    return values
 
 
 def _floats(e: _Entry, fld: str, n: int, default: list[float]) -> list[float]:
