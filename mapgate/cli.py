@@ -7,36 +7,17 @@ import sys
 from pathlib import Path
 
 from mapgate import __version__
+from mapgate.argtypes import non_negative_float, positive_int
 from mapgate.errors import MapgateError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of AP points, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"a tolerance is the AP points allowed to be lost, >= 0; got {value}")
-    return value
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coco-root", type=Path, metavar="DIR",
                    help="a COCO layout (DIR/val2017/*.jpg, DIR/annotations/instances_val2017.json); "
                         "default: the bundled val2017-mini (206 images)")
-    p.add_argument("--max-images", type=_positive_int, metavar="N", help="evaluate only the first N image ids")
+    p.add_argument("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
     p.add_argument("--models-file", type=Path, action="append", default=[], metavar="FILE",
                    help="an extra TOML model manifest (repeatable); the bundled fixtures/models.toml is always read")
     p.add_argument("--mirror", type=Path, metavar="DIR",
@@ -91,10 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference backend (default: the manifest's reference_backend) or a stored "
                         "detections.json from `mapgate eval` (with its metrics.json beside it)")
     p.add_argument("--opt", required=True, metavar="BACKEND:PRECISION", help="e.g. onnxruntime:fp32, tensorrt:int8")
-    p.add_argument("--tolerance", type=_non_negative_float, metavar="POINTS",
-                   help="AP points the optimized model may lose (default: manifest, else fp32 0.1, fp16 0.5, int8 1.5)")
+    p.add_argument("--tolerance", type=non_negative_float, metavar="POINTS",
+                   help="AP points (>= 0) the optimized model may lose (default: manifest, else fp32 0.1, fp16 0.5, int8 1.5)")
     p.add_argument("--out", type=Path, metavar="DIR", help="reports folder (default reports/); a run-id subfolder is made")
-    p.add_argument("--resamples", type=_positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     _add_data_options(p)
 
     p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",

@@ -16,21 +16,15 @@ from typing import Any
 
 import pytest
 
+from mapgate.argtypes import csv_list, positive_int
 from mapgate.manifest import DEFAULT_TOLERANCES
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = REPO / "fixtures" / "baselines.json"
 
 
-def _csv(text: str) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError("expected a comma-separated list")
-    return items
-
-
 def _backend_list(text: str) -> list[str]:
-    items = _csv(text)
+    items = csv_list(text)
     for item in items:
         name, sep, precision = item.partition(":")
         if sep and precision not in DEFAULT_TOLERANCES:
@@ -39,19 +33,13 @@ def _backend_list(text: str) -> list[str]:
     return items
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("mapgate", "mapgate accuracy gate")
-    g.addoption("--models", type=_csv, metavar="NAMES", help="comma-separated model names (default: all in the manifest)")
+    g.addoption("--models", type=csv_list, metavar="NAMES", help="comma-separated model names (default: all in the manifest)")
     g.addoption("--backends", type=_backend_list, metavar="TARGETS",
                 help="comma-separated optimized targets, BACKEND or BACKEND:PRECISION (default: each model's list)")
     g.addoption("--coco-root", type=Path, metavar="DIR", help="a COCO layout instead of the bundled val2017-mini")
-    g.addoption("--max-images", type=_positive_int, metavar="N", help="evaluate only the first N image ids")
+    g.addoption("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
     g.addoption("--reports-dir", type=Path, default=REPO / "reports", metavar="DIR", help="where run artifacts go")
     g.addoption("--engines-dir", type=Path, default=REPO / "engines", metavar="DIR",
                 help="conversion/engine/detection cache")
