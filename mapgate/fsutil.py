@@ -20,6 +20,8 @@ from mapgate.errors import ConversionError
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # reading the umask means setting it; put it straight back
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -50,6 +52,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; reports and engines are ordinary shared files
     tmp_path = Path(tmp)
     try:
         yield tmp_path

@@ -91,6 +91,25 @@ class MapgateSession:
                     pairs.append((name, target))
         return pairs
 
+    def benchmark_matrix(self) -> list[tuple[str, str, str | None]]:
+        """(model, backend, precision) for the throughput matrix: each selected model's original
+        (precision None) and its --backends-selected optimized targets."""
+        wanted = self.option("backends")
+        cases: list[tuple[str, str, str | None]] = []
+        seen: set[str] = set()
+        for name, target in self.matrix():
+            if name not in seen:
+                seen.add(name)
+                ref = self.models[name].reference_backend
+                if wanted is None or ref in wanted:
+                    cases.append((name, ref, None))
+            backend, _, precision = target.partition(":")
+            cases.append((name, backend, precision))
+        for name in self.option("models") or list(self.models):  # models with no optimized targets
+            if name not in seen and (wanted is None or self.models[name].reference_backend in wanted):
+                cases.append((name, self.models[name].reference_backend, None))
+        return cases
+
     @cached_property
     def baselines(self) -> dict[str, dict[str, dict[str, float]]]:
         return json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
