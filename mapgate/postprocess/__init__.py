@@ -43,8 +43,7 @@ def decoder_for(family: str) -> Any:
 def select(c: Candidates, model: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Threshold + NMS + top-K on candidates; returns (boxes, scores, class indices)."""
     post = model.postprocess
-    if c.final:
-        assert c.classes is not None
+    if c.final and c.classes is not None:
         keep = np.flatnonzero(c.scores > post.score_threshold)
         keep = keep[np.argsort(-c.scores[keep], kind="stable")][: post.max_detections]
         return c.boxes[keep], c.scores[keep], c.classes[keep]
