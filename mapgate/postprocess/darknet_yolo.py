@@ -53,9 +53,13 @@ def _heads(cfg: str, _mtime_ns: int, _size: int, input_size: tuple[int, int]) ->
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # the 1/(1+exp(-x)) form of darknet and OpenCV; exp overflow -> inf -> 0 is the right limit
+    # the 1/(1+exp(-x)) form of darknet and OpenCV; exp overflow -> inf -> 0 is the right limit.
+    # In place on one contiguous buffer: same float32 operations, a third of the temporaries.
+    out = np.negative(x, dtype=np.float32)
     with np.errstate(over="ignore"):
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
+        np.exp(out, out=out)
+    out += np.float32(1.0)
+    return np.reciprocal(out, out=out)
 
 
 def _tensor(outputs: dict[str, np.ndarray], name: str, model: ModelSpec, n_heads: int) -> np.ndarray:
@@ -92,12 +96,15 @@ def decode_boxes(outputs: dict[str, np.ndarray], model: ModelSpec,
                 "another input size?"
             )
         # (H, W, A, 5+C): one row per (row, col, anchor), as OpenCV orders its Region output
-        p = t[0].astype(np.float32, copy=False).reshape(a, 5 + c, gh, gw).transpose(2, 3, 0, 1)
+        raw = t[0].astype(np.float32, copy=False).reshape(a, 5 + c, gh, gw)
+        p = raw.transpose(2, 3, 0, 1)
         if head.new_coords:
             xy, obj, cls = p[..., 0:2], p[..., 4], p[..., 5:]
             wh = p[..., 2:4] * p[..., 2:4] * np.float32(4.0)
         else:
-            xy, obj, cls = _sigmoid(p[..., 0:2]), _sigmoid(p[..., 4]), _sigmoid(p[..., 5:])
+            # sigmoid on the contiguous (A, C, H, W) class block, then reorder: far cheaper than on the view
+            xy, obj = _sigmoid(p[..., 0:2]), _sigmoid(p[..., 4])
+            cls = _sigmoid(raw[:, 5:]).transpose(2, 3, 0, 1)
             wh = np.exp(np.minimum(p[..., 2:4], _MAX_LOG_SIZE))
         s = np.float32(head.scale_x_y)
         off = np.float32((head.scale_x_y - 1.0) / 2.0)
