@@ -1,0 +1,51 @@
+"""What the gate must conclude on the bundled val2017-mini (206 images) — issue 4's expectations.
+
+These share the session's gate with tests/test_accuracy.py, so every side runs once per session.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from mapgate.backends import get_backend
+
+pytestmark = pytest.mark.accuracy
+
+
+def _verdict(session, model: str, target: str):  # noqa: ANN001, ANN202
+    for backend in (target.split(":")[0], session.models[model].reference_backend):
+        status = get_backend(backend).availability()
+        if not status.ok:
+            pytest.skip(f"{backend}: {status.reason}")
+    return session.gate.compare(model, target)
+
+
+@pytest.mark.parametrize("model", ["ssdlite_mobilenet_v2_coco", "yolov3-tiny-416", "yolo-fastest-1.1-320"])
+def test_an_fp32_onnx_conversion_matches_its_original_within_0_001_ap(mapgate_session, model: str) -> None:  # noqa: ANN001
+    v = _verdict(mapgate_session, model, "onnxruntime:fp32")
+    assert v.verdict == "pass"
+    assert abs(v.ref_stats["AP"] - v.opt_stats["AP"]) <= 0.001, v.reason
+    assert v.agreement.matched_share >= 0.99
+
+
+def test_yolox_vendor_fp16_tflite_passes(mapgate_session) -> None:  # noqa: ANN001
+    v = _verdict(mapgate_session, "yolox-nano-416", "tflite:fp16")
+    assert v.verdict == "pass", v.reason
+
+
+def test_yolox_vendor_int8_tflite_is_caught_as_a_large_regression(mapgate_session) -> None:  # noqa: ANN001
+    v = _verdict(mapgate_session, "yolox-nano-416", "tflite:int8")
+    assert v.verdict == "fail"
+    assert v.delta_ap < -10.0, f"the broken INT8 file should lose far more than 10 points: {v.reason}"
+    assert v.ci["high_points"] < -v.tolerance, "even the CI's optimistic end must be beyond the tolerance"
+
+
+@pytest.mark.parametrize(("model", "target"), [
+    ("ssdlite_mobilenet_v2_coco", "onnxruntime:int8"), ("ssdlite_mobilenet_v2_coco", "tflite:int8"),
+    ("yolov3-tiny-416", "onnxruntime:int8"), ("yolo-fastest-1.1-320", "onnxruntime:int8"),
+])
+def test_every_int8_result_comes_with_its_bootstrap_ci(mapgate_session, model: str, target: str) -> None:  # noqa: ANN001
+    v = _verdict(mapgate_session, model, target)
+    assert v.ci["n_resamples"] >= 1000
+    assert v.ci["low_points"] <= v.delta_ap <= v.ci["high_points"]
+    assert v.verdict == v.expected, v.reason
