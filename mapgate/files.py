@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from mapgate.errors import ConfigError, DataError
-from mapgate.fsutil import atomic_path, sha256_file
+from mapgate.fsutil import atomic_path, sha256_path
 from mapgate.manifest import FileRef, ModelSpec
 
 MIRROR_ENV = "MAPGATE_MIRROR"
@@ -32,7 +32,7 @@ def verified_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime)
     if key not in _verified:
-        _verified[key] = sha256_file(path)
+        _verified[key] = sha256_path(path)
     return _verified[key]
 
 

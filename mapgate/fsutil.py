@@ -32,6 +32,16 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def sha256_path(path: str | os.PathLike[str]) -> str:
+    """sha256 of a file, or of a folder (a SavedModel): the hash of its sorted (relative path, file
+    sha256) list, so it does not depend on file order or timestamps."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return sha256_json([[p.relative_to(path).as_posix(), sha256_file(p)] for p in files])
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

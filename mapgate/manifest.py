@@ -192,7 +192,9 @@ def _parse_file(entry: _Entry, role: str, value: Any) -> FileRef:
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         raise f.error("sha256", f"must be 64 lowercase hex digits, got {sha!r}")
     if rel is not None and sha is None:
-        raise f.error("sha256", "is required for bundled files (compute it with: sha256sum FILE)")
+        raise f.error("sha256", "is required for bundled files (compute it with `sha256sum FILE`, or for a folder "
+                                "such as a SavedModel: python -c \"from mapgate.fsutil import sha256_path; "
+                                "print(sha256_path('DIR'))\")")
     return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel) if rel else None, url=url, member=member)
 
 
