@@ -22,44 +22,15 @@ from mapgate.backends.opencv import BACKEND, feed_layer_name
 from mapgate.darknet_cfg import YoloHead, infer_shapes, layers, parse_cfg, yolo_heads
 from mapgate.errors import BackendUnavailable, ConfigError, DataError
 from mapgate.fsutil import sha256_file
-from mapgate.manifest import ModelSpec, load_manifest
+from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, decoder_for
 from mapgate.postprocess.darknet_yolo import _heads, decode, decode_boxes, heads_for
 
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "fixtures" / "models"
-BUNDLED = {
-    "yolov3-tiny": (MODELS / "yolov3-tiny" / "yolov3-tiny.cfg", MODELS / "yolov3-tiny" / "yolov3-tiny.weights", (416, 416)),
-    "yolo-fastest-1.1": (MODELS / "yolo-fastest-1.1" / "yolo-fastest-1.1.cfg",
-                         MODELS / "yolo-fastest-1.1" / "yolo-fastest-1.1.weights", (320, 320)),
-}
+from darknet_helpers import BUNDLED, ROOT, model_spec, preprocess  # noqa: E402
 IMAGE = ROOT / "fixtures/coco/val2017-mini/val2017/000000000139.jpg"  # a busy indoor scene
 OPENCV_DEFAULT_THRESH = 0.2
 
 
-def model_spec(tmp_path: Path, name: str, cfg: Path, weights: Path, size: tuple[int, int]) -> ModelSpec:
-    manifest = tmp_path / f"{name}.toml"
-    manifest.write_text(f"""
-[models.{name}]
-family = "darknet_yolo"
-format = "darknet"
-reference_backend = "opencv"
-input_size = [{size[0]}, {size[1]}]
-[models.{name}.files.cfg]
-path = "{cfg}"
-sha256 = "{sha256_file(cfg)}"
-[models.{name}.files.weights]
-path = "{weights}"
-sha256 = "{sha256_file(weights)}"
-[models.{name}.preprocess]
-scale = {1 / 255!r}
-""")
-    return load_manifest(manifest)[name]
-
-
-def preprocess(path: Path, size: tuple[int, int]) -> np.ndarray:
-    img = cv2.resize(cv2.imread(str(path)), (size[1], size[0]), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
-    return np.ascontiguousarray((img.astype(np.float32) / 255.0).transpose(2, 0, 1)[None])
 
 
 def with_thresh_zero(cfg: Path, dest: Path) -> Path:
