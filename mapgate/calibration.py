@@ -48,7 +48,8 @@ def check_disjoint(calib_ids: Iterable[int], evaluated_ids: Iterable[int], where
         shown = ", ".join(map(str, overlap[:10])) + (" ..." if len(overlap) > 10 else "")
         raise ConfigError(
             f"{where}: {len(overlap)} calibration image(s) are also evaluated (image ids {shown}); "
-            "INT8 calibration on the evaluated images would flatter the result. Use a disjoint calibration set."
+            "INT8 calibration on the evaluated images would flatter the result. Give a disjoint calibration set "
+            "with --calib-dir DIR (the bundled calib-val2017 is itself part of val2017)."
         )
 
 

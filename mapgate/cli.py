@@ -23,6 +23,9 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mirror", type=Path, metavar="DIR",
                    help="folder holding downloaded model files for air-gapped use (or set MAPGATE_MIRROR)")
     p.add_argument("--engines-dir", type=Path, metavar="DIR", help="conversion/engine/detection cache (default engines/)")
+    p.add_argument("--calib-dir", type=Path, metavar="DIR",
+                   help="INT8 calibration images (default: the bundled calib-val2017, which is part of val2017: "
+                        "with --coco-root on the full val2017 give images from outside the evaluated set)")
     p.add_argument("--no-cache", action="store_true", help="recompute detections even if a cached run matches")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -50,9 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the models of the manifest and whether each can run here",
                        description="List manifest models: name, family, original backend, and whether that backend "
-                                   "is available (or exactly what is missing); also every optimized target.")
+                                   "is available (or exactly what is missing); also every optimized target. "
+                                   "The tensorrt_demos write-up's models: --models-file fixtures/models-tensorrt-demos.toml")
     p.add_argument("--models-file", type=Path, action="append", default=[], metavar="FILE",
                    help="an extra TOML model manifest (repeatable)")
+    p.add_argument("--mirror", type=Path, metavar="DIR", help="folder holding downloaded model files (or MAPGATE_MIRROR)")
 
     p = sub.add_parser("eval", help="run one model on one backend and evaluate it (like tensorrt_demos' eval_ssd.py)",
                        description="Run MODEL on BACKEND over the images with a progress bar, write DIR/detections.json "
@@ -136,7 +141,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
     for m in models.values():
         print(f"{m.name:30} {m.family:18} {m.reference_backend:12} {state_of(m.reference_backend)}")
-        for line in missing_files(m):
+        for line in missing_files(m, mirror=args.mirror):
             print(f"{'':30}   files missing: {line}")
         for target in m.optimized:
             how = "prebuilt" if target in m.prebuilt else ("converted" if can_make(m, target) else "no route")
@@ -158,7 +163,7 @@ def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN20
     return Gate(models=load_models(args.models_file),
                 dataset=CocoDataset.open(args.coco_root, args.max_images),
                 engines_dir=args.engines_dir or DEFAULT_ENGINES, reports_dir=reports or DEFAULT_REPORTS,
-                use_cache=not args.no_cache, progress=not args.no_progress)
+                use_cache=not args.no_cache, progress=not args.no_progress, calib_dir=args.calib_dir)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

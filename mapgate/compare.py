@@ -88,7 +88,7 @@ class Verdict:
     ref_stats: dict[str, float]
     opt_stats: dict[str, float]
     deltas: dict[str, float]  # AP points, opt - ref, per named stat
-    per_category: dict[str, dict[str, float]]  # category id -> {name, ref_AP, opt_AP, delta_AP, delta_AP50}
+    per_category: dict[str, dict[str, Any]]  # category id -> {name, ref_AP, opt_AP, delta_AP, delta_AP50}
     ci: dict[str, Any]  # paired bootstrap of delta AP
     agreement: Agreement
     tolerance: float  # AP points allowed to be lost
@@ -167,8 +167,10 @@ def build_verdict(*, model: str, ref: dict[str, Any], opt: dict[str, Any], datas
     per_cat: dict[str, dict[str, float]] = {}
     for cid, r in ref_metrics.per_category.items():
         o = opt_metrics.per_category[cid]
-        per_cat[str(cid)] = {"name": r.name, "ref_AP": r.ap, "opt_AP": o.ap, "delta_AP": 100.0 * (o.ap - r.ap),
-                             "delta_AP50": 100.0 * (o.ap50 - r.ap50)}
+        has_gt = r.ap >= 0  # -1: no ground truth of this category in the evaluated images
+        per_cat[str(cid)] = {"name": r.name, "ref_AP": r.ap, "opt_AP": o.ap,
+                             "delta_AP": 100.0 * (o.ap - r.ap) if has_gt else None,
+                             "delta_AP50": 100.0 * (o.ap50 - r.ap50) if has_gt else None}
     return Verdict(model=model, ref=ref, opt=opt, dataset=dataset, ref_stats=dict(rs), opt_stats=dict(os_),
                    deltas=deltas, per_category=per_cat, ci=ci, agreement=agreement, tolerance=tolerance,
                    tolerance_source=tolerance_source, expected=expected)

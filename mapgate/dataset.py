@@ -129,7 +129,12 @@ class CocoDataset:
     @property
     def fingerprint(self) -> str:
         """Hash of the evaluated image set (ids and file names), for caches and reference matching."""
-        return sha256_json([[i, self.images[i]["file_name"]] for i in self.image_ids])
+        # the folder and the annotation file's identity too: two COCO roots with the same file names
+        # must not share cached detections
+        st = self.annotations_path.stat()
+        return sha256_json({"root": str(self.image_dir.resolve()), "annotations": [str(self.annotations_path.resolve()),
+                            st.st_size, st.st_mtime_ns],
+                            "images": [[i, self.images[i]["file_name"]] for i in self.image_ids]})
 
     def __len__(self) -> int:
         return len(self.image_ids)

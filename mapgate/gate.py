@@ -9,6 +9,7 @@ only re-evaluates; any change in those inputs misses the cache.
 from __future__ import annotations
 
 import json
+import os
 
 import orjson  # detections files are ~2 MB per side; orjson reads/writes them ~10x faster than json
 import platform
@@ -25,7 +26,7 @@ from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
 from mapgate.convert.cache import cached_artifact, provenance_path
 from mapgate.dataset import CocoDataset
-from mapgate.errors import BackendUnavailable, ConfigError, DataError
+from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
 from mapgate.files import verified_sha256
 from mapgate.fsutil import sha256_json, write_bytes_atomic, write_json_atomic
 from mapgate.manifest import DEFAULT_TOLERANCES, ModelSpec
@@ -44,6 +45,15 @@ def code_fingerprint() -> str:
     even before anyone bumps the version (costs ~5 ms for the whole package)."""
     package = Path(__file__).resolve().parent
     return sha256_json([[str(p.relative_to(package)), verified_sha256(p)] for p in sorted(package.rglob("*.py"))])
+
+
+@lru_cache(maxsize=1)
+def framework_versions() -> dict[str, str | None]:
+    """Versions of every inference framework: an upgraded OpenCV or ONNX Runtime must not reuse
+    detections made by the old one (read from package metadata: no imports)."""
+    from mapgate.optional import version_of
+
+    return {m: version_of(m) for m in ("cv2", "onnxruntime", "ai_edge_litert", "tensorflow", "tensorrt")}
 
 
 def contract(model: ModelSpec) -> dict[str, Any]:
@@ -94,11 +104,12 @@ class Gate:
     dataset: CocoDataset
     engines_dir: Path = DEFAULT_ENGINES
     reports_dir: Path = DEFAULT_REPORTS
-    run_id: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
+    run_id: str = field(default_factory=lambda: default_run_id())
     use_cache: bool = True
     progress: bool = True
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
     bootstrap_seed: int = BOOTSTRAP_SEED
+    calib_dir: Path | None = None  # INT8 calibration images (default: the bundled calib-val2017)
     side_dir: Path | None = None  # write a side's detections/metrics here instead of the run tree (`eval --out`)
     _sides: dict[tuple[str, str], Side] = field(default_factory=dict)
 
@@ -108,7 +119,10 @@ class Gate:
         if "_gt" not in self.__dict__:
             from mapgate.evaluate import load_ground_truth
 
-            self.__dict__["_gt"] = load_ground_truth(self.dataset.gt)
+            try:
+                self.__dict__["_gt"] = load_ground_truth(self.dataset.gt)
+            except (DataError, ContractError) as exc:
+                raise DataError(f"annotation file {self.dataset.annotations_path}: {exc}") from exc
         return self.__dict__["_gt"]
 
     @property
@@ -121,7 +135,7 @@ class Gate:
         return self.models[name]
 
     def build_context(self) -> BuildContext:
-        calib = calibration_images()
+        calib = calibration_images(self.calib_dir) if self.calib_dir else calibration_images()
         return BuildContext(engines_dir=self.engines_dir, calib_images=calib,
                             evaluated_image_ids=frozenset(self.dataset.image_ids),
                             calib_image_ids=frozenset(image_ids_of(calib)), progress=self.progress)
@@ -132,7 +146,12 @@ class Gate:
         model = self.model(model_name)
         if target is None or ":" not in target:
             backend, precision = (target or model.reference_backend), None
-            get_backend(backend)
+            formats = getattr(get_backend(backend), "original_formats", ())
+            if model.format not in formats:
+                raise ConfigError(
+                    f"backend {backend!r} cannot run model {model_name!r}'s original {model.format} files "
+                    f"(it runs {', '.join(formats) or 'no original formats'}); name a converted target such as "
+                    f"{backend}:fp32, or the reference backend {model.reference_backend!r}")
         else:
             backend, precision = parse_target(target)
         key = (model_name, f"{backend}:{precision}")
@@ -150,7 +169,7 @@ class Gate:
         inputs = {
             "contract": contract_hash(model), "backend": backend_name, "precision": precision or "original",
             "identity": identity, "images": self.dataset.fingerprint, "mapgate": __version__,
-            "code": code_fingerprint(),
+            "code": code_fingerprint(), "frameworks": framework_versions(),
         }
         fresh: list[Any] = []  # the DetectionRun, when detections were computed (not loaded) here
 
@@ -239,6 +258,8 @@ class Gate:
             detections = json.loads(detections_json.read_text())
         except json.JSONDecodeError as exc:
             raise DataError(f"stored reference {detections_json.parent}: malformed JSON ({exc})") from exc
+        if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), dict):
+            raise DataError(f"stored reference {meta_path}: not a mapgate metrics.json (no 'dataset' object)")
         if meta.get("contract_hash") != contract_hash(model):
             raise ConfigError(f"stored reference {meta_path}: its contract hash {meta.get('contract_hash')} differs "
                               f"from model {model_name!r}'s {contract_hash(model)} (model files or pre/post-processing "
@@ -247,7 +268,10 @@ class Gate:
         if ids != list(self.dataset.image_ids):
             raise ConfigError(f"stored reference {meta_path}: its image set ({len(ids or [])} images) differs from "
                               f"this run's ({self.dataset.label}); use the same --coco-root/--max-images")
-        per_image = self._per_image(detections)
+        try:
+            per_image = self._per_image(detections)
+        except ContractError as exc:
+            raise DataError(f"stored reference {detections_json}: {exc}") from exc
         return Side(model_name, f"stored:{meta.get('backend', '?')}", None, detections, per_image.metrics,
                     meta.get("timings_ms_per_image", {}), {"stored": str(detections_json),
                                                            "sha256": verified_sha256(detections_json)},
@@ -258,7 +282,7 @@ class Gate:
                 tolerance: float | None = None) -> Verdict:
         model = self.model(model_name)
         _, precision = parse_target(opt_target)  # a bad target fails before minutes of reference inference
-        if ref is not None and (str(ref).endswith(".json") or "/" in str(ref)):
+        if ref is not None and (str(ref).endswith(".json") or "/" in str(ref) or Path(ref).exists()):
             ref_side = self.stored_side(model_name, Path(ref))
         else:
             ref_side = self.side(model_name, None if ref is None else str(ref))
@@ -307,6 +331,15 @@ class Gate:
         path = self.run_dir / "env.json"
         write_json_atomic(path, environment())
         return path
+
+
+RUN_ID_ENV = "MAPGATE_RUN_ID"
+
+
+def default_run_id() -> str:
+    """One id per run: the pytest controller sets MAPGATE_RUN_ID so xdist workers share it; the pid
+    keeps two runs started in the same second apart."""
+    return os.environ.get(RUN_ID_ENV) or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def _load_cached(path: Path) -> list[dict[str, Any]] | None:

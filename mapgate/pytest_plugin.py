@@ -45,6 +45,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="conversion/engine/detection cache")
     g.addoption("--models-file", type=Path, action="append", default=[], metavar="FILE",
                 help="an extra TOML model manifest (repeatable)")
+    g.addoption("--calib-dir", type=Path, metavar="DIR",
+                help="INT8 calibration images (default: the bundled calib-val2017; must not overlap the evaluated set)")
     g.addoption("--update-baselines", action="store_true",
                 help="rewrite fixtures/baselines.json with this run's AP/AP50 (prints old and new)")
     g.addoption("--no-detection-cache", action="store_true", help="recompute detections even when cached")
@@ -73,7 +75,7 @@ class MapgateSession:
 
         gate = Gate(models=self.models, dataset=CocoDataset.open(self.option("coco_root"), self.option("max_images")),
                     engines_dir=self.option("engines_dir"), reports_dir=self.option("reports_dir"),
-                    use_cache=not self.option("no_detection_cache"))
+                    use_cache=not self.option("no_detection_cache"), calib_dir=self.option("calib_dir"))
         gate.write_env()
         return gate
 
@@ -116,6 +118,17 @@ class MapgateSession:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import os
+
+    from mapgate.backends import all_backends
+    from mapgate.gate import RUN_ID_ENV, default_run_id
+
+    unknown = [t for t in (config.getoption("backends") or []) if t.split(":")[0] not in all_backends()]
+    if unknown:
+        raise pytest.UsageError(f"--backends: unknown backend(s) {', '.join(unknown)}; "
+                                f"known: {', '.join(sorted(all_backends()))}")
+    if not hasattr(config, "workerinput"):  # the controller (or a plain run): xdist workers inherit it
+        os.environ.setdefault(RUN_ID_ENV, default_run_id())
     config.mapgate = MapgateSession(config)  # type: ignore[attr-defined]
     for line in ("accuracy: the accuracy gate (original vs optimized, per model and backend)",
                  "benchmark: the full throughput benchmark matrix",

@@ -5,6 +5,7 @@ an object with:
 
 * ``name``: the user-facing name (``tf``, ``opencv``, ``onnxruntime``, ``tflite``, ``tensorrt``);
 * ``precisions``: the precisions it can run (``("fp32",)``, ``("fp32", "fp16", "int8")`` ...);
+* ``original_formats``: manifest formats it runs as the original, i.e. with precision None;
 * ``availability() -> Availability``: can it run on this machine, and if not, exactly why;
 * ``runner(model, precision, ctx) -> Runner``: a *lazy* runner for that model (building or
   converting happens in ``activate``, not in the constructor).
@@ -131,6 +132,7 @@ class Runner(abc.ABC):
 class Backend(Protocol):
     name: str
     precisions: tuple[str, ...]
+    original_formats: tuple[str, ...]
 
     def availability(self) -> Availability: ...
 

@@ -42,6 +42,7 @@ class OrtRunner(Runner):
 class _OrtBackend:
     name = "onnxruntime"
     precisions = ("fp32", "int8")
+    original_formats = ("onnx",)  # what it runs as a reference (precision None)
 
     def availability(self) -> Availability:
         return Availability.probe(self.name, "onnxruntime", "onnx")

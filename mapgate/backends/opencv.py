@@ -115,6 +115,7 @@ class OpenCVDarknetRunner(Runner):
 class OpenCVBackend:
     name = "opencv"
     precisions = ("fp32",)
+    original_formats = ("darknet",)
 
     def availability(self) -> Availability:
         try:

@@ -580,6 +580,7 @@ class TensorRTRunner(Runner):
 class TensorRTBackend:
     name = NAME
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
+    original_formats: tuple[str, ...] = ()  # engines are always built from an ONNX
 
     def availability(self) -> Availability:
         """Whether TensorRT can run here; when not, the exact reason and fix."""

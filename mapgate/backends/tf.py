@@ -70,6 +70,7 @@ def _tensor(name: str) -> str:
 class _TfBackend:
     name = "tf"
     precisions = ("fp32",)
+    original_formats = ("tf_frozen", "tf_saved_model")
 
     def availability(self) -> Availability:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

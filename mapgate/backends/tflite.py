@@ -61,6 +61,7 @@ def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
 class _TfliteBackend:
     name = "tflite"
     precisions = ("fp32", "fp16", "int8")
+    original_formats = ("tflite",)
 
     def availability(self) -> Availability:
         return Availability.probe(self.name, "ai_edge_litert")

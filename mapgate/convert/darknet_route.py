@@ -12,6 +12,8 @@ from mapgate.manifest import ModelSpec
 
 
 def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
+    from mapgate import darknet_cfg
+    from mapgate.convert import darknet_onnx
     from mapgate.convert.darknet_onnx import CONVERTER_VERSION, DarknetToOnnx
 
     cfg, weights = resolve_role(model, "cfg"), resolve_role(model, "weights")
@@ -19,6 +21,8 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
         "cfg_sha256": verified_sha256(cfg),
         "weights_sha256": verified_sha256(weights),
         "converter": f"mapgate.darknet_onnx/{CONVERTER_VERSION}",
+        # the converter's own source: a fix must rebuild cached ONNX even if nobody bumps the version
+        "converter_source": [verified_sha256(Path(m.__file__)) for m in (darknet_onnx, darknet_cfg)],
         "input_size": list(model.input_size),
     }
 
