@@ -14,7 +14,7 @@ import numpy as np
 
 from mapgate.dataset import CALIB_DIR, read_image
 from mapgate.errors import ConfigError, DataError
-from mapgate.fsutil import sha256_json
+from mapgate.fsutil import sha256_file, sha256_json
 from mapgate.manifest import ModelSpec
 from mapgate.preprocess import preprocess
 
@@ -37,8 +37,18 @@ def image_ids_of(paths: Iterable[Path]) -> list[int]:
 
 
 def calibration_set_hash(paths: Iterable[Path]) -> str:
-    # names + sizes identify COCO images; hashing every JPEG would cost more than it guards.
-    return sha256_json([[p.name, p.stat().st_size] for p in paths])
+    """Content hash of a calibration set, in feed order: every INT8 converter keys its cache on it.
+
+    Each image's sha256, not its name and size: a re-encoded JPEG can keep both, and stale INT8
+    scales shift exactly the AP the gate measures (~100 small JPEGs hash in tens of ms).
+    """
+    digests = []
+    for p in paths:
+        try:
+            digests.append(sha256_file(p))
+        except OSError as exc:
+            raise DataError(f"calibration image {p} cannot be read ({exc})") from exc
+    return sha256_json(digests)
 
 
 def check_disjoint(calib_ids: Iterable[int], evaluated_ids: Iterable[int], where: str) -> None:

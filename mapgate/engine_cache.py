@@ -36,7 +36,7 @@ from typing import Any, Generic, TypeVar
 
 from mapgate import __version__ as MAPGATE_VERSION
 from mapgate.errors import ConfigError, ConversionError, DataError
-from mapgate.fsutil import atomic_path, file_lock, sha256_bytes, sha256_file, sha256_json
+from mapgate.fsutil import atomic_path, file_lock, sha256_bytes, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -158,22 +158,12 @@ class CalibrationSetDigest:
 
 
 def calibration_set_digest(images: Iterable[Path]) -> CalibrationSetDigest:
-    """Content hash of a calibration set, in feed order.
+    """:func:`mapgate.calibration.calibration_set_hash` plus the count. The order is kept because it is
+    the order TensorRT sees the batches in; callers feed images sorted by file name."""
+    from mapgate.calibration import calibration_set_hash
 
-    Each image's sha256 (not its name and size) goes in: a re-encoded or replaced JPEG can
-    keep its name and even its size, and stale INT8 scales would shift exactly the AP the
-    gate measures. Hashing ~100 small JPEGs costs tens of milliseconds, next to minutes of
-    calibration. The order is kept because it is the order TensorRT sees the batches in;
-    callers feed images sorted by file name, so the digest is deterministic.
-    """
     paths = list(images)
-    digests = []
-    for p in paths:
-        try:
-            digests.append(sha256_file(p))
-        except OSError as exc:
-            raise DataError(f"calibration image {p} cannot be read ({exc})") from exc
-    return CalibrationSetDigest(sha256_json(digests), len(paths))
+    return CalibrationSetDigest(calibration_set_hash(paths), len(paths))
 
 
 @dataclass(frozen=True)
