@@ -1,3 +1,4 @@
-# mapgate's pytest plugins: the accuracy gate (--models/--backends/--coco-root/... and the matrix) and
-# the benchmark half (--benchmark-batch-size, per-device benchmark storage, device fingerprint).
-pytest_plugins = ["mapgate.pytest_plugin", "mapgate.bench_plugin"]
+# mapgate's own pytest plugins (the gate and the benchmark half) are registered by the `pytest11`
+# entry points of the installed package; listing them here as well would register them twice.
+# pytester runs the example user repository in a subprocess (tests/test_user_repo.py).
+pytest_plugins = ["pytester"]

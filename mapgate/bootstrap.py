@@ -80,6 +80,8 @@ class BootstrapCI:
             "delta_ap": self.delta_ap, "low": self.low, "high": self.high,
             "delta_ap_points": 100.0 * self.delta_ap, "low_points": 100.0 * self.low,
             "high_points": 100.0 * self.high,
+            # the spread of the resampled dAP: the verdict's images-needed estimate scales it by 1/sqrt(n)
+            "se_points": 100.0 * float(np.std(self.deltas, ddof=1)) if self.deltas.size > 1 else None,
             "ref_ap": self.ref_ap, "opt_ap": self.opt_ap,
             "confidence": self.confidence, "alpha": self.alpha,
             "n_resamples": self.n_resamples, "seed": self.seed, "n_images": self.n_images,

@@ -1,13 +1,17 @@
 """Original vs optimized: deltas, a paired bootstrap CI, detection agreement, and the verdict.
 
-A verdict is an object holding the numbers and the reason; it never prints or exits itself.
+A verdict is an object holding the numbers and the reason; it never prints, renders or exits itself
+(mapgate.report renders it).
 All deltas are in AP *points* (x100) and are opt - ref, so a loss is negative.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -79,8 +83,30 @@ def detection_agreement(ref: list[dict], opt: list[dict], min_score: float = AGR
                      float(np.mean(ious)) if ious else None, worst_list)
 
 
+# The decision is a one-sided non-inferiority test on the paired-bootstrap interval of dAP.
+DECISION_RULE = "non-inferiority: pass if ci_low > -tolerance; fail if delta_ap < -tolerance; else inconclusive"
+IMAGES_NEEDED_FORMULA = "n_needed = ceil(n * (z * se / (delta_ap + tolerance))^2)"
+
+
+def images_needed(n_images: int, se_points: float | None, delta_points: float, tolerance: float,
+                  z: float) -> int | None:
+    """Images that would make an inconclusive comparison conclusive, if dAP stayed where it is.
+
+    The bootstrap standard error of dAP shrinks like 1/sqrt(n) (images are the resampling unit), so
+    the lower bound ``delta - z * se * sqrt(n / n')`` clears ``-tolerance`` once
+    ``n' > n * (z * se / (delta + tolerance))^2``. None when dAP sits on the boundary (no n suffices).
+    """
+    margin = delta_points + tolerance
+    if se_points is None or n_images <= 0 or margin <= 0:
+        return None
+    return max(n_images + 1, math.ceil(n_images * (z * se_points / margin) ** 2))
+
+
 @dataclass
 class Verdict:
+    """The decision for one (model, optimized target): numbers and reasons, no rendering
+    (mapgate.report renders it as terminal text, Markdown, JUnit properties and PNGs)."""
+
     model: str
     ref: dict[str, Any]  # backend, precision, files/engine hashes
     opt: dict[str, Any]
@@ -93,21 +119,52 @@ class Verdict:
     agreement: Agreement
     tolerance: float  # AP points allowed to be lost
     tolerance_source: str
-    expected: str = "pass"  # manifest expected verdict (known-bad canaries expect "fail")
-    verdict: str = field(init=False)
+    expected: str = "pass"  # manifest expected verdict: pass | fail | inconclusive
+    ref_detections: int | None = None  # None: not known (a verdict built by hand)
+    extras: dict[str, Any] = field(default_factory=dict)  # further analyses by name (e.g. "attribution")
+    verdict: str = field(init=False)  # pass | fail | inconclusive
     reason: str = field(init=False)
+    decision_rule: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
-        d = self.deltas["AP"]
-        ci = f"95% CI [{self.ci['low_points']:+.2f}, {self.ci['high_points']:+.2f}]" if self.ci else "no CI"
-        if d >= -self.tolerance:
-            self.verdict = "pass"
-            self.reason = (f"dAP {d:+.2f} points ({ci}) is within the tolerance of -{self.tolerance:g} "
-                           f"({self.tolerance_source})")
-        else:
+        d, tol = self.deltas["AP"], self.tolerance
+        ci = self.ci or {}
+        has_ci = "low_points" in ci and "high_points" in ci
+        ci_text = f"95% CI [{ci['low_points']:+.2f}, {ci['high_points']:+.2f}]" if has_ci else "no CI"
+        confidence = float(ci.get("confidence", 0.95))
+        z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+        # Bootstrap SE of dAP; an interval without it (older cache entries) gives it from its width.
+        se = ci.get("se_points")
+        if se is None and has_ci:
+            se = (ci["high_points"] - ci["low_points"]) / (2.0 * z)
+        n = int(ci.get("n_images", 0) or 0)
+        needed = None
+        if self.ref_detections == 0:
             self.verdict = "fail"
-            self.reason = (f"dAP {d:+.2f} points ({ci}) loses more than the tolerance of {self.tolerance:g} points "
+            self.reason = ("the reference produced no detections on these images: there is nothing to compare "
+                           "against (check the reference backend, the model files and the pre/post-processing)")
+        elif d < -tol:
+            self.verdict = "fail"
+            self.reason = (f"dAP {d:+.2f} points ({ci_text}) loses more than the tolerance of {tol:g} points "
                            f"({self.tolerance_source}); dAP50 {self.deltas['AP50']:+.2f}")
+        elif has_ci and ci["low_points"] > -tol:
+            self.verdict = "pass"
+            self.reason = (f"dAP {d:+.2f} points and its whole {ci_text} are above -{tol:g} "
+                           f"(tolerance from {self.tolerance_source})")
+        else:
+            self.verdict = "inconclusive"
+            needed = images_needed(n, se, d, tol, z)
+            more = (f"about {needed} images (this run: {n}) would make it conclusive if dAP stayed at {d:+.2f}"
+                    if needed is not None else "no number of images would: dAP sits on the tolerance")
+            self.reason = (f"dAP {d:+.2f} points is within the tolerance of -{tol:g} ({self.tolerance_source}) "
+                           f"but its {ci_text} reaches below it: the data cannot tell; {more}"
+                           if has_ci else f"dAP {d:+.2f} points has no CI to decide with ({self.tolerance_source})")
+        self.decision_rule = {
+            "rule": DECISION_RULE, "outcome": self.verdict, "delta_ap": d, "tolerance": tol,
+            "ci_low": ci.get("low_points"), "ci_high": ci.get("high_points"), "confidence": confidence,
+            "z": z, "se_points": se, "n_images": n, "images_needed": needed,
+            "images_needed_formula": IMAGES_NEEDED_FORMULA, "reference_detections": self.ref_detections,
+        }
 
     @property
     def delta_ap(self) -> float:
@@ -122,6 +179,10 @@ class Verdict:
         return self.verdict == "pass"
 
     @property
+    def images_needed(self) -> int | None:
+        return self.decision_rule["images_needed"]
+
+    @property
     def as_expected(self) -> bool:
         return self.verdict == self.expected
 
@@ -131,36 +192,36 @@ class Verdict:
         out["delta_ap50"] = self.delta_ap50
         return out
 
-    def summary_markdown(self) -> str:
-        rows = [
-            f"# {self.model}: {self.opt['target']} vs {self.ref['target']}",
-            "",
-            f"Data set: **{self.dataset}** (a subset's mAP is noisy; it is not COCO mAP).",
-            "",
-            "| metric | reference | optimized | delta (points) |",
-            "|---|---:|---:|---:|",
-        ]
-        for name in STAT_NAMES:
-            rows.append(f"| {name} | {100 * self.ref_stats[name]:.2f} | {100 * self.opt_stats[name]:.2f} | "
-                        f"{self.deltas[name]:+.2f} |")
-        a = self.agreement
-        rows += [
-            "",
-            f"- paired bootstrap 95% CI of dAP: [{self.ci['low_points']:+.2f}, {self.ci['high_points']:+.2f}] points "
-            f"({self.ci['n_resamples']} resamples of images, seed {self.ci['seed']})" if self.ci else "- no CI",
-            f"- detection agreement: {a.matched}/{a.reference_detections} reference detections with score >= "
-            f"{a.min_score:g} matched at IoU >= {a.min_iou:g} ({100 * a.matched_share:.1f}%)"
-            + (f", mean IoU {a.mean_iou:.4f}" if a.mean_iou is not None else ""),
-            f"- tolerance: {self.tolerance:g} AP points ({self.tolerance_source})",
-            f"- **verdict: {self.verdict}** (expected: {self.expected}) — {self.reason}",
-            "",
-        ]
-        return "\n".join(rows)
+
+INCONCLUSIVE_POLICIES = ("fail", "pass")
+
+
+def default_inconclusive_policy() -> str:
+    """``fail`` under CI (the ``CI`` variable is set, as on GitHub Actions and GitLab CI), else
+    ``warn``: reported, exit code 0."""
+    return "fail" if os.environ.get("CI") else "warn"
+
+
+def outcome(verdict: Verdict, inconclusive: str | None = None, expected: str | None = None) -> str:
+    """What a verdict means for the run: ``pass``, ``fail`` or ``warn`` (an inconclusive result that
+    only warns). A case expected to ``fail`` (a known-bad canary) must fail; otherwise a fail is a
+    failure, a pass is a pass, and an inconclusive result where ``pass`` was expected is decided by
+    ``inconclusive`` (``fail``/``pass``; None: :func:`default_inconclusive_policy`). ``expected``
+    overrides the manifest's expectation (``mapgate compare`` judges every verdict as expecting pass)."""
+    policy = inconclusive or default_inconclusive_policy()
+    v, expected = verdict.verdict, expected or verdict.expected
+    if expected == "fail":
+        return "pass" if v == "fail" else "fail"
+    if v == "fail":
+        return "fail"
+    if v == "pass" or expected == "inconclusive":
+        return "pass"
+    return policy
 
 
 def build_verdict(*, model: str, ref: dict[str, Any], opt: dict[str, Any], dataset: str, ref_metrics: Any,
                   opt_metrics: Any, ci: dict[str, Any], agreement: Agreement, tolerance: float, tolerance_source: str,
-                  expected: str = "pass") -> Verdict:
+                  expected: str = "pass", ref_detections: int | None = None) -> Verdict:
     """Assemble a verdict from two evaluations (mapgate.evaluate.Metrics) and the statistics."""
     rs, os_ = ref_metrics.stats, opt_metrics.stats
     deltas = {k: 100.0 * (os_[k] - rs[k]) for k in STAT_NAMES}
@@ -173,4 +234,4 @@ def build_verdict(*, model: str, ref: dict[str, Any], opt: dict[str, Any], datas
                              "delta_AP50": 100.0 * (o.ap50 - r.ap50) if has_gt else None}
     return Verdict(model=model, ref=ref, opt=opt, dataset=dataset, ref_stats=dict(rs), opt_stats=dict(os_),
                    deltas=deltas, per_category=per_cat, ci=ci, agreement=agreement, tolerance=tolerance,
-                   tolerance_source=tolerance_source, expected=expected)
+                   tolerance_source=tolerance_source, expected=expected, ref_detections=ref_detections)

@@ -298,11 +298,18 @@ class Gate:
             ref_metrics=ref_side.metrics, opt_metrics=opt_side.metrics, ci=self._bootstrap(ref_side, opt_side),
             agreement=detection_agreement(ref_side.detections, opt_side.detections), tolerance=tol,
             tolerance_source=source, expected=model.expected_verdicts.get(opt_target, "pass"),
+            ref_detections=len(ref_side.detections),
         )
-        d = self.run_dir / model_name / opt_side.target.replace(":", "-")
+        from mapgate import report
+
+        d = self.case_dir(model_name, opt_side.target)
         write_json_atomic(d / "comparison.json", verdict.to_dict())
-        write_bytes_atomic(d / "summary.md", verdict.summary_markdown().encode())
+        report.write_case(verdict, d, ref_side.metrics, opt_side.metrics)
         return verdict
+
+    def case_dir(self, model_name: str, target: str) -> Path:
+        """The folder of one comparison's artifacts (``:`` of a target becomes ``-``)."""
+        return self.run_dir / model_name / target.replace(":", "-")
 
     def _bootstrap(self, ref: Side, opt: Side) -> dict[str, Any]:
         """The paired bootstrap CI, cached by the content keys of both detection sets (it is a pure

@@ -19,6 +19,7 @@ from typing import Any
 from mapgate.errors import ConfigError
 
 DEFAULT_TOLERANCES = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # AP points
+VERDICTS = ("pass", "fail", "inconclusive")  # the non-inferiority test's outcomes (mapgate.compare)
 
 FAMILIES = ("darknet_yolo", "yolox", "ssd", "od_api_detections")
 FORMATS = {
@@ -100,7 +101,7 @@ class ModelSpec:
     tolerances: dict[str, float]  # explicit per-model overrides of DEFAULT_TOLERANCES
     optimized: tuple[str, ...]  # BACKEND:PRECISION targets the gate runs by default
     prebuilt: dict[str, FileRef]  # BACKEND:PRECISION -> vendor file used instead of converting
-    expected_verdicts: dict[str, str]  # BACKEND:PRECISION -> "pass" | "fail" (known-bad canaries)
+    expected_verdicts: dict[str, str]  # BACKEND:PRECISION -> one of VERDICTS (known-bad canaries expect "fail")
     input_name: str | None = None
     output_names: tuple[str, ...] = ()
     convert: ConvertOptions = ConvertOptions()
@@ -124,9 +125,47 @@ def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"model manifest {path} is not valid TOML: {exc}") from exc
     models = data.get("models")
+    if models is None and data.get("include"):  # a manifest that only includes others
+        return {}
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"model manifest {path}: no [models.<name>] tables found")
     return {name: _parse_model(path, name, entry) for name, entry in models.items()}
+
+
+@dataclass(frozen=True)
+class ManifestHeader:
+    """A manifest's top-level settings besides its models: other manifests it includes and the
+    data set it names, both as paths resolved relative to the manifest."""
+
+    path: Path
+    include: tuple[Path, ...] = ()
+    coco_root: Path | None = None
+
+
+def load_header(path: str | Path) -> ManifestHeader:
+    """``include = ["other.toml", ...]`` and ``[dataset] coco_root = "DIR"`` of one manifest."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model manifest {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"model manifest {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - {"models", "include", "dataset"})
+    if unknown:
+        raise ConfigError(f"model manifest {path}: top-level field {unknown[0]!r} is not known "
+                          "(known: models, include, dataset)")
+    include = data.get("include", [])
+    if not isinstance(include, list) or not all(isinstance(i, str) and i for i in include):
+        raise ConfigError(f"model manifest {path}: field 'include' must be a list of manifest paths, got {include!r}")
+    dataset = data.get("dataset", {})
+    if not isinstance(dataset, dict) or set(dataset) - {"coco_root"}:
+        raise ConfigError(f"model manifest {path}: [dataset] takes only coco_root = \"DIR\" (relative to the "
+                          f"manifest), got {dataset!r}")
+    root = dataset.get("coco_root")
+    if root is not None and (not isinstance(root, str) or not root):
+        raise ConfigError(f"model manifest {path}: field 'dataset.coco_root' must be a folder path, got {root!r}")
+    return ManifestHeader(path, tuple(path.parent / i for i in include), path.parent / root if root else None)
 
 
 def load_manifests(paths: list[Path]) -> dict[str, ModelSpec]:
@@ -272,7 +311,7 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     pb = e.sub("prebuilt")
     prebuilt = {_target(pb, "", k): _parse_file(pb, k, pb.get(k, dict)) for k in list(pb.table)}
     ve = e.sub("expected_verdicts")
-    expected = {_target(ve, "", k): ve.get(k, str, choices=("pass", "fail")) for k in list(ve.table)}
+    expected = {_target(ve, "", k): ve.get(k, str, choices=VERDICTS) for k in list(ve.table)}
     input_name = e.get("input_name", str, None)
     output_names = tuple(_strings(e, "output_names"))
     ce = e.sub("convert")

@@ -1,14 +1,29 @@
-"""mapgate's pytest plugin: options, the gate session, and the (model x backend) matrix.
+"""mapgate's pytest plugin (the ``pytest11`` entry point ``mapgate``): options, the gate session,
+and the accuracy matrix collected from manifests.
 
-Options are grouped under "mapgate" and validated at parse time; one session object is
-attached as ``config.mapgate`` in ``pytest_configure``; the reference of each model is
-computed once per session and shared by every optimized target of that model.
+* A ``mapgate.toml`` at the pytest rootdir, and every ``--mapgate-manifest=FILE``, is collected by
+  pytest itself: one item per model x optimized target, node id
+  ``mapgate.toml::MODEL::BACKEND:PRECISION``, marked ``accuracy``, the backend's marker, and
+  ``xdist_group(MODEL)`` (``--dist loadgroup`` keeps a model's cases, and its reference run, on one
+  worker). mapgate's own matrix is the repository's ``mapgate.toml``, which includes
+  ``fixtures/models.toml``. The manifest is added to the run only when no test paths were given
+  (or it was named with ``--mapgate-manifest``), so ``pytest tests/test_x.py`` runs just that file.
+* Options are grouped under "mapgate" and validated at parse time; one session object is
+  ``config.mapgate``; the reference of each model runs once per session and is shared.
+* A failing case shows its comparison table (``repr_failure``), its numbers go to JUnit XML
+  (``record_property``), and the session ends with a table of every case, written to
+  ``reports/<run-id>/report.md`` and ``$GITHUB_STEP_SUMMARY``. Rendering: mapgate.report.
+* Baselines live in ``mapgate-baselines.json`` beside the manifest that declares the model;
+  ``--update-baselines`` rewrites them there (on the controller, once, at the end).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,8 +34,8 @@ import pytest
 from mapgate.argtypes import csv_list, positive_int
 from mapgate.manifest import DEFAULT_TOLERANCES
 
-REPO = Path(__file__).resolve().parent.parent
-BASELINES = REPO / "fixtures" / "baselines.json"
+MANIFEST_NAME = "mapgate.toml"
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _backend_list(text: str) -> list[str]:
@@ -35,63 +50,127 @@ def _backend_list(text: str) -> list[str]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("mapgate", "mapgate accuracy gate")
-    g.addoption("--models", type=csv_list, metavar="NAMES", help="comma-separated model names (default: all in the manifest)")
+    g.addoption("--mapgate-manifest", type=Path, action="append", default=[], metavar="FILE",
+                help=f"a model manifest to collect as gate cases (repeatable; default: {MANIFEST_NAME} at the rootdir)")
+    g.addoption("--models", type=csv_list, metavar="NAMES", help="comma-separated model names (default: all in the manifests)")
     g.addoption("--backends", type=_backend_list, metavar="TARGETS",
                 help="comma-separated optimized targets, BACKEND or BACKEND:PRECISION (default: each model's list)")
-    g.addoption("--coco-root", type=Path, metavar="DIR", help="a COCO layout instead of the bundled val2017-mini")
+    g.addoption("--coco-root", type=Path, metavar="DIR",
+                help="a COCO layout (overrides a manifest's [dataset] coco_root; default: the bundled val2017-mini)")
     g.addoption("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
-    g.addoption("--reports-dir", type=Path, default=REPO / "reports", metavar="DIR", help="where run artifacts go")
-    g.addoption("--engines-dir", type=Path, default=REPO / "engines", metavar="DIR",
-                help="conversion/engine/detection cache")
+    g.addoption("--reports-dir", type=Path, metavar="DIR", help="where run artifacts go (default: <rootdir>/reports)")
+    g.addoption("--engines-dir", type=Path, metavar="DIR",
+                help="conversion/engine/detection cache (default: <rootdir>/engines)")
     g.addoption("--models-file", type=Path, action="append", default=[], metavar="FILE",
-                help="an extra TOML model manifest (repeatable)")
+                help="the same as --mapgate-manifest (kept for existing command lines)")
     g.addoption("--calib-dir", type=Path, metavar="DIR",
                 help="INT8 calibration images (default: the bundled calib-val2017; must not overlap the evaluated set)")
     g.addoption("--update-baselines", action="store_true",
-                help="rewrite fixtures/baselines.json with this run's AP/AP50 (prints old and new)")
+                help="rewrite mapgate-baselines.json beside each manifest with this run's AP/AP50 (prints old and new)")
     g.addoption("--no-detection-cache", action="store_true", help="recompute detections even when cached")
+    g.addoption("--inconclusive", choices=("fail", "pass"), metavar="fail|pass",
+                help="what an inconclusive verdict does to the run: fail or pass (default: fail when the CI "
+                     "environment variable is set, else a warning and the case passes)")
 
 
-@dataclass
+# --------------------------------------------------------------------------------- session
+@dataclass(eq=False)  # hashable by identity: it is registered as a plugin
 class MapgateSession:
-    """Everything the accuracy tests share in one pytest session."""
+    """Everything the accuracy cases share in one pytest session."""
 
     config: pytest.Config
-    baseline_updates: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    manifests: list[Path] = field(default_factory=list)  # the collected manifests (resolved)
+    rows: list[dict[str, Any]] = field(default_factory=list)  # report.CaseRow dicts, in report order
+    baseline_updates: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
 
     def option(self, name: str) -> Any:
         return self.config.getoption(name)
 
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        _on_logreport(self, report)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        _on_terminal_summary(self, terminalreporter)
+
+    @cached_property
+    def trees(self) -> dict[Path, tuple[dict[str, Any], list[Any]]]:
+        """Each collected manifest -> (its models, including included files', and its headers)."""
+        from mapgate.manifest import load_header, load_manifest
+
+        out: dict[Path, tuple[dict[str, Any], list[Any]]] = {}
+        for root in self.manifests:
+            models: dict[str, Any] = {}
+            headers: list[Any] = []
+            stack, seen = [root], set()
+            while stack:
+                path = stack.pop(0)
+                if path.resolve() in seen:
+                    continue
+                seen.add(path.resolve())
+                header = load_header(path)
+                headers.append(header)
+                stack.extend(header.include)
+                for name, spec in load_manifest(path).items():
+                    _add_model(models, name, spec)
+            out[root] = (models, headers)
+        return out
+
     @cached_property
     def models(self) -> dict[str, Any]:
-        from mapgate.gate import load_models
+        merged: dict[str, Any] = {}
+        for models, _ in self.trees.values():
+            for name, spec in models.items():
+                _add_model(merged, name, spec)
+        return merged
 
-        return load_models(self.option("models_file"))
+    @cached_property
+    def coco_root(self) -> Path | None:
+        if self.option("coco_root"):
+            return self.option("coco_root")
+        from mapgate.errors import ConfigError
+
+        named = {h.path: h.coco_root for _, headers in self.trees.values() for h in headers if h.coco_root}
+        roots = {p.resolve() for p in named.values()}
+        if len(roots) > 1:
+            raise ConfigError("manifests name different data sets: " + "; ".join(
+                f"{m}: coco_root {r}" for m, r in named.items()) + ". Give one with --coco-root")
+        return next(iter(named.values()), None)
 
     @cached_property
     def gate(self) -> Any:
         from mapgate.dataset import CocoDataset
         from mapgate.gate import Gate
 
-        gate = Gate(models=self.models, dataset=CocoDataset.open(self.option("coco_root"), self.option("max_images")),
+        # Progress bars only where someone watches them: a terminal, with capture off (-s).
+        progress = self.option("capture") == "no" and sys.stderr.isatty()
+        gate = Gate(models=self.models, dataset=CocoDataset.open(self.coco_root, self.option("max_images")),
                     engines_dir=self.option("engines_dir"), reports_dir=self.option("reports_dir"),
-                    use_cache=not self.option("no_detection_cache"), calib_dir=self.option("calib_dir"))
+                    use_cache=not self.option("no_detection_cache"), calib_dir=self.option("calib_dir"),
+                    progress=progress)
         gate.write_env()
         return gate
 
-    def matrix(self) -> list[tuple[str, str]]:
-        """(model, BACKEND:PRECISION) pairs selected by --models/--backends."""
-        names = self.option("models") or list(self.models)
-        unknown = [n for n in names if n not in self.models]
-        if unknown:
-            raise pytest.UsageError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(self.models)}")
+    def selected(self, models: dict[str, Any]) -> Iterator[tuple[str, str]]:
+        """(model, BACKEND:PRECISION) of ``models`` selected by --models/--backends."""
+        names = self.option("models")
         wanted = self.option("backends")
-        pairs = []
-        for name in names:
-            for target in self.models[name].optimized:
+        for name, spec in models.items():
+            if names is not None and name not in names:
+                continue
+            for target in spec.optimized:
                 if wanted is None or target in wanted or target.split(":")[0] in wanted:
-                    pairs.append((name, target))
-        return pairs
+                    yield name, target
+
+    def matrix(self) -> list[tuple[str, str]]:
+        """(model, BACKEND:PRECISION) pairs of every collected manifest selected by --models/--backends."""
+        self.check_model_names()
+        return list(self.selected(self.models))
+
+    def check_model_names(self) -> None:
+        unknown = [n for n in self.option("models") or [] if n not in self.models]
+        if unknown:
+            raise pytest.UsageError(f"--models: unknown model(s) {', '.join(unknown)}; "
+                                    f"known: {', '.join(self.models) or '(no manifest collected)'}")
 
     def benchmark_matrix(self) -> list[tuple[str, str, str | None]]:
         """(model, backend, precision) for the throughput matrix: each selected model's original
@@ -113,66 +192,304 @@ class MapgateSession:
         return cases
 
     @cached_property
-    def baselines(self) -> dict[str, dict[str, dict[str, float]]]:
-        return json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
+    def inconclusive(self) -> str:
+        from mapgate.compare import default_inconclusive_policy
+
+        return self.option("inconclusive") or default_inconclusive_policy()
+
+    def baselines(self, path: Path) -> dict[str, Any]:
+        from mapgate.baselines import load_baselines
+
+        cache = self.__dict__.setdefault("_baselines", {})
+        if path not in cache:
+            cache[path] = load_baselines(path)
+        return cache[path]
+
+
+def _add_model(models: dict[str, Any], name: str, spec: Any) -> None:
+    from mapgate.errors import ConfigError
+
+    if name in models and models[name].manifest_path.resolve() != spec.manifest_path.resolve():
+        raise ConfigError(f"model {name!r} is defined in both {models[name].manifest_path} and "
+                          f"{spec.manifest_path}; rename one entry")
+    models[name] = spec
+
+
+def _session(config: pytest.Config) -> MapgateSession:
+    return config.mapgate  # type: ignore[attr-defined,no-any-return]
+
+
+def _manifests(config: pytest.Config) -> list[Path]:
+    """The manifests this run collects: <rootdir>/mapgate.toml when present, and every one named."""
+    found = [Path(config.rootpath) / MANIFEST_NAME]
+    found = [p for p in found if p.is_file()]
+    named = [*config.getoption("mapgate_manifest"), *config.getoption("models_file")]
+    for p in named:
+        p = Path(p) if Path(p).is_absolute() else Path(config.invocation_params.dir) / p
+        if not p.is_file():
+            raise pytest.UsageError(f"--mapgate-manifest: {p} does not exist")
+        found.append(p)
+    out: list[Path] = []
+    for p in found:
+        if p.resolve() not in [q.resolve() for q in out]:
+            out.append(p.resolve())
+    return out
+
+
+def _covered(path: Path, args: list[str], base: Path) -> bool:
+    """Whether pytest will reach ``path`` anyway from its command-line args."""
+    for arg in args:
+        target = Path(arg.split("::")[0])
+        target = (target if target.is_absolute() else base / target).resolve()
+        if target == path or (target.is_dir() and target in path.parents):
+            return True
+    return False
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    import os
-
     from mapgate.backends import all_backends
     from mapgate.gate import RUN_ID_ENV, default_run_id
 
-    unknown = [t for t in (config.getoption("backends") or []) if t.split(":")[0] not in all_backends()]
+    backends = all_backends()
+    unknown = [t for t in (config.getoption("backends") or []) if t.split(":")[0] not in backends]
     if unknown:
         raise pytest.UsageError(f"--backends: unknown backend(s) {', '.join(unknown)}; "
-                                f"known: {', '.join(sorted(all_backends()))}")
+                                f"known: {', '.join(sorted(backends))}")
     if not hasattr(config, "workerinput"):  # the controller (or a plain run): xdist workers inherit it
         os.environ.setdefault(RUN_ID_ENV, default_run_id())
-    config.mapgate = MapgateSession(config)  # type: ignore[attr-defined]
+    root = Path(config.rootpath)
+    if config.getoption("reports_dir") is None:
+        config.option.reports_dir = root / "reports"
+    if config.getoption("engines_dir") is None:
+        config.option.engines_dir = root / "engines"
+    session = MapgateSession(config, _manifests(config))
+    config.mapgate = session  # type: ignore[attr-defined]
+    config.pluginmanager.register(session, "mapgate-session")
+    named = {p.resolve() for p in [*config.getoption("mapgate_manifest"), *config.getoption("models_file")]}
+    explicit = config.args_source == pytest.Config.ArgsSource.ARGS
+    base = Path(config.invocation_params.dir)
+    for manifest in session.manifests:
+        # the rootdir manifest joins a run without test paths (like testpaths); a named one always
+        if (manifest in named or not explicit) and not _covered(manifest, config.args, base):
+            config.args.append(str(manifest))
+    if config.getoption("models"):
+        try:
+            session.check_model_names()
+        except Exception as exc:  # a manifest error: say it as a usage error, not a traceback
+            raise pytest.UsageError(str(exc)) from None
     for line in ("accuracy: the accuracy gate (original vs optimized, per model and backend)",
                  "benchmark: the full throughput benchmark matrix",
-                 "tensorrt: needs TensorRT and a CUDA device"):
+                 "tensorrt: needs TensorRT and a CUDA device",
+                 "xdist_group(name): pytest-xdist --dist loadgroup runs a group on one worker"):
         config.addinivalue_line("markers", line)
+    for name, backend in sorted(backends.items()):
+        marker = _marker_name(backend, name)
+        if marker != "tensorrt":
+            config.addinivalue_line("markers", f"{marker}: gate cases whose optimized target runs on {name}")
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "gate_case" in metafunc.fixturenames:
-        session: MapgateSession = metafunc.config.mapgate  # type: ignore[attr-defined]
-        params = []
-        for model, target in session.matrix():
-            marks = [pytest.mark.tensorrt] if target.startswith("tensorrt:") else []
-            params.append(pytest.param((model, target), id=f"{model}-{target}", marks=marks))
-        metafunc.parametrize("gate_case", params)
+def _marker_name(backend: Any, name: str) -> str:
+    """The backend's declared marker (a name or a pytest mark), else the backend's name."""
+    marker = getattr(backend, "marker", None)
+    if marker is None:
+        return name
+    return marker if isinstance(marker, str) else getattr(marker, "name", name)
+
+
+# --------------------------------------------------------------------------------- collection
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    session: MapgateSession | None = getattr(parent.config, "mapgate", None)
+    if session is not None and file_path.resolve() in session.manifests:
+        return ManifestFile.from_parent(parent, path=file_path)
+    return None
+
+
+class ManifestFile(pytest.File):
+    """A manifest: one child per model it (or a file it includes) declares."""
+
+    def collect(self) -> Iterator[pytest.Collector]:
+        session = _session(self.config)
+        models, _ = session.trees[self.path.resolve()]
+        pairs: dict[str, list[str]] = {}
+        for name, target in session.selected(models):
+            pairs.setdefault(name, []).append(target)
+        for name, targets in pairs.items():
+            yield ModelCases.from_parent(self, name=name, spec=models[name], targets=targets)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        return _repr_mapgate_error(excinfo) or super().repr_failure(excinfo)
+
+
+class ModelCases(pytest.Collector):
+    """One model of a manifest: one gate case per optimized target."""
+
+    def __init__(self, *, spec: Any, targets: list[str], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.spec, self.targets = spec, targets
+
+    def collect(self) -> Iterator[pytest.Item]:
+        for target in self.targets:
+            yield GateCase.from_parent(self, name=target, spec=self.spec, target=target)
+
+
+class CaseFailed(Exception):
+    """A gate case's verdict (or baseline) failed; ``text`` is the table shown for it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class GateCase(pytest.Item):
+    """Original vs one optimized target: the verdict must be what the manifest expects."""
+
+    def __init__(self, *, spec: Any, target: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.spec, self.target = spec, target
+        from mapgate.backends import get_backend
+
+        backend = target.split(":")[0]
+        self.add_marker(pytest.mark.accuracy)
+        self.add_marker(_marker_name(get_backend(backend), backend))
+        self.add_marker(pytest.mark.xdist_group(name=spec.name))
+        self.mapgate_row: dict[str, Any] | None = None
+        self.mapgate_baselines: dict[str, Any] = {}
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.spec.name} {self.target}"
+
+    def runtest(self) -> None:
+        from mapgate import report
+        from mapgate.backends import get_backend
+        from mapgate.compare import outcome
+
+        session = _session(self.config)
+        model, ref_backend = self.spec.name, self.spec.reference_backend
+        for name in (self.target.split(":")[0], ref_backend):
+            available = get_backend(name).availability()
+            if not available.ok:
+                self.mapgate_row = report.CaseRow(model, self.target, "skipped", reference=ref_backend,
+                                                  reason=f"{name}: {available.reason}").to_dict()
+                pytest.skip(f"{name}: {available.reason}")
+        gate = session.gate
+        verdict = gate.compare(model, self.target)
+        directory = gate.case_dir(model, self.target)
+        for key, value in report.junit_properties(verdict):
+            self.user_properties.append((key, value))
+        result = outcome(verdict, session.inconclusive)
+        baseline, baseline_failure = self._baselines(session, verdict, gate.dataset.label)
+        failed = result == "fail" or baseline_failure is not None
+        word = "failed" if failed else ("warning" if result == "warn" else "passed")
+        pictures = tuple(p.name for p in (directory / report.PR_CURVES_PNG, directory / report.CLASS_DELTAS_PNG)
+                         if p.is_file())
+        row = report.CaseRow.of(verdict, word, directory=os.path.relpath(directory, gate.run_dir),
+                                baseline=baseline_failure or baseline, pictures=pictures)
+        self.mapgate_row = row.to_dict()
+        if failed:
+            text = report.case_text(verdict, directory, result, baseline_failure or baseline)
+            raise CaseFailed(text)
+        if result == "warn":
+            warnings.warn(pytest.PytestWarning(
+                f"{model} {self.target}: inconclusive ({verdict.reason}); passing because --inconclusive is not "
+                "set and CI is not set (use --inconclusive=fail to fail)"), stacklevel=1)
+
+    def _baselines(self, session: MapgateSession, verdict: Any, dataset: str) -> tuple[str, str | None]:
+        """(status, failure message or None) of both sides against the baselines beside the manifest."""
+        from mapgate.baselines import BaselineCheck, BaselineRegression, baselines_path
+
+        path = baselines_path(self.spec.manifest_path)
+        if PACKAGE_DIR in path.resolve().parents:
+            raise pytest.UsageError(f"{self.spec.manifest_path} is inside the installed mapgate package; "
+                                    "copy it into your repository (its baselines must live beside it)")
+        data = session.baselines(path)
+        precision = self.target.split(":")[1]
+        checks = [BaselineCheck(self.spec.name, verdict.ref["target"], verdict.ref_stats["AP"],
+                                verdict.ref_stats["AP50"], DEFAULT_TOLERANCES["fp32"], dataset),
+                  BaselineCheck(self.spec.name, self.target, verdict.opt_stats["AP"], verdict.opt_stats["AP50"],
+                                self.spec.tolerance(precision), dataset)]
+        if session.option("update_baselines"):
+            for check in checks:
+                check.refuse_replacing_another_data_set(data, path)
+                self.mapgate_baselines.setdefault(str(path), {}).setdefault(check.model, {})[check.target] = \
+                    check.record()
+            return f"to be recorded in {path}", None
+        statuses = []
+        for check in checks:
+            try:
+                statuses.append(check.check(data))
+            except BaselineRegression as exc:
+                return "", f"{exc} ({path})"
+        opt_status = statuses[-1]
+        if "no baseline recorded" in opt_status or "not compared" in opt_status:
+            return f"{opt_status} [{path.name}]", None
+        return statuses[-1] if all("within" in s for s in statuses) else "; ".join(statuses), None
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, CaseFailed):
+            return excinfo.value.text
+        return _repr_mapgate_error(excinfo) or super().repr_failure(excinfo)
+
+
+def _repr_mapgate_error(excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
+    """mapgate's own errors say what, why and the fix: show them, not a traceback."""
+    from mapgate.errors import MapgateError
+
+    if isinstance(excinfo.value, MapgateError):
+        return f"{type(excinfo.value).__name__}: {excinfo.value}"
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    rep = yield
+    if isinstance(item, GateCase) and call.when == "call":
+        row = item.mapgate_row
+        if row is None and call.excinfo is not None:  # an error before a verdict (conversion, bad file)
+            from mapgate.report import CaseRow
+
+            row = CaseRow(item.spec.name, item.target, "error", reference=item.spec.reference_backend,
+                          reason=str(call.excinfo.value).splitlines()[0][:300] if str(call.excinfo.value) else
+                          type(call.excinfo.value).__name__).to_dict()
+        rep.mapgate_row = row  # extra report attributes travel from xdist workers to the controller
+        rep.mapgate_baselines = item.mapgate_baselines
+    return rep
 
 
 @pytest.fixture(scope="session")
 def mapgate_session(request: pytest.FixtureRequest) -> MapgateSession:
-    return request.config.mapgate  # type: ignore[attr-defined]
+    return _session(request.config)
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    ms: MapgateSession | None = getattr(session.config, "mapgate", None)
-    if ms is None or not ms.option("update_baselines") or not ms.baseline_updates:
+# --------------------------------------------------------------------------------- the end of the run
+# (hooks of MapgateSession, registered as a plugin object in pytest_configure)
+def _on_logreport(session: MapgateSession, report: pytest.TestReport) -> None:
+    row = getattr(report, "mapgate_row", None)
+    if row is None or report.when != "call":
         return
-    from mapgate.fsutil import write_json_atomic
-
-    merged = json.loads(BASELINES.read_text()) if BASELINES.exists() else {}
-    lines = []
-    for model, targets in sorted(ms.baseline_updates.items()):
-        for target, new in sorted(targets.items()):
-            old = merged.get(model, {}).get(target)
-            lines.append(f"  {model} {target}: AP {_fmt(old, 'AP')} -> {new['AP']:.4f}, "
-                         f"AP50 {_fmt(old, 'AP50')} -> {new['AP50']:.4f}")
-            merged.setdefault(model, {})[target] = new
-    write_json_atomic(BASELINES, merged)
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    text = f"mapgate: baselines rewritten in {BASELINES}:\n" + "\n".join(lines)
-    if reporter is not None:
-        reporter.write_line(text)
-    else:
-        print(text)
+    session.rows.append(row)
+    for path, models in (getattr(report, "mapgate_baselines", None) or {}).items():
+        for model, targets in models.items():
+            session.baseline_updates.setdefault(path, {}).setdefault(model, {}).update(targets)
 
 
-def _fmt(old: dict[str, float] | None, key: str) -> str:
-    return f"{old[key]:.4f}" if old and key in old else "(none)"
+def _on_terminal_summary(session: MapgateSession, terminalreporter: Any) -> None:
+    if hasattr(session.config, "workerinput"):  # xdist workers: the controller reports
+        return
+    if session.baseline_updates and session.option("update_baselines"):
+        from mapgate.baselines import write_updates
+
+        for path, updates in sorted(session.baseline_updates.items()):
+            lines = write_updates(Path(path), updates)
+            terminalreporter.write_line(f"mapgate: baselines rewritten in {path}:\n" + "\n".join(lines))
+    if not session.rows:
+        return
+    from mapgate import report
+    from mapgate.gate import default_run_id
+
+    rows = [report.CaseRow.from_dict(r) for r in session.rows]
+    terminalreporter.write_sep("=", "mapgate accuracy gate")
+    for line in report.run_table(rows).splitlines():
+        terminalreporter.write_line(line)
+    run_dir = Path(session.option("reports_dir")) / default_run_id()
+    dataset = next((r.dataset for r in rows if r.dataset), "")
+    terminalreporter.write_line(f"mapgate: report {report.write_run(rows, run_dir, dataset=dataset)}")

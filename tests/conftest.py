@@ -1,4 +1,4 @@
-"""Shared fixtures of the test suite (the pytest plugin itself is loaded by the root conftest.py)."""
+"""Shared fixtures of the test suite (the pytest plugin itself is the installed `pytest11` entry point)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ onnxruntime 1.32.0 (yolox-nano-416), ai-edge-litert 2.3.0 (ssd_mobilenet_v1_quan
 numba 0.68.1: each model's reference backend runner WITHOUT the detection cache ->
 ``mapgate.detections.run_detections`` -> ``mapgate.evaluate.evaluate``. The detections were
 written to JSON and re-evaluated with pycocotools 2.0.11 ``COCOeval`` alone, which gave the same
-AP and AP50 (difference 0.0); the four models also in fixtures/baselines.json match their
+AP and AP50 (difference 0.0); the four models also in fixtures/mapgate-baselines.json match their
 committed baselines exactly. The tolerance (0.001 = 0.1 AP point) absorbs float noise from
 other CPUs/framework builds, not a decoding or pre-processing change (those move AP by points).
 

@@ -1,0 +1,327 @@
+"""Every rendering of a verdict, in one place: terminal text, Markdown, JUnit properties, PNG.
+
+The decision objects (mapgate.compare.Verdict) keep numbers and reasons; this module turns them
+into what people read. Its interface, used by the gate (per case files), the CLI (``mapgate
+compare``) and the pytest plugin (failures, the session table, report.md):
+
+* :func:`write_case` - a case folder's ``summary.md`` and PNGs (precision/recall, per-class dAP).
+* :func:`case_text` - one case as a terminal table (a failing test, ``mapgate compare``).
+* :class:`CaseRow` - one line of the run table; plain data, so it travels between xdist workers.
+* :func:`run_table` / :func:`run_markdown` / :func:`write_run` - the run-level report.
+* :func:`junit_properties` - the per-case JUnit XML properties.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mapgate.compare import STAT_NAMES, Verdict
+
+PR_CURVES_PNG = "pr-curves.png"
+CLASS_DELTAS_PNG = "per-class-dap.png"
+REPORT_MD = "report.md"
+STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+
+
+# ----------------------------------------------------------------------------------- one case
+def _ci_text(v: Verdict) -> str:
+    ci = v.ci or {}
+    return f"[{ci['low_points']:+.2f}, {ci['high_points']:+.2f}]" if "low_points" in ci else "no CI"
+
+
+def _agreement_text(v: Verdict) -> str:
+    a = v.agreement
+    return (f"{a.matched}/{a.reference_detections} reference detections (score >= {a.min_score:g}) matched at IoU >= "
+            f"{a.min_iou:g} ({100 * a.matched_share:.1f}%)" + (f", mean IoU {a.mean_iou:.4f}" if a.mean_iou else ""))
+
+
+def _extras_lines(v: Verdict) -> list[str]:
+    """Analyses other modules attach to a verdict (``Verdict.extras``), one line each."""
+    lines = []
+    for name, value in sorted(v.extras.items()):
+        if isinstance(value, dict):
+            body = ", ".join(f"{k} {x:+.2f}" if isinstance(x, float) else f"{k} {x}" for k, x in value.items())
+        else:
+            body = str(value)
+        lines.append(f"{name}: {body}")
+    return lines
+
+
+def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str:
+    """A case folder's summary.md."""
+    rows = [
+        f"# {v.model}: {v.opt['target']} vs {v.ref['target']}",
+        "",
+        f"Data set: **{v.dataset}** (a subset's mAP is noisy; it is not COCO mAP).",
+        "",
+        "| metric | reference | optimized | delta (points) |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in STAT_NAMES:
+        rows.append(f"| {name} | {100 * v.ref_stats[name]:.2f} | {100 * v.opt_stats[name]:.2f} | "
+                    f"{v.deltas[name]:+.2f} |")
+    ci = v.ci or {}
+    rule = v.decision_rule
+    rows += [
+        "",
+        f"- paired bootstrap 95% CI of dAP: {_ci_text(v)} points ({ci['n_resamples']} resamples of images, seed "
+        f"{ci['seed']})" if ci else "- no CI",
+        f"- detection agreement: {_agreement_text(v)}",
+        f"- tolerance: {v.tolerance:g} AP points ({v.tolerance_source})",
+        f"- decision rule: {rule['rule']}"
+        + (f"; images needed to be conclusive: ~{rule['images_needed']} ({rule['images_needed_formula']}, "
+           f"se {rule['se_points']:.3f}, z {rule['z']:.2f})" if rule["images_needed"] else ""),
+        *(f"- {line}" for line in _extras_lines(v)),
+        f"- **verdict: {v.verdict}** (expected: {v.expected}) — {v.reason}",
+        "",
+    ]
+    rows += [f"![{p}]({p})" for p in pictures]
+    return "\n".join(rows) + ("\n" if pictures else "")
+
+
+def case_text(v: Verdict, directory: Path | None = None, result: str | None = None,
+              baseline: str | None = None) -> str:
+    """One case for a terminal: the comparison table, the reason and where the artifacts are."""
+    width = 13
+    lines = [f"{v.model}: {v.opt['target']} vs {v.ref['target']} on {v.dataset}",
+             f"  {'':{width}} {'reference':>10} {'optimized':>10} {'delta':>8}"]
+    for name in ("AP", "AP50", "AP75"):
+        lines.append(f"  {name:{width}} {100 * v.ref_stats[name]:10.2f} {100 * v.opt_stats[name]:10.2f} "
+                     f"{v.deltas[name]:+8.2f}")
+    lines += [
+        f"  {'95% CI dAP':{width}} {_ci_text(v)}",
+        f"  {'agreement':{width}} {_agreement_text(v)}",
+        f"  {'tolerance':{width}} {v.tolerance:g} points ({v.tolerance_source})",
+        *(f"  {line}" for line in _extras_lines(v)),
+        f"  {'verdict':{width}} {v.verdict} (expected {v.expected})" + (f" -> {result}" if result else ""),
+        f"  {'reason':{width}} {v.reason}",
+    ]
+    if baseline:
+        lines.append(f"  {'baseline':{width}} {baseline}")
+    if directory is not None:
+        lines.append(f"  {'artifacts':{width}} {directory}")
+    return "\n".join(lines)
+
+
+def junit_properties(v: Verdict) -> list[tuple[str, Any]]:
+    """JUnit XML properties of one case (``record_property``)."""
+    ci = v.ci or {}
+    return [("delta_ap", round(v.delta_ap, 4)), ("ci_low", _round(ci.get("low_points"))),
+            ("ci_high", _round(ci.get("high_points"))), ("tolerance", v.tolerance), ("verdict", v.verdict)]
+
+
+def _round(x: float | None) -> float | str:
+    return "" if x is None else round(x, 4)
+
+
+def write_case(v: Verdict, directory: Path, ref_metrics: Any = None, opt_metrics: Any = None) -> list[Path]:
+    """summary.md and, when both evaluations are given, the PNGs, into ``directory``."""
+    from mapgate.fsutil import write_bytes_atomic
+
+    pictures = []
+    if ref_metrics is not None and opt_metrics is not None:
+        pictures = [_plot_pr_curves(v, ref_metrics, opt_metrics, directory / PR_CURVES_PNG),
+                    _plot_class_deltas(v, directory / CLASS_DELTAS_PNG)]
+    pictures = [p for p in pictures if p is not None]
+    summary = directory / "summary.md"
+    write_bytes_atomic(summary, case_markdown(v, [p.name for p in pictures]).encode())
+    return [summary, *pictures]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a Jetson over ssh or in CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _pr_curve(metrics: Any, iou_index: int) -> Any:
+    """Mean precision over categories with ground truth, per recall threshold (area all, 100 dets)."""
+    import numpy as np
+
+    p = metrics.precision[iou_index, :, :, 0, -1]  # (R, K); -1 marks categories without ground truth
+    valid = p > -1
+    with np.errstate(invalid="ignore"):
+        return np.where(valid.any(axis=1), np.where(valid, p, 0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1),
+                        np.nan)
+
+
+def _save(fig: Any, out: Path) -> Path:
+    from mapgate.fsutil import atomic_path
+
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return out
+
+
+def _plot_pr_curves(v: Verdict, ref: Any, opt: Any, out: Path) -> Path | None:
+    from mapgate.evaluate import IOU_THRS, REC_THRS
+
+    if getattr(ref, "precision", None) is None or getattr(opt, "precision", None) is None:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, iou in zip(axes, (0.5, 0.75)):
+        t = int(abs(IOU_THRS - iou).argmin())
+        ax.plot(REC_THRS, _pr_curve(ref, t), label=f"reference {v.ref['target']}", lw=2)
+        ax.plot(REC_THRS, _pr_curve(opt, t), label=f"optimized {v.opt['target']}", lw=1.5, ls="--")
+        ax.set_title(f"IoU {iou:g}")
+        ax.set_xlabel("recall")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("precision (mean over classes)")
+    axes[0].legend(loc="upper right", fontsize=8)
+    fig.suptitle(f"{v.model}: {v.dataset}", fontsize=9)
+    fig.tight_layout()
+    try:
+        return _save(fig, out)
+    finally:
+        plt.close(fig)
+
+
+def _plot_class_deltas(v: Verdict, out: Path) -> Path | None:
+    cats = sorted(((c["name"], c["delta_AP"]) for c in v.per_category.values() if c.get("delta_AP") is not None),
+                  key=lambda c: c[1])
+    if not cats:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.16 * len(cats) + 1)))
+    names, deltas = zip(*cats)
+    ax.barh(range(len(cats)), deltas, color=["tab:red" if d < -v.tolerance else "tab:blue" for d in deltas])
+    ax.set_yticks(range(len(cats)), names, fontsize=6)
+    ax.axvline(-v.tolerance, color="tab:red", ls=":", lw=1, label=f"-tolerance ({v.tolerance:g})")
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel("dAP per class (points, optimized - reference)")
+    ax.set_title(f"{v.model}: {v.opt['target']} vs {v.ref['target']}", fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    try:
+        return _save(fig, out)
+    finally:
+        plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------- the run
+@dataclass
+class CaseRow:
+    """One case of a run, as plain data (it travels from xdist workers in the test report)."""
+
+    model: str
+    optimized: str
+    result: str  # passed | failed | warning | skipped | error
+    reference: str = ""
+    ref_ap: float | None = None  # AP points
+    opt_ap: float | None = None
+    delta_ap: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    agreement: float | None = None  # share of reference detections matched
+    tolerance: float | None = None
+    verdict: str = ""
+    expected: str = ""
+    reason: str = ""
+    baseline: str = ""
+    directory: str = ""  # the case folder, relative to the run folder
+    pictures: tuple[str, ...] = ()
+    dataset: str = ""
+
+    @classmethod
+    def of(cls, v: Verdict, result: str, directory: str = "", baseline: str = "",
+           pictures: tuple[str, ...] = ()) -> "CaseRow":
+        ci = v.ci or {}
+        return cls(model=v.model, optimized=v.opt["target"], result=result, reference=v.ref["target"],
+                   ref_ap=100 * v.ref_stats["AP"], opt_ap=100 * v.opt_stats["AP"], delta_ap=v.delta_ap,
+                   ci_low=ci.get("low_points"), ci_high=ci.get("high_points"), agreement=v.agreement.matched_share,
+                   tolerance=v.tolerance, verdict=v.verdict, expected=v.expected, reason=v.reason, baseline=baseline,
+                   directory=directory, pictures=tuple(pictures), dataset=v.dataset)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CaseRow":
+        d = dict(d)
+        d["pictures"] = tuple(d.get("pictures", ()))
+        return cls(**d)
+
+    def cells(self) -> list[str]:
+        def num(x: float | None, fmt: str) -> str:
+            return "" if x is None else format(x, fmt)
+
+        ci = f"[{self.ci_low:+.2f}, {self.ci_high:+.2f}]" if self.ci_low is not None and self.ci_high is not None else ""
+        verdict = self.verdict + (f" (expected {self.expected})" if self.expected and self.expected != "pass" else "")
+        return [self.model, self.reference, self.optimized, num(self.ref_ap, ".2f"), num(self.opt_ap, ".2f"),
+                num(self.delta_ap, "+.2f"), ci, "" if self.agreement is None else f"{100 * self.agreement:.1f}%",
+                num(self.tolerance, "g"), verdict or "-", self.result]
+
+
+HEADERS = ["model", "reference", "optimized", "ref AP", "opt AP", "dAP", "95% CI", "agreement", "tolerance",
+           "verdict", "result"]
+_NUMERIC = {3, 4, 5, 7, 8}
+
+
+def run_table(rows: list[CaseRow]) -> str:
+    """The session's table for the terminal, with the notes (reasons, baselines) below it."""
+    table = [HEADERS] + [r.cells() for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(HEADERS))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in _NUMERIC else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [line(HEADERS), "  ".join("-" * w for w in widths)] + [line(c) for c in table[1:]]
+    notes = _notes(rows)
+    return "\n".join(out + ([""] + notes if notes else []))
+
+
+def _notes(rows: list[CaseRow]) -> list[str]:
+    notes = []
+    for r in rows:
+        if r.result in ("failed", "warning", "skipped", "error") or r.verdict == "inconclusive":
+            notes.append(f"{r.model} {r.optimized} ({r.result}): {r.reason}")
+        if r.baseline and not r.baseline.endswith("of its baseline"):
+            notes.append(f"{r.model} {r.optimized} baseline: {r.baseline}")
+    return notes
+
+
+def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", dataset: str = "") -> str:
+    """report.md: the session table with a link to each case's summary.md and pictures."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.result] = counts.get(r.result, 0) + 1
+    out = [f"# {title}", ""]
+    if dataset:
+        out += [f"Data set: **{dataset}**.", ""]
+    out += [", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no cases", "",
+            "| " + " | ".join(HEADERS + ["details"]) + " |",
+            "|" + "|".join("---:" if i in _NUMERIC else "---" for i in range(len(HEADERS) + 1)) + "|"]
+    for r in rows:
+        links = []
+        if r.directory:
+            links.append(f"[summary]({r.directory}/summary.md)")
+            links += [f"[{Path(p).stem}]({r.directory}/{p})" for p in r.pictures]
+        cells = [c.replace("|", "\\|") for c in r.cells()]
+        out.append("| " + " | ".join(cells + [" ".join(links)]) + " |")
+    notes = _notes(rows)
+    if notes:
+        out += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def write_run(rows: list[CaseRow], run_dir: Path, dataset: str = "") -> Path:
+    """reports/<run-id>/report.md, and the same table appended to $GITHUB_STEP_SUMMARY when set."""
+    from mapgate.fsutil import write_bytes_atomic
+
+    text = run_markdown(rows, dataset=dataset)
+    path = run_dir / REPORT_MD
+    write_bytes_atomic(path, text.encode())
+    summary = os.environ.get(STEP_SUMMARY_ENV)
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:  # appended: other steps write there too
+            f.write(text + "\n")
+    return path
