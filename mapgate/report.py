@@ -280,13 +280,15 @@ def run_table(rows: list[CaseRow]) -> str:
 
 
 def _notes(rows: list[CaseRow]) -> list[str]:
-    notes = []
+    """Why a case did not simply pass, and baseline remarks; one line per distinct reason."""
+    grouped: dict[str, list[str]] = {}
     for r in rows:
         if r.result in ("failed", "warning", "skipped", "error") or r.verdict == "inconclusive":
-            notes.append(f"{r.model} {r.optimized} ({r.result}): {r.reason}")
+            grouped.setdefault(f"{r.result}: {r.reason}", []).append(f"{r.model} {r.optimized}")
         if r.baseline and not r.baseline.endswith("of its baseline"):
-            notes.append(f"{r.model} {r.optimized} baseline: {r.baseline}")
-    return notes
+            grouped.setdefault(f"baseline: {r.baseline.split(': ', 1)[-1]}", []).append(f"{r.model} {r.optimized}")
+    return [f"{', '.join(cases)} ({text})" if len(cases) > 1 else f"{cases[0]} ({text})"
+            for text, cases in grouped.items()]
 
 
 def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", dataset: str = "") -> str:
