@@ -12,15 +12,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import shutil
 from pathlib import Path
+from statistics import NormalDist
 
 import pytest
 
 from mapgate.backends.base import BuildContext
 from mapgate.baselines import BaselineCheck, BaselineRegression
 from mapgate.calibration import calibration_images, check_disjoint, image_ids_of
-from mapgate.compare import Agreement, Verdict, detection_agreement
+from mapgate.compare import Agreement, Verdict, detection_agreement, outcome
 from mapgate.convert.cache import provenance_path
 from mapgate.dataset import BUNDLED_ANNOTATIONS, CocoDataset
 from mapgate.errors import ConfigError, DataError
@@ -92,7 +94,8 @@ def test_comparison_json_holds_the_whole_verdict(first: dict) -> None:
     c = json.loads((first["dir"] / "tflite-fp16" / "comparison.json").read_text())
     assert {"model", "ref", "opt", "dataset", "deltas", "ci", "agreement", "tolerance", "tolerance_source",
             "verdict", "reason", "delta_ap", "delta_ap50", "ref_stats", "opt_stats", "per_category",
-            "expected"} <= set(c)
+            "expected", "decision_rule"} <= set(c)
+    assert c["decision_rule"]["outcome"] == c["verdict"] and c["decision_rule"]["n_images"] == N_IMAGES
     assert c["model"] == MODEL
     assert c["dataset"] == "val2017-mini subset (first 12 of 206 images)"
     assert c["ref"]["target"] == "onnxruntime" and c["ref"]["precision"] == "original"
@@ -102,14 +105,15 @@ def test_comparison_json_holds_the_whole_verdict(first: dict) -> None:
     assert c["delta_ap"] == c["deltas"]["AP"] == pytest.approx(100 * (c["opt_stats"]["AP"] - c["ref_stats"]["AP"]))
     assert c["tolerance"] == 0.5 and c["tolerance_source"] == "default for fp16"
     assert c["ci"]["n_resamples"] == RESAMPLES and c["ci"]["low_points"] <= c["ci"]["high_points"]
-    assert c["verdict"] == "pass" and c["expected"] == "pass"
+    assert c["verdict"] == "inconclusive" and c["expected"] == "pass"  # 12 images cannot prove a 0.5-point bound
     assert {"matched", "reference_detections", "matched_share", "mean_iou", "worst_images"} <= set(c["agreement"])
 
 
-def test_fp16_passes_and_the_broken_vendor_int8_fails_as_the_manifest_expects(first: dict) -> None:
+def test_fp16_is_within_tolerance_on_too_few_images_and_the_broken_vendor_int8_fails_as_expected(first: dict) -> None:
     fp16, int8 = first["fp16"], first["int8"]
-    assert fp16.verdict == "pass" and fp16.as_expected
     assert abs(fp16.delta_ap) < 0.5
+    assert fp16.verdict == "inconclusive" and fp16.ci["low_points"] < -0.5  # on 12 images the CI is wide
+    assert fp16.images_needed > N_IMAGES and f"about {fp16.images_needed} images" in fp16.reason
     assert fp16.agreement.matched_share > 0.9
     assert int8.verdict == "fail" and int8.expected == "fail" and int8.as_expected
     assert int8.delta_ap < -10  # the vendor INT8 file squeezes its boxes
@@ -258,7 +262,7 @@ def test_a_stored_reference_with_the_same_images_and_contract_is_accepted(first:
     assert verdict.ref["target"] == "stored:onnxruntime"
     assert verdict.ref["sha256"] == sha256_file(stored_reference(first))
     assert verdict.deltas == first["fp16"].deltas
-    assert verdict.verdict == "pass"
+    assert verdict.verdict == first["fp16"].verdict
     side = gate.stored_side(MODEL, stored_reference(first).parent)  # a folder works too
     assert side.metrics.stats == first["gate"].side(MODEL).metrics.stats
 
@@ -323,26 +327,28 @@ def test_ort_int8_build_refuses_calibration_images_that_are_evaluated(bundled_mo
 # ============================================================================ the verdict rule
 
 
-def verdict(d_ap: float, tolerance: float = 0.5, ci: dict | None = None) -> Verdict:
+def verdict(d_ap: float, tolerance: float = 0.5, ci: dict | None = None, low: float = -0.3, high: float = 0.2,
+            ref_detections: int | None = 100) -> Verdict:
     stats = {k: 0.3 for k in STAT_NAMES}
     deltas = {k: 0.0 for k in STAT_NAMES}
     deltas.update(AP=d_ap, AP50=-0.6)
-    return Verdict(model="m", ref={"target": "onnxruntime"}, opt={"target": "tflite:fp16"}, dataset="d (1 image)",
+    default_ci = {"low_points": d_ap + low, "high_points": d_ap + high, "n_resamples": 10, "seed": 0,
+                  "n_images": 200, "confidence": 0.95, "se_points": (high - low) / 3.92}
+    return Verdict(model="m", ref={"target": "onnxruntime"}, opt={"target": "tflite:fp16"}, dataset="d (200 images)",
                    ref_stats=stats, opt_stats=stats, deltas=deltas, per_category={},
-                   ci={"low_points": -1.0, "high_points": 0.2, "n_resamples": 10, "seed": 0} if ci is None else ci,
-                   agreement=Agreement(0.3, 0.9, 0, 0, 1.0, None), tolerance=tolerance,
-                   tolerance_source="default for fp16")
+                   ci=default_ci if ci is None else ci, agreement=Agreement(0.3, 0.9, 0, 0, 1.0, None),
+                   tolerance=tolerance, tolerance_source="default for fp16", ref_detections=ref_detections)
 
 
-def test_the_verdict_passes_when_dap_is_at_least_minus_tolerance() -> None:
-    assert verdict(0.0).verdict == "pass"
+def test_the_verdict_passes_only_when_the_whole_ci_is_above_minus_tolerance() -> None:
+    assert verdict(0.0).verdict == "pass"  # CI [-0.30, +0.20] against -0.5
     assert verdict(+2.0).verdict == "pass"
-    v = verdict(-0.5)
-    assert v.verdict == "pass" and v.passed
-    assert "dAP -0.50 points" in v.reason and "-0.5" in v.reason and "[-1.00, +0.20]" in v.reason
+    v = verdict(-0.1, low=-0.39)
+    assert v.verdict == "pass" and v.passed and v.images_needed is None
+    assert "dAP -0.10 points" in v.reason and "[-0.49, +0.10]" in v.reason and "-0.5" in v.reason
 
 
-def test_the_verdict_fails_below_minus_tolerance_and_says_by_how_much() -> None:
+def test_the_verdict_fails_when_the_point_estimate_is_below_minus_tolerance_and_says_by_how_much() -> None:
     v = verdict(-0.51)
     assert v.verdict == "fail" and not v.passed and not v.as_expected
     assert "dAP -0.51 points" in v.reason
@@ -351,13 +357,62 @@ def test_the_verdict_fails_below_minus_tolerance_and_says_by_how_much() -> None:
     assert verdict(-0.01, tolerance=0.0).verdict == "fail"
 
 
-def test_a_verdict_without_a_ci_says_so() -> None:
-    assert "no CI" in verdict(-0.1, ci={}).reason
+def test_a_ci_reaching_below_minus_tolerance_is_inconclusive_with_the_images_needed() -> None:
+    """SSDLite INT8 on val2017-mini: dAP -1.11, CI [-2.34, -0.09], tolerance 1.5."""
+    se = (2.34 - 0.09) / 3.92
+    v = verdict(-1.11, tolerance=1.5, ci={"low_points": -2.34, "high_points": -0.09, "n_resamples": 1000,
+                                          "seed": 0, "n_images": 206, "confidence": 0.95, "se_points": se})
+    assert v.verdict == "inconclusive" and not v.passed
+    # n' = n * (z * se / (dAP + tol))^2 = 206 * (1.96 * 0.574 / 0.39)^2
+    assert v.images_needed == math.ceil(206 * (NormalDist().inv_cdf(0.975) * se / (1.5 - 1.11)) ** 2)
+    assert 1600 < v.images_needed < 1800
+    assert f"about {v.images_needed} images (this run: 206)" in v.reason and "cannot tell" in v.reason
+    rule = v.to_dict()["decision_rule"]
+    assert rule["outcome"] == "inconclusive" and rule["ci_low"] == -2.34 and rule["tolerance"] == 1.5
+    assert rule["rule"].startswith("non-inferiority") and "images_needed_formula" in rule
+
+
+def test_an_estimate_sitting_on_the_tolerance_needs_no_finite_number_of_images() -> None:
+    v = verdict(-0.5, tolerance=0.5)
+    assert v.verdict == "inconclusive" and v.images_needed is None and "no number of images" in v.reason
+
+
+def test_a_reference_without_detections_is_never_a_pass() -> None:
+    v = verdict(0.0, ref_detections=0)
+    assert v.verdict == "fail" and "reference produced no detections" in v.reason
+
+
+def test_a_verdict_without_a_ci_cannot_pass() -> None:
+    v = verdict(-0.1, ci={})
+    assert v.verdict == "inconclusive" and "no CI" in v.reason
+
+
+@pytest.mark.parametrize(("got", "expected", "policy", "result"), [
+    ("pass", "pass", None, "pass"), ("fail", "pass", None, "fail"),
+    ("inconclusive", "pass", "fail", "fail"), ("inconclusive", "pass", "pass", "pass"),
+    ("fail", "fail", None, "pass"), ("pass", "fail", None, "fail"), ("inconclusive", "fail", "pass", "fail"),
+    ("inconclusive", "inconclusive", "fail", "pass"), ("pass", "inconclusive", "fail", "pass"),
+    ("fail", "inconclusive", None, "fail"),
+])
+def test_what_a_verdict_means_for_the_run(got: str, expected: str, policy: str | None, result: str) -> None:
+    v = {"pass": verdict(0.0), "fail": verdict(-1.0), "inconclusive": verdict(-0.4)}[got]
+    assert v.verdict == got
+    v.expected = expected
+    assert outcome(v, policy) == result
+
+
+def test_an_inconclusive_verdict_fails_under_ci_and_only_warns_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    v = verdict(-0.4)
+    monkeypatch.setenv("CI", "true")
+    assert outcome(v) == "fail"
+    monkeypatch.delenv("CI")
+    assert outcome(v) == "warn"
 
 
 def test_verdict_to_dict_is_json_serialisable_with_the_delta_shortcuts() -> None:
-    d = json.loads(json.dumps(verdict(-0.2).to_dict()))
-    assert d["delta_ap"] == -0.2 and d["delta_ap50"] == -0.6 and d["verdict"] == "pass"
+    d = json.loads(json.dumps(verdict(-0.1).to_dict()))
+    assert d["delta_ap"] == -0.1 and d["delta_ap50"] == -0.6 and d["verdict"] == "pass"
+    assert d["extras"] == {} and d["decision_rule"]["outcome"] == "pass"
 
 
 # ============================================================================ detection agreement
