@@ -167,7 +167,8 @@ def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN20
     return Gate(models=load_models(args.models_file),
                 dataset=CocoDataset.open(args.coco_root, args.max_images),
                 engines_dir=args.engines_dir or DEFAULT_ENGINES, reports_dir=reports or DEFAULT_REPORTS,
-                use_cache=not args.no_cache, progress=not args.no_progress, calib_dir=args.calib_dir)
+                use_cache=not args.no_cache, calib_dir=args.calib_dir,
+                progress=not args.no_progress and sys.stderr.isatty())  # bars only on a terminal
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -95,21 +95,24 @@ class MapgateSession:
     @cached_property
     def trees(self) -> dict[Path, tuple[dict[str, Any], list[Any]]]:
         """Each collected manifest -> (its models, including included files', and its headers)."""
+        from mapgate.errors import ConfigError
         from mapgate.manifest import load_header, load_manifest
 
         out: dict[Path, tuple[dict[str, Any], list[Any]]] = {}
         for root in self.manifests:
             models: dict[str, Any] = {}
             headers: list[Any] = []
-            stack, seen = [root], set()
+            stack, seen = [(root, None)], set()
             while stack:
-                path = stack.pop(0)
+                path, parent = stack.pop(0)
                 if path.resolve() in seen:
                     continue
                 seen.add(path.resolve())
+                if parent is not None and not path.is_file():
+                    raise ConfigError(f"{parent}: field 'include': {path} does not exist")
                 header = load_header(path)
                 headers.append(header)
-                stack.extend(header.include)
+                stack.extend((p, path) for p in header.include)
                 for name, spec in load_manifest(path).items():
                     _add_model(models, name, spec)
             out[root] = (models, headers)

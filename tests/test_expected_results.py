@@ -1,6 +1,6 @@
 """What the gate must conclude on the bundled val2017-mini (206 images) — issue 4's expectations.
 
-These share the session's gate with tests/test_accuracy.py, so every side runs once per session.
+These share the session's gate with the collected mapgate.toml cases, so every side runs once per session.
 """
 
 from __future__ import annotations

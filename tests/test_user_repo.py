@@ -126,3 +126,17 @@ def test_a_failing_case_shows_its_table_and_update_baselines_writes_beside_the_m
     checked = user_repo.runpytest_subprocess("-m", "accuracy", FAST, "--backends=onnxruntime:fp32")
     assert checked.ret == 0, checked.stdout.str()
     assert "no baseline recorded" not in checked.stdout.str()
+
+
+def test_the_data_set_named_in_the_manifest_is_relative_to_it_and_coco_root_overrides_it(
+        user_repo: pytest.Pytester) -> None:
+    manifest = user_repo.path / "mapgate.toml"
+    manifest.write_text(manifest.read_text().replace('# [dataset]\n# coco_root = "data/coco"',
+                                                     '[dataset]\ncoco_root = "data/coco"'))
+    named = user_repo.runpytest_subprocess("-m", "accuracy", "--backends=onnxruntime:fp32")
+    assert named.ret == 1
+    named.stdout.fnmatch_lines([f"*DataError: COCO root {user_repo.path / 'data' / 'coco'} does not exist*"])
+    other = user_repo.path / "elsewhere"
+    overridden = user_repo.runpytest_subprocess("-m", "accuracy", "--backends=onnxruntime:fp32", f"--coco-root={other}")
+    overridden.stdout.fnmatch_lines([f"*DataError: COCO root {other} does not exist*"])
+    assert "Traceback" not in overridden.stdout.str()
