@@ -61,7 +61,7 @@ def exit_code(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]
     ("models", ["--models-file"]),
     ("eval", ["--model", "--backend", "--out", "--coco-root", "--max-images", "--models-file", "--mirror",
               "--engines-dir", "--no-cache", "--no-progress"]),
-    ("compare", ["--model", "--ref", "--opt", "--tolerance", "--out", "--resamples", "--coco-root",
+    ("compare", ["--model", "--ref", "--opt", "--tolerance", "--out", "--resamples", "--inconclusive", "--coco-root",
                  "--max-images", "--models-file", "--mirror", "--engines-dir", "--no-cache", "--no-progress"]),
     ("history", ["--storage", "--out"]),
 ])
@@ -303,6 +303,24 @@ def test_compare_tolerance_option_decides_the_verdict(capsys: pytest.CaptureFixt
     code, out, _ = compare(capsys, engines, tmp_path / "reports", "--opt", "tflite:int8", "--tolerance", 100)
     assert code == 0
     assert re.search(r"tolerance\s+100 points \(command line\)", out), out
+
+
+def test_compare_inconclusive_exits_by_the_inconclusive_option(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                               engines: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               require_backend) -> None:
+    """On 12 images the vendor FP16 file is within tolerance but its CI reaches below it."""
+    require_backend("onnxruntime")
+    require_backend("tflite")
+    monkeypatch.delenv("CI", raising=False)
+    argv = ("compare", "--model", MODEL, "--max-images", 12, "--out", tmp_path / "reports", "--engines-dir", engines,
+            "--resamples", 200, "--no-progress", "--opt", "tflite:fp16")
+    code, out, err = run(capsys, *argv)
+    assert re.search(r"verdict\s+inconclusive", out) and "images (this run: 12) would make it conclusive" in out
+    assert code == 0 and "warning: the verdict is inconclusive" in err
+    assert run(capsys, *argv, "--inconclusive", "fail")[0] == 1
+    assert run(capsys, *argv, "--inconclusive", "pass")[0] == 0
+    monkeypatch.setenv("CI", "true")
+    assert run(capsys, *argv)[0] == 1
 
 
 def test_compare_against_a_stored_reference_from_eval(capsys: pytest.CaptureFixture, tmp_path: Path, engines: Path,

@@ -1,0 +1,48 @@
+"""The reporting module: one case as Markdown and terminal text, the run table with its links, JUnit
+properties, and the slot other analyses use (``Verdict.extras``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_gate import verdict  # the hand-built verdict of the verdict-rule tests
+
+from mapgate import report
+
+
+def test_a_case_reads_the_same_in_markdown_and_on_the_terminal() -> None:
+    v = verdict(-0.4)
+    md = report.case_markdown(v, ["pr-curves.png"])
+    text = report.case_text(v, Path("/r/m/tflite-fp16"), "warn", "m tflite:fp16: no baseline recorded")
+    for out in (md, text):
+        assert "inconclusive" in out and "[-0.70, -0.20]" in out and v.reason in out
+    assert "images needed to be conclusive" in md and "![pr-curves.png](pr-curves.png)" in md
+    assert "artifacts     /r/m/tflite-fp16" in text and "no baseline recorded" in text
+
+
+def test_extras_attached_by_other_analyses_are_rendered() -> None:
+    v = verdict(0.0)
+    v.extras["attribution"] = {"localization": -0.25, "missed": 3}
+    assert "- attribution: localization -0.25, missed 3" in report.case_markdown(v)
+    assert "attribution: localization -0.25, missed 3" in report.case_text(v)
+
+
+def test_junit_properties_carry_the_decision_numbers() -> None:
+    props = dict(report.junit_properties(verdict(-0.1)))
+    assert props == {"delta_ap": -0.1, "ci_low": -0.4, "ci_high": 0.1, "tolerance": 0.5, "verdict": "pass"}
+
+
+def test_the_run_table_links_every_case_and_explains_what_did_not_pass() -> None:
+    rows = [report.CaseRow.of(verdict(0.0), "passed", "m/tflite-fp16", pictures=("pr-curves.png",)),
+            report.CaseRow.of(verdict(-0.4), "warning", "m/tflite-int8"),
+            report.CaseRow("m", "tensorrt:fp16", "skipped", reference="onnxruntime", reason="tensorrt: missing"),
+            report.CaseRow("m", "tensorrt:int8", "skipped", reference="onnxruntime", reason="tensorrt: missing")]
+    rows = [report.CaseRow.from_dict(r.to_dict()) for r in rows]  # as they arrive from xdist workers
+    md = report.run_markdown(rows, dataset="d (200 images)")
+    assert "[summary](m/tflite-fp16/summary.md) [pr-curves](m/tflite-fp16/pr-curves.png)" in md
+    assert "1 passed, 2 skipped, 1 warning" in md
+    assert "- m tensorrt:fp16, m tensorrt:int8 (skipped: tensorrt: missing)" in md  # one line per reason
+    table = report.run_table(rows).splitlines()
+    assert table[0].split() == ["model", "reference", "optimized", "ref", "AP", "opt", "AP", "dAP", "95%", "CI",
+                                "agreement", "tolerance", "verdict", "result"]
+    assert table[2].split()[-2:] == ["pass", "passed"] and "inconclusive" in table[3]
