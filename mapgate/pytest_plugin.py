@@ -334,6 +334,9 @@ class ModelCases(pytest.Collector):
         for target in self.targets:
             yield GateCase.from_parent(self, name=target, spec=self.spec, target=target)
 
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        return _repr_mapgate_error(excinfo) or super().repr_failure(excinfo)
+
 
 class CaseFailed(Exception):
     """A gate case's verdict (or baseline) failed; ``text`` is the table shown for it."""
@@ -350,10 +353,15 @@ class GateCase(pytest.Item):
         super().__init__(**kw)
         self.spec, self.target = spec, target
         from mapgate.backends import get_backend
+        from mapgate.errors import ConfigError
 
         backend = target.split(":")[0]
+        try:
+            declared = get_backend(backend)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.manifest_path}: model {spec.name!r}, field 'optimized': {exc}") from None
         self.add_marker(pytest.mark.accuracy)
-        self.add_marker(_marker_name(get_backend(backend), backend))
+        self.add_marker(_marker_name(declared, backend))
         self.add_marker(pytest.mark.xdist_group(name=spec.name))
         self.mapgate_row: dict[str, Any] | None = None
         self.mapgate_baselines: dict[str, Any] = {}
