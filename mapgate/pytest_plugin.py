@@ -407,10 +407,11 @@ class GateCase(pytest.Item):
     def _baselines(self, session: MapgateSession, verdict: Any, dataset: str) -> tuple[str, str | None]:
         """(status, failure message or None) of both sides against the baselines beside the manifest."""
         from mapgate.baselines import BaselineCheck, BaselineRegression, baselines_path
+        from mapgate.errors import ConfigError
 
         path = baselines_path(self.spec.manifest_path)
         if PACKAGE_DIR in path.resolve().parents:
-            raise pytest.UsageError(f"{self.spec.manifest_path} is inside the installed mapgate package; "
+            raise ConfigError(f"{self.spec.manifest_path} is inside the installed mapgate package; "
                                     "copy it into your repository (its baselines must live beside it)")
         data = session.baselines(path)
         precision = self.target.split(":")[1]

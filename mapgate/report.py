@@ -287,8 +287,9 @@ def _notes(rows: list[CaseRow]) -> list[str]:
             grouped.setdefault(f"{r.result}: {r.reason}", []).append(f"{r.model} {r.optimized}")
         if r.baseline and not r.baseline.endswith("of its baseline"):
             grouped.setdefault(f"baseline: {r.baseline.split(': ', 1)[-1]}", []).append(f"{r.model} {r.optimized}")
-    return [f"{', '.join(cases)} ({text})" if len(cases) > 1 else f"{cases[0]} ({text})"
-            for text, cases in grouped.items()]
+    return [f"{cases[0]} ({text})" if len(cases) == 1 else
+            f"{', '.join(cases)} ({text})" if len(cases) <= 3 else
+            f"{len(cases)} cases: {cases[0]} and {len(cases) - 1} more ({text})" for text, cases in grouped.items()]
 
 
 def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", dataset: str = "") -> str:
