@@ -82,12 +82,17 @@ class MapgateSession:
     manifests: list[Path] = field(default_factory=list)  # the collected manifests (resolved)
     rows: list[dict[str, Any]] = field(default_factory=list)  # report.CaseRow dicts, in report order
     baseline_updates: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    table: str = ""  # the session table, once the run is over
+    messages: list[str] = field(default_factory=list)  # what was written at the end of the run
 
     def option(self, name: str) -> Any:
         return self.config.getoption(name)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         _on_logreport(self, report)
+
+    def pytest_sessionfinish(self) -> None:
+        _on_sessionfinish(self)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         _on_terminal_summary(self, terminalreporter)
@@ -484,7 +489,8 @@ def _on_logreport(session: MapgateSession, report: pytest.TestReport) -> None:
             session.baseline_updates.setdefault(path, {}).setdefault(model, {}).update(targets)
 
 
-def _on_terminal_summary(session: MapgateSession, terminalreporter: Any) -> None:
+def _on_sessionfinish(session: MapgateSession) -> None:
+    """Write the baselines and report.md (the terminal summary only prints what was written)."""
     if hasattr(session.config, "workerinput"):  # xdist workers: the controller reports
         return
     if session.baseline_updates and session.option("update_baselines"):
@@ -492,16 +498,23 @@ def _on_terminal_summary(session: MapgateSession, terminalreporter: Any) -> None
 
         for path, updates in sorted(session.baseline_updates.items()):
             lines = write_updates(Path(path), updates)
-            terminalreporter.write_line(f"mapgate: baselines rewritten in {path}:\n" + "\n".join(lines))
+            session.messages.append(f"mapgate: baselines rewritten in {path}:\n" + "\n".join(lines))
     if not session.rows:
         return
     from mapgate import report
     from mapgate.gate import default_run_id
 
     rows = [report.CaseRow.from_dict(r) for r in session.rows]
-    terminalreporter.write_sep("=", "mapgate accuracy gate")
-    for line in report.run_table(rows).splitlines():
-        terminalreporter.write_line(line)
     run_dir = Path(session.option("reports_dir")) / default_run_id()
     dataset = next((r.dataset for r in rows if r.dataset), "")
-    terminalreporter.write_line(f"mapgate: report {report.write_run(rows, run_dir, dataset=dataset)}")
+    session.messages.append(f"mapgate: report {report.write_run(rows, run_dir, dataset=dataset)}")
+    session.table = report.run_table(rows)
+
+
+def _on_terminal_summary(session: MapgateSession, terminalreporter: Any) -> None:
+    if session.table:
+        terminalreporter.write_sep("=", "mapgate accuracy gate")
+        for line in session.table.splitlines():
+            terminalreporter.write_line(line)
+    for message in session.messages:
+        terminalreporter.write_line(message)
