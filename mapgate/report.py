@@ -300,7 +300,8 @@ def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", data
     out = [f"# {title}", ""]
     if dataset:
         out += [f"Data set: **{dataset}**.", ""]
-    out += [", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no cases", "",
+    plural = {"warning": "warnings", "error": "errors"}
+    out += [", ".join(f"{n} {plural.get(k, k) if n > 1 else k}" for k, n in sorted(counts.items())) or "no cases", "",
             "| " + " | ".join(HEADERS + ["details"]) + " |",
             "|" + "|".join("---:" if i in _NUMERIC else "---" for i in range(len(HEADERS) + 1)) + "|"]
     for r in rows:

@@ -9,6 +9,7 @@ On the first 20 images of val2017-mini, so each run takes seconds.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -115,7 +116,6 @@ def test_a_failing_case_shows_its_table_and_update_baselines_writes_beside_the_m
     assert updated.ret == 0, updated.stdout.str()
     written = user_repo.path / "mapgate-baselines.json"
     assert f"baselines rewritten in {written}" in updated.stdout.str()
-    import json
 
     baselines = json.loads(written.read_text())
     assert set(baselines[MODEL]) == {"opencv", "onnxruntime:fp32"}
