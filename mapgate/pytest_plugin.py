@@ -120,7 +120,7 @@ class MapgateSession:
 def pytest_configure(config: pytest.Config) -> None:
     import os
 
-    from mapgate.backends import all_backends
+    from mapgate.backends import all_backends, markers
     from mapgate.gate import RUN_ID_ENV, default_run_id
 
     unknown = [t for t in (config.getoption("backends") or []) if t.split(":")[0] not in all_backends()]
@@ -132,16 +132,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.mapgate = MapgateSession(config)  # type: ignore[attr-defined]
     for line in ("accuracy: the accuracy gate (original vs optimized, per model and backend)",
                  "benchmark: the full throughput benchmark matrix",
-                 "tensorrt: needs TensorRT and a CUDA device"):
+                 *(f"{marker}: {help_}" for marker, help_ in markers().items())):  # one per backend
         config.addinivalue_line("markers", line)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "gate_case" in metafunc.fixturenames:
+        from mapgate.backends import marker_for
+
         session: MapgateSession = metafunc.config.mapgate  # type: ignore[attr-defined]
         params = []
         for model, target in session.matrix():
-            marks = [pytest.mark.tensorrt] if target.startswith("tensorrt:") else []
+            marks = [getattr(pytest.mark, m) for m in [marker_for(target)] if m]
             params.append(pytest.param((model, target), id=f"{model}-{target}", marks=marks))
         metafunc.parametrize("gate_case", params)
 
