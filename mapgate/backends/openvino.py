@@ -97,8 +97,9 @@ class OpenVINORunner(Runner):
             raise ConfigError(f"model {self.model.name!r}: {self.artifact} has {len(compiled.inputs)} inputs; "
                               "mapgate feeds one image tensor")
         self._input_type = compiled.inputs[0].get_element_type().to_dtype()
-        # outputs by the ONNX tensor name, as ONNX Runtime names them (one name per output in ONNX)
-        self._outputs = [(i, out.get_any_name()) for i, out in enumerate(compiled.outputs)]
+        # outputs by their ONNX names, as ONNX Runtime names them: read from the model as read, since
+        # compiling fuses layers and adds the producer's tensor name (yolo_16 becomes {conv15_45, yolo_16})
+        self._outputs = [(i, out.get_any_name()) for i, out in enumerate(network.outputs)]
         self._request = compiled.create_infer_request()
 
     def infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
