@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 from mapgate.backends import all_backends, get_backend, marker_for, markers
-from mapgate.backends.base import BackendFacts, BuildContext
+from mapgate.backends.base import BackendFacts
 from mapgate.convert import can_make
 from mapgate.errors import BackendUnavailable
 from mapgate.gate import environment, framework_versions
