@@ -134,15 +134,24 @@ def _cmd_models(args: argparse.Namespace) -> int:
     models = load_models(args.models_file)
     backends = all_backends()
     status = {name: b.availability() for name, b in backends.items()}
-    print(f"{'model':30} {'family':18} {'original':12} status")
     missing = {name: st.reason for name, st in status.items() if not st.ok}
 
-    def state_of(backend: str) -> str:
+    def state_of(target: str) -> str:
+        backend, _, precision = target.partition(":")
         st = status.get(backend)
         if st is None:
             return "unknown backend"
-        return "available" if st.ok else f"unavailable ({backend}: see below)"
+        if not st.ok:
+            return f"unavailable ({backend}: see below)"
+        # optional hook: a precision this device cannot run although the backend can (TensorRT INT8 ...)
+        per_precision = getattr(backends[backend], "precision_availability", None)
+        if precision and per_precision is not None:
+            pst = per_precision(precision)
+            if not pst.ok:
+                return f"unavailable ({pst.reason})"
+        return "available"
 
+    print(f"{'model':30} {'family':18} {'original':12} status")
     for m in models.values():
         print(f"{m.name:30} {m.family:18} {m.reference_backend:12} {state_of(m.reference_backend)}")
         for line in missing_files(m, mirror=args.mirror):
@@ -150,7 +159,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
         for target in m.optimized:
             how = "prebuilt" if target in m.prebuilt else ("converted" if can_make(m, target) else "no route")
             expect = f", expected verdict {m.expected_verdicts[target]}" if target in m.expected_verdicts else ""
-            print(f"{'':30}   -> {target:18} {how:9} {state_of(target.split(':')[0])}{expect}")
+            print(f"{'':30}   -> {target:18} {how:9} {state_of(target)}{expect}")
+
+    print(f"\n{'backend':12} {'precisions':16} {'runs originals':25} {'pytest -m':12} status")
+    for name, b in sorted(backends.items()):
+        f = b.facts
+        originals = ", ".join(f.original_formats) or ("(from ONNX)" if f.builds_from_onnx else "-")
+        line = f"{name:12} {','.join(f.precisions):16} {originals:25} {f.marker:12} " \
+               f"{'available' if status[name].ok else 'unavailable'}"
+        describe = getattr(b, "describe", None)  # optional: one line of what this device runs
+        if status[name].ok and describe is not None:
+            line += f"; {describe()}"
+        print(line)
     for name, reason in sorted(missing.items()):
         print(f"\n{name} is unavailable: {reason}")
     return EXIT_OK

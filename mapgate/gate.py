@@ -21,7 +21,7 @@ from typing import Any
 
 from mapgate import __version__
 from mapgate.backends import get_backend, parse_target
-from mapgate.backends.base import BuildContext
+from mapgate.backends.base import BuildContext, artifact_identity
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
 from mapgate.convert.cache import cached_artifact, provenance_path
@@ -49,11 +49,15 @@ def code_fingerprint() -> str:
 
 @lru_cache(maxsize=1)
 def framework_versions() -> dict[str, str | None]:
-    """Versions of every inference framework: an upgraded OpenCV or ONNX Runtime must not reuse
-    detections made by the old one (read from package metadata: no imports)."""
-    from mapgate.optional import version_of
+    """Versions of every backend's frameworks, as each backend declares them (``facts.version_modules``):
+    an upgraded OpenCV or ONNX Runtime must not reuse detections made by the old one, and a backend
+    cannot be left out of a hand list (read from package metadata: no imports)."""
+    from mapgate.backends import all_backends
 
-    return {m: version_of(m) for m in ("cv2", "onnxruntime", "ai_edge_litert", "tensorflow", "tensorrt")}
+    versions: dict[str, str | None] = {}
+    for backend in all_backends().values():
+        versions.update(backend.facts.versions())
+    return dict(sorted(versions.items()))
 
 
 def contract(model: ModelSpec) -> dict[str, Any]:
@@ -217,16 +221,17 @@ class Gate:
         return per_image_results(self.ground_truth, detections, self.dataset.image_ids, label=self.dataset.label)
 
     def _identity(self, model: ModelSpec, backend: Any, precision: str | None, ctx: BuildContext) -> dict[str, Any]:
-        """Hashes of what will run, without starting the framework where the files tell enough."""
+        """What identifies the engine, without starting the framework where the files tell enough: the
+        backend's framework versions (its ``facts``) and the artifact's hash, or the backend's own
+        ``identity(model, precision, ctx)`` when it declares one (TensorRT engines, OpenVINO's device
+        precision)."""
         custom = getattr(backend, "identity", None)
         if custom is not None:
-            return dict(custom(model, precision, ctx))
-        from mapgate.convert import artifact_for
-
-        target = None if precision is None else f"{backend.name}:{precision}"
-        artifact = artifact_for(model, target, ctx)
-        return {"artifact": str(artifact), "artifact_sha256": verified_sha256(artifact),
-                "model_files": {r: f.sha256 for r, f in model.files.items()}}
+            ident = dict(custom(model, precision, ctx))
+        else:
+            ident = artifact_identity(model, None if precision is None else f"{backend.name}:{precision}", ctx)
+        ident.setdefault("frameworks", backend.facts.versions())
+        return ident
 
     def _write_side(self, model: ModelSpec, side: Side) -> Path:
         d = self.side_dir or self.run_dir / model.name / side.target.replace(":", "-")
@@ -369,13 +374,14 @@ def environment() -> dict[str, Any]:
     """Versions and hardware for env.json: what a re-check needs to know about this run."""
     from mapgate.optional import version_of
 
+    # libraries every run uses or converts with; each backend's frameworks come from its facts
+    libraries = ("numpy", "pycocotools", "numba", "onnx", "tf2onnx")
     env: dict[str, Any] = {
         "mapgate": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "versions": {m: version_of(m) for m in ("numpy", "pycocotools", "cv2", "onnx", "onnxruntime", "tensorflow",
-                                                 "tf2onnx", "ai_edge_litert", "tensorrt", "polygraphy", "numba")},
+        "versions": {**{m: version_of(m) for m in libraries}, **framework_versions()},
     }
     try:
         from mapgate.fingerprint import device_fingerprint

@@ -1,8 +1,10 @@
 """The one place optional frameworks are imported.
 
-Nothing here runs at import time: each ``require_*`` imports on first call and turns an
+Nothing here runs at import time: each ``require`` imports on first call and turns an
 ImportError into :class:`BackendUnavailable` with an install hint, so a missing framework
-is a skip with a reason, never an ImportError at test collection.
+is a skip with a reason, never an ImportError at test collection. A backend's modules,
+distributions and install hint are declared by the backend itself (``BACKEND.facts``);
+this file knows only the libraries no backend owns.
 """
 
 from __future__ import annotations
@@ -12,19 +14,23 @@ from types import ModuleType
 
 from mapgate.errors import BackendUnavailable
 
-# module name -> (backend name shown to users, install hint)
-_HINTS: dict[str, tuple[str, str]] = {
-    "tensorflow": ("tf", "pip install 'mapgate[tf]'  (tensorflow-cpu or tensorflow)"),
-    "tf2onnx": ("tf2onnx", "pip install 'mapgate[tf]'  (tf2onnx)"),
-    "cv2": ("opencv", "pip install 'opencv-python-headless<5'  (5.x has no Darknet reader)"),
-    "onnx": ("onnx", "pip install 'mapgate[onnx]'  (onnx)"),
-    "onnxruntime": ("onnxruntime", "pip install 'mapgate[onnx]'  (onnxruntime)"),
-    "ai_edge_litert.interpreter": ("tflite", "pip install 'mapgate[tflite]'  (ai-edge-litert)"),
-    "ai_edge_litert": ("tflite", "pip install 'mapgate[tflite]'  (ai-edge-litert)"),
-    "tensorrt": ("tensorrt", "install TensorRT's Python bindings (JetPack ships them; on x86 see NVIDIA's TensorRT install guide)"),
-    "polygraphy": ("tensorrt", "pip install 'mapgate[trt]'  (polygraphy)"),
-    "faster_coco_eval": ("faster-coco-eval", "pip install faster-coco-eval"),
+# libraries that are not a backend: module -> (name shown to users, install hint, distributions)
+_LIBRARIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "tf2onnx": ("tf2onnx", "pip install 'mapgate[tf]'  (tf2onnx)", ("tf2onnx",)),
+    "onnx": ("onnx", "pip install 'mapgate[onnx]'  (onnx)", ("onnx",)),
+    "faster_coco_eval": ("faster-coco-eval", "pip install faster-coco-eval", ("faster-coco-eval",)),
 }
+
+
+def _declared(module: str, backend: str | None) -> tuple[str, str]:
+    """(name shown to users, install hint) for ``module``: its backend's declaration, else ours."""
+    from mapgate.backends import backend_for_module
+
+    owner = backend_for_module(module, prefer=backend)
+    if owner is not None:
+        return owner.facts.name, owner.facts.hint_for(module)
+    name, hint, _ = _LIBRARIES.get(module, (module, f"pip install {module}", ()))
+    return name, hint
 
 
 def require(module: str, backend: str | None = None) -> ModuleType:
@@ -32,26 +38,27 @@ def require(module: str, backend: str | None = None) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        name, hint = _HINTS.get(module, (module, f"pip install {module}"))
+        name, hint = _declared(module, backend)
         raise BackendUnavailable(backend or name, f"Python module {module!r} is not installed ({exc}); fix: {hint}") from exc
 
 
-# module -> distributions that provide it, so versions are read without importing the module
-# (importing tf2onnx imports TensorFlow: seconds, on a path that only wants a cache key)
-_DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
-    "tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-aarch64"),
-    "cv2": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless", "opencv-contrib-python"),
-    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
-    "ai_edge_litert": ("ai-edge-litert",),
-    "faster_coco_eval": ("faster-coco-eval",),
-}
+def distributions_of(module: str) -> tuple[str, ...]:
+    """Distributions that may provide ``module``, so versions are read without importing it
+    (importing tf2onnx imports TensorFlow: seconds, on a path that only wants a cache key)."""
+    from mapgate.backends import all_backends
+
+    for b in all_backends().values():
+        dists = b.facts.distributions_of(module)
+        if dists:
+            return dists
+    return _LIBRARIES.get(module, ("", "", ()))[2] or (module,)
 
 
 def version_of(module: str) -> str | None:
     """Installed version of an optional module, or None when it is absent (never raises)."""
     from importlib import metadata
 
-    for dist in _DISTRIBUTIONS.get(module, (module,)):
+    for dist in distributions_of(module):
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:

@@ -255,7 +255,7 @@ def _covered(path: Path, args: list[str], base: Path) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from mapgate.backends import all_backends
+    from mapgate.backends import all_backends, markers
     from mapgate.gate import RUN_ID_ENV, default_run_id
 
     backends = all_backends()
@@ -287,21 +287,15 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(str(exc)) from None
     for line in ("accuracy: the accuracy gate (original vs optimized, per model and backend)",
                  "benchmark: the full throughput benchmark matrix",
-                 "tensorrt: needs TensorRT and a CUDA device",
-                 "xdist_group(name): pytest-xdist --dist loadgroup runs a group on one worker"):
+                 "xdist_group(name): pytest-xdist --dist loadgroup runs a group on one worker",
+                 *(f"{marker}: {help_}" for marker, help_ in markers().items())):  # one per backend
         config.addinivalue_line("markers", line)
-    for name, backend in sorted(backends.items()):
-        marker = _marker_name(backend, name)
-        if marker != "tensorrt":
-            config.addinivalue_line("markers", f"{marker}: gate cases whose optimized target runs on {name}")
 
 
 def _marker_name(backend: Any, name: str) -> str:
-    """The backend's declared marker (a name or a pytest mark), else the backend's name."""
-    marker = getattr(backend, "marker", None)
-    if marker is None:
-        return name
-    return marker if isinstance(marker, str) else getattr(marker, "name", name)
+    """The backend's declared pytest marker (backends/base.py BackendFacts), else its name."""
+    facts = getattr(backend, "facts", None)
+    return getattr(facts, "marker", "") or name
 
 
 # --------------------------------------------------------------------------------- collection

@@ -497,5 +497,5 @@ def test_no_baseline_recorded_is_reported_not_failed() -> None:
 def test_the_committed_baselines_hold_for_the_yolox_reference(first: dict) -> None:
     """On 12 images the numbers differ from the 206-image baseline: the check is for the bundled set only."""
     baselines = json.loads((Path(__file__).resolve().parent.parent / "fixtures" / "mapgate-baselines.json").read_text())
-    assert set(baselines[MODEL]) == {"onnxruntime", "tflite:fp16", "tflite:int8"}
+    assert {"onnxruntime", "tflite:fp16", "tflite:int8"} <= set(baselines[MODEL])  # and openvino:*
     assert baselines[MODEL]["tflite:int8"]["AP"] < baselines[MODEL]["onnxruntime"]["AP"] - 0.2

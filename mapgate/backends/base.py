@@ -3,12 +3,22 @@
 A backend module (``mapgate/backends/<anything>.py``) defines a module-level ``BACKEND``,
 an object with:
 
-* ``name``: the user-facing name (``tf``, ``opencv``, ``onnxruntime``, ``tflite``, ``tensorrt``);
-* ``precisions``: the precisions it can run (``("fp32",)``, ``("fp32", "fp16", "int8")`` ...);
-* ``original_formats``: manifest formats it runs as the original, i.e. with precision None;
-* ``availability() -> Availability``: can it run on this machine, and if not, exactly why;
+* ``facts``: a :class:`BackendFacts`, everything the rest of mapgate needs to know about it
+  without running it: its name and precisions, the original formats it runs, the Python
+  modules it imports, the distributions their versions are read from, the install hint and
+  pyproject extra, whether it builds from the model's ONNX, its pytest marker. Availability
+  messages, cache keys, ``env.json``, ``mapgate models``, ``can_make`` and the pytest markers
+  are all derived from these, so adding a backend is one file;
+* ``name``/``precisions``/``original_formats`` (from the facts: :class:`DeclaredBackend` does it);
+* ``availability() -> Availability``: can it run on this machine, and if not, exactly why
+  (default: every declared module is installed);
 * ``runner(model, precision, ctx) -> Runner``: a *lazy* runner for that model (building or
-  converting happens in ``activate``, not in the constructor).
+  converting happens in ``activate``, not in the constructor);
+* optionally ``identity(model, precision, ctx) -> dict``: what identifies its engine for the
+  detection cache when the artifact hash and framework versions do not tell enough;
+* optionally ``describe() -> str`` (one line for ``mapgate models``) and
+  ``precision_availability(precision) -> Availability`` (a precision this device cannot run,
+  or runs differently, e.g. fp16 on a CPU without native fp16).
 
 Runners follow Polygraphy's shape: context managers with ``activate/infer/deactivate``.
 ``infer`` takes the model's preprocessed input batch and returns raw output tensors **by
@@ -19,9 +29,11 @@ backend of a model differs only in the engine.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -29,6 +41,61 @@ if TYPE_CHECKING:
     from mapgate.manifest import ModelSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class BackendFacts:
+    """What a backend declares about itself; everything else about it is derived from these."""
+
+    name: str  # the user-facing name, the part before ':' in a target
+    precisions: tuple[str, ...]  # what it runs as BACKEND:PRECISION
+    modules: tuple[str, ...]  # Python modules it imports; all must be installed for it to run
+    extra: str | None = None  # the pyproject extra that installs it (None: a core dependency)
+    install_hint: str = ""  # how to install it (default: pip install 'mapgate[<extra>]')
+    # module -> distributions its version is read from (default: the module's own name)
+    distributions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    module_hints: Mapping[str, str] = field(default_factory=dict)  # a module needing another hint
+    original_formats: tuple[str, ...] = ()  # manifest formats it runs as the original (precision None)
+    # True: its targets run the model's ONNX (the original or mapgate's conversion of it) unless a
+    # converter route or a prebuilt file makes something else, as tensorrt: and openvino: do
+    builds_from_onnx: bool = False
+    marker: str = ""  # its pytest marker (default: the name); each of its gate cases carries it
+    marker_help: str = ""  # what the marker means in `pytest --markers`
+    # modules whose versions identify its engines in cache keys (default: all of ``modules``)
+    version_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad:
+            raise ValueError(f"backend {self.name!r}: unknown precision(s) {bad}; known: {', '.join(PRECISIONS)}")
+        object.__setattr__(self, "distributions", MappingProxyType(dict(self.distributions)))
+        object.__setattr__(self, "module_hints", MappingProxyType(dict(self.module_hints)))
+        if not self.marker:
+            object.__setattr__(self, "marker", self.name)
+        if not self.marker_help:
+            object.__setattr__(self, "marker_help", f"runs on the {self.name} backend (needs {', '.join(self.modules)})")
+        if not self.install_hint:
+            object.__setattr__(self, "install_hint", f"pip install 'mapgate[{self.extra}]'" if self.extra
+                               else f"pip install {' '.join(self.modules)}")
+        if self.version_modules is None:
+            object.__setattr__(self, "version_modules", self.modules)
+
+    def declares(self, module: str) -> bool:
+        """Whether ``module`` (or its top-level package: ``ai_edge_litert.interpreter``) is one of ours."""
+        top = module.split(".")[0]
+        return any(m == module or m.split(".")[0] == top for m in self.modules)
+
+    def hint_for(self, module: str) -> str:
+        return self.module_hints.get(module) or self.module_hints.get(module.split(".")[0]) or self.install_hint
+
+    def distributions_of(self, module: str) -> tuple[str, ...]:
+        return self.distributions.get(module) or self.distributions.get(module.split(".")[0]) or ()
+
+    def versions(self) -> dict[str, str | None]:
+        """Installed versions of the modules that identify its engines (package metadata: no imports)."""
+        from mapgate.optional import version_of
+
+        return {m: version_of(m) for m in self.version_modules or ()}
 
 
 @dataclass(frozen=True)
@@ -45,27 +112,21 @@ class Availability:
         return cls(False, reason)
 
     @classmethod
-    def probe(cls, backend: str, *modules: str) -> "Availability":
-        """Available when every module is installed; otherwise the first missing one and its install hint.
+    def probe(cls, facts: BackendFacts, modules: tuple[str, ...] | None = None) -> "Availability":
+        """Available when every declared module is installed; otherwise the first missing one and its install hint.
 
         find_spec, not import: listing models must not pay TensorFlow's seconds-long import; a module
         that is installed but broken fails at activate() with the framework's own error.
         """
         import importlib.util
 
-        from mapgate.errors import BackendUnavailable
-        from mapgate.optional import require
-
-        for module in modules:
+        for module in facts.modules if modules is None else modules:
             try:
                 found = importlib.util.find_spec(module) is not None
             except (ImportError, ValueError):  # a parent package missing
                 found = False
             if not found:
-                try:
-                    require(module, backend)  # raises with the install hint
-                except BackendUnavailable as exc:
-                    return cls.no(exc.reason)
+                return cls.no(f"Python module {module!r} is not installed; fix: {facts.hint_for(module)}")
         return cls.yes()
 
 
@@ -129,7 +190,19 @@ class Runner(abc.ABC):
         self.deactivate()
 
 
+def artifact_identity(model: "ModelSpec", target: str | None, ctx: BuildContext) -> dict[str, Any]:
+    """The default engine identity: the file ``target`` executes (None: the original) and its hash.
+    The gate adds the backend's framework versions (``facts.version_modules``)."""
+    from mapgate.convert import artifact_for
+    from mapgate.files import verified_sha256
+
+    artifact = artifact_for(model, target, ctx)
+    return {"artifact": str(artifact), "artifact_sha256": verified_sha256(artifact),
+            "model_files": {r: f.sha256 for r, f in model.files.items()}}
+
+
 class Backend(Protocol):
+    facts: BackendFacts
     name: str
     precisions: tuple[str, ...]
     original_formats: tuple[str, ...]
@@ -137,3 +210,28 @@ class Backend(Protocol):
     def availability(self) -> Availability: ...
 
     def runner(self, model: "ModelSpec", precision: str, ctx: BuildContext) -> Runner: ...
+
+
+class DeclaredBackend:
+    """Base for backends: name/precisions/original_formats and availability come from ``facts``."""
+
+    facts: ClassVar[BackendFacts]
+
+    @property
+    def name(self) -> str:
+        return self.facts.name
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self.facts.precisions
+
+    @property
+    def original_formats(self) -> tuple[str, ...]:
+        return self.facts.original_formats
+
+    def availability(self) -> Availability:
+        return Availability.probe(self.facts)
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"
+

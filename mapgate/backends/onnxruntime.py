@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mapgate.backends.base import Availability, BuildContext, Runner
+from mapgate.backends.base import BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.manifest import ModelSpec
 from mapgate.optional import require
 
@@ -39,13 +39,16 @@ class OrtRunner(Runner):
         self.session = None
 
 
-class _OrtBackend:
-    name = "onnxruntime"
-    precisions = ("fp32", "int8")
-    original_formats = ("onnx",)  # what it runs as a reference (precision None)
-
-    def availability(self) -> Availability:
-        return Availability.probe(self.name, "onnxruntime", "onnx")
+class _OrtBackend(DeclaredBackend):
+    facts = BackendFacts(
+        name="onnxruntime", precisions=("fp32", "int8"),
+        modules=("onnxruntime", "onnx"),  # onnx: the conversions it runs are made and checked with it
+        extra="onnx", install_hint="pip install 'mapgate[onnx]'  (onnxruntime, onnx)",
+        distributions={"onnxruntime": ("onnxruntime", "onnxruntime-gpu")},
+        original_formats=("onnx",),
+        builds_from_onnx=True,  # fp32 is the model's ONNX; int8 is a converter route (convert/ort_quant.py)
+        marker_help="runs on ONNX Runtime (CPU)",
+    )
 
     def runner(self, model: ModelSpec, precision: str | None, ctx: BuildContext) -> Runner:
         return OrtRunner(model, precision, ctx)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mapgate.backends.base import Availability, BuildContext, Runner
+from mapgate.backends.base import Availability, BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
 from mapgate.files import resolve_role, verified_sha256
 from mapgate.optional import require
@@ -112,10 +112,15 @@ class OpenCVDarknetRunner(Runner):
         self._net = None
 
 
-class OpenCVBackend:
-    name = "opencv"
-    precisions = ("fp32",)
-    original_formats = ("darknet",)
+class OpenCVBackend(DeclaredBackend):
+    facts = BackendFacts(
+        name="opencv", precisions=("fp32",), modules=("cv2",),
+        extra=None, install_hint=PIN_HINT,  # a core dependency: the Darknet reference
+        distributions={"cv2": ("opencv-python-headless", "opencv-python", "opencv-contrib-python-headless",
+                               "opencv-contrib-python")},
+        original_formats=("darknet",),
+        marker_help="runs on OpenCV DNN (the original of Darknet models)",
+    )
 
     def availability(self) -> Availability:
         try:

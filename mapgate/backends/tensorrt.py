@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mapgate.backends.base import PRECISIONS, Availability, BuildContext, Runner
+from mapgate.backends.base import PRECISIONS, Availability, BackendFacts, BuildContext, Runner
 from mapgate.engine_cache import (
     ENTROPY_CALIBRATOR_2,
     BuildJob,
@@ -581,6 +581,10 @@ class TensorRTBackend:
     name = NAME
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
     original_formats: tuple[str, ...] = ()  # engines are always built from an ONNX
+    facts = BackendFacts(name=name, precisions=precisions, original_formats=original_formats,
+                         modules=("tensorrt", "polygraphy"), extra="trt", install_hint=TRT_INSTALL_HINT,
+                         module_hints={"polygraphy": "pip install 'mapgate[trt]'  (polygraphy)"},
+                         builds_from_onnx=True, marker_help="needs TensorRT and a CUDA device")
 
     def availability(self) -> Availability:
         """Whether TensorRT can run here; when not, the exact reason and fix."""

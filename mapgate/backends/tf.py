@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from mapgate.backends.base import Availability, BuildContext, Runner
+from mapgate.backends.base import Availability, BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.errors import ConfigError
 from mapgate.files import resolve_role
 from mapgate.manifest import ModelSpec
@@ -67,14 +67,18 @@ def _tensor(name: str) -> str:
     return name if ":" in name else f"{name}:0"
 
 
-class _TfBackend:
-    name = "tf"
-    precisions = ("fp32",)
-    original_formats = ("tf_frozen", "tf_saved_model")
+class _TfBackend(DeclaredBackend):
+    facts = BackendFacts(
+        name="tf", precisions=("fp32",), modules=("tensorflow",),
+        extra="tf", install_hint="pip install 'mapgate[tf]'  (tensorflow-cpu or tensorflow)",
+        distributions={"tensorflow": ("tensorflow", "tensorflow-cpu", "tensorflow-aarch64")},
+        original_formats=("tf_frozen", "tf_saved_model"),
+        marker_help="runs on TensorFlow (the original of TF models)",
+    )
 
     def availability(self) -> Availability:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        return Availability.probe(self.name, "tensorflow")
+        return super().availability()
 
     def runner(self, model: ModelSpec, precision: str | None, ctx: BuildContext) -> Runner:
         return TfRunner(model, precision, ctx)

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from mapgate.backends.base import Availability, BuildContext, Runner
+from mapgate.backends.base import BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.manifest import ModelSpec
 from mapgate.optional import require
 
@@ -58,13 +58,14 @@ def _dequantize(value: np.ndarray, detail: dict) -> np.ndarray:
     return value
 
 
-class _TfliteBackend:
-    name = "tflite"
-    precisions = ("fp32", "fp16", "int8")
-    original_formats = ("tflite",)
-
-    def availability(self) -> Availability:
-        return Availability.probe(self.name, "ai_edge_litert")
+class _TfliteBackend(DeclaredBackend):
+    facts = BackendFacts(
+        name="tflite", precisions=("fp32", "fp16", "int8"), modules=("ai_edge_litert",),
+        extra="tflite", install_hint="pip install 'mapgate[tflite]'  (ai-edge-litert)",
+        distributions={"ai_edge_litert": ("ai-edge-litert",)},
+        original_formats=("tflite",),
+        marker_help="runs on TFLite (ai-edge-litert)",
+    )
 
     def runner(self, model: ModelSpec, precision: str | None, ctx: BuildContext) -> Runner:
         return TfliteRunner(model, precision, ctx)

@@ -23,9 +23,20 @@ _ROUTES: dict[tuple[str, str], str] = {
     ("tf_frozen", "tflite:fp16"): "tf_tflite",
     ("tf_frozen", "tflite:int8"): "tf_tflite",
 }
-# targets that derive from the model's ONNX, whatever the source format
+# converters that derive a target from the model's ONNX, whatever the source format
 _FROM_ONNX: dict[str, str] = {"onnxruntime:int8": "ort_quant"}
-_NATIVE = {"onnx": "onnxruntime:fp32", "tflite": None}
+
+
+def _runs_onnx(target: str) -> bool:
+    """Whether ``target``'s backend declares it builds from the model's ONNX (``builds_from_onnx``)."""
+    from mapgate.backends import all_backends
+
+    backend = all_backends().get(target.partition(":")[0])
+    return backend is not None and backend.facts.builds_from_onnx
+
+
+def has_onnx(model: ModelSpec) -> bool:
+    return model.format == "onnx" or (model.format, "onnx") in _ROUTES
 
 
 def onnx_for(model: ModelSpec, ctx: BuildContext) -> Path:
@@ -39,7 +50,10 @@ def onnx_for(model: ModelSpec, ctx: BuildContext) -> Path:
 
 
 def artifact_for(model: ModelSpec, target: str | None, ctx: BuildContext) -> Path:
-    """The file to execute: ``target`` None means the original model file itself."""
+    """The file to execute: ``target`` None means the original model file itself.
+
+    In order: a manifest ``prebuilt`` file, a converter route (format, target), a converter from
+    the model's ONNX, and for a backend that builds from ONNX the model's ONNX itself."""
     if target is None:
         role = {"onnx": "model", "tflite": "model", "tf_frozen": "graph", "darknet": "weights"}.get(model.format)
         if role is None:
@@ -47,22 +61,22 @@ def artifact_for(model: ModelSpec, target: str | None, ctx: BuildContext) -> Pat
         return resolve_role(model, role)
     if target in model.prebuilt:
         return resolve(model, model.prebuilt[target])
-    if target == "onnxruntime:fp32":
-        return onnx_for(model, ctx)
-    if target in _FROM_ONNX:
-        return importlib.import_module(f"mapgate.convert.{_FROM_ONNX[target]}").build(model, ctx, target)
     route = _ROUTES.get((model.format, target))
-    if route is None:
-        raise ConfigError(
-            f"model {model.name!r}: no way to make {target} from format {model.format!r} "
-            f"(no converter, and no 'prebuilt.\"{target}\"' file in {model.manifest_path})"
-        )
-    return importlib.import_module(f"mapgate.convert.{route}").build(model, ctx, target)
+    if route is None and target in _FROM_ONNX:
+        route = _FROM_ONNX[target]
+    if route is not None:
+        return importlib.import_module(f"mapgate.convert.{route}").build(model, ctx, target)
+    if _runs_onnx(target) and has_onnx(model):
+        return onnx_for(model, ctx)
+    raise ConfigError(
+        f"model {model.name!r}: no way to make {target} from format {model.format!r} "
+        f"(no converter{', no ONNX route' if _runs_onnx(target) else ''}, and no 'prebuilt.\"{target}\"' "
+        f"file in {model.manifest_path})"
+    )
 
 
 def can_make(model: ModelSpec, target: str) -> bool:
     """Whether :func:`artifact_for` has a route for ``target`` (without running it)."""
     if target in model.prebuilt or (model.format, target) in _ROUTES:
         return True
-    has_onnx = model.format == "onnx" or (model.format, "onnx") in _ROUTES
-    return has_onnx and (target == "onnxruntime:fp32" or target in _FROM_ONNX or target.startswith("tensorrt:"))
+    return has_onnx(model) and (target in _FROM_ONNX or _runs_onnx(target))

@@ -42,10 +42,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     plus each model's original."""
     if "bench_case" not in metafunc.fixturenames:
         return
+    from mapgate.backends import marker_for
+
     session = metafunc.config.mapgate  # type: ignore[attr-defined]
     params = []
     for name, backend, precision in session.benchmark_matrix():
-        marks = [pytest.mark.benchmark] + ([pytest.mark.tensorrt] if backend == "tensorrt" else [])
+        marks = [pytest.mark.benchmark] + [getattr(pytest.mark, m) for m in [marker_for(backend)] if m]
         for kind in KINDS:  # kind innermost: both measurements of a case share one active runner
             params.append(pytest.param((name, backend, precision, kind), marks=marks,
                                        id=f"{name}-{backend}:{precision or 'orig'}-{kind}"))
