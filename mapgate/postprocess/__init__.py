@@ -8,7 +8,6 @@ same code for every family and every backend.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +35,15 @@ class Candidates:
 
 
 def decoder_for(family: str) -> Any:
-    # family names are manifest data; each maps to mapgate/postprocess/<family>.py with decode(outputs, model)
-    return importlib.import_module(f"mapgate.postprocess.{family}")
+    """The decoder module of ``family`` (a module of this package declaring ``FAMILY``; see family.py)."""
+    from mapgate.postprocess.family import all_families
+
+    found = all_families()
+    if family not in found:
+        from mapgate.errors import ConfigError
+
+        raise ConfigError(f"unknown family {family!r}; known families: {', '.join(found)}")
+    return found[family][1]
 
 
 def select(c: Candidates, model: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

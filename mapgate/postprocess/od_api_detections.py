@@ -7,6 +7,20 @@ import numpy as np
 
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output
+from mapgate.postprocess.family import Family, Setting
+
+
+FAMILY = Family(
+    name="od_api_detections",
+    summary="TF OD API / TFLite_Detection_PostProcess outputs after in-graph NMS: boxes, classes, scores, count",
+    nms_in_graph=True,
+    decoder={
+        "boxes": Setting(str, doc="output of normalised ymin, xmin, ymax, xmax boxes"),
+        "scores": Setting(str, doc="output of detection scores"),
+        "classes": Setting(str, doc="output of class indices"),
+        "count": Setting(str, doc="output of the number of valid detections"),
+    },
+)
 
 
 def decode(outputs: dict[str, np.ndarray], model: ModelSpec) -> Candidates:

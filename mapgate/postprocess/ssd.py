@@ -8,6 +8,18 @@ import numpy as np
 
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output
+from mapgate.postprocess.family import Family, Setting
+
+
+FAMILY = Family(
+    name="ssd",
+    summary="TF OD API SSD before NMS: decoded normalised ymin, xmin, ymax, xmax boxes and per-class scores",
+    nms_in_graph=False,
+    decoder={
+        "boxes": Setting(str, doc="output of decoded boxes [1, N, 1, 4]"),
+        "scores": Setting(str, doc="output of per-class scores [1, N, C] (background column removed)"),
+    },
+)
 
 
 def decode(outputs: dict[str, np.ndarray], model: ModelSpec) -> Candidates:
