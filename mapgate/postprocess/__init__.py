@@ -112,3 +112,19 @@ def output(outputs: dict[str, np.ndarray], name: str, model: ModelSpec) -> np.nd
             f"(it returned: {', '.join(sorted(outputs))}); check 'postprocess.decoder' / 'output_names'"
         )
     return outputs[name]
+
+
+def to_xyxy(boxes: np.ndarray, box_format: str, coordinates: str, input_size: tuple[int, int]) -> np.ndarray:
+    """(N, 4) boxes in ``box_format`` / ``coordinates`` -> xyxy in network-input pixels."""
+    b = boxes.astype(np.float32, copy=False)
+    if box_format == "yxyx":
+        b = b[:, [1, 0, 3, 2]]
+    elif box_format == "xywh":
+        b = np.concatenate((b[:, :2], b[:, :2] + b[:, 2:]), axis=1)
+    elif box_format == "cxcywh":
+        half = b[:, 2:] / np.float32(2.0)
+        b = np.concatenate((b[:, :2] - half, b[:, :2] + half), axis=1)
+    if coordinates == "normalized":
+        h, w = input_size
+        b = b * np.array([w, h, w, h], np.float32)
+    return np.ascontiguousarray(b, np.float32)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from mapgate.manifest import ModelSpec
-from mapgate.postprocess import Candidates, output
+from mapgate.postprocess import Candidates, output, to_xyxy
 from mapgate.postprocess.family import Family, Setting
 
 
@@ -26,6 +26,4 @@ def decode(outputs: dict[str, np.ndarray], model: ModelSpec) -> Candidates:
     cfg = model.postprocess.decoder
     boxes = output(outputs, cfg["boxes"], model).reshape(-1, 4).astype(np.float32)
     scores = output(outputs, cfg["scores"], model)[0].astype(np.float32)
-    h, w = model.input_size
-    xyxy = np.stack((boxes[:, 1] * w, boxes[:, 0] * h, boxes[:, 3] * w, boxes[:, 2] * h), axis=1)
-    return Candidates(xyxy, scores)
+    return Candidates(to_xyxy(boxes, "yxyx", "normalized", model.input_size), scores)
