@@ -4,6 +4,7 @@ the declarations, so adding a family is one new file plus manifest entries."""
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -115,3 +116,29 @@ def test_mapgate_models_lists_the_families_and_where_they_run_nms(capsys: pytest
     assert set(rows) == set(all_families())
     assert "in graph" in rows["nms_outputs"] and "mapgate" in rows["gfl"] and "reg_max" in rows["gfl"]
     assert "head" in rows["ultralytics"]
+
+
+def test_every_readme_family_example_is_a_valid_entry(tmp_path: Path) -> None:
+    """README's "One example per family", completed with the fields it leaves out, loads as a manifest."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### One example per family"):]
+    block = section[section.index("```toml\n") + 8: section.index("```\n", section.index("```toml\n") + 8)]
+    models = tomllib.loads(block)["models"]
+    assert {m["family"] for m in models.values()} == set(all_families())
+    # the README's own text, each entry completed with the fields the examples leave out
+    def complete(m: re.Match) -> str:
+        name = m.group(1)
+        size = "" if "input_size" in models[name] else "\ninput_size = [416, 416]"
+        return (f'{m.group(0)}\nformat = "onnx"\nreference_backend = "onnxruntime"{size}\n'
+                f'files.model = {{ path = "x.onnx", sha256 = "{"0" * 64}" }}')
+
+    path = tmp_path / "readme.toml"
+    path.write_text(re.sub(r"^\[models\.([\w-]+)\](?=\s)", complete, block, flags=re.M), encoding="utf-8")
+    loaded = load_manifest(path)
+    assert loaded["my-yolov8n-end2end"].postprocess.nms == "none"
+    assert loaded["my-nanodet-m-416"].postprocess.decoder["pre_nms_top_k_per_level"] == 1000
