@@ -340,14 +340,17 @@ def _decoder(qe: _Entry, family: str) -> dict[str, Any]:
         value = de.get(key, s.kind, s.default, None if s.kind is list else s.choices)
         if s.kind is list and value is not None and value is not REQUIRED:
             item = s.item or object
-            ok = all(isinstance(v, item) and not isinstance(v, bool) or (item is float and isinstance(v, int)
-                                                                          and not isinstance(v, bool)) for v in value)
+            allowed = (int, float) if item is float else item  # TOML writes 8.0 as 8 just as often
+            ok = all(isinstance(v, allowed) and (item is bool or not isinstance(v, bool)) for v in value)
             if not ok or (s.length is not None and len(value) != s.length):
                 size = f"{s.length} " if s.length is not None else ""
                 raise de.error(key, f"must be a list of {size}{item.__name__} values, got {value!r}")
             if s.choices is not None and any(v not in s.choices for v in value):
                 raise de.error(key, f"entries must be among {', '.join(map(str, s.choices))}; got {value!r}")
             value = [float(v) for v in value] if item is float else list(value)
+        numbers = value if isinstance(value, list) else [value]
+        if s.minimum is not None and any(isinstance(v, (int, float)) and v < s.minimum for v in numbers):
+            raise de.error(key, f"must be at least {s.minimum:g}, got {value!r}")
         out[key] = value
     if de.table and not declared:
         raise de.error(next(iter(de.table)), f"family {family!r} takes no decoder settings")

@@ -59,6 +59,8 @@ def test_decoder_settings_are_checked_against_the_familys_declaration(tmp_path: 
         load_manifest(manifest(tmp_path, "gfl", 'decoder = { strides = [8, "16"] }'))
     with pytest.raises(ConfigError, match=r"'postprocess.decoder.reg_max': must be int, got '7'"):
         load_manifest(manifest(tmp_path, "gfl", 'decoder = { reg_max = "7" }'))
+    with pytest.raises(ConfigError, match=r"'postprocess.decoder.strides': must be at least 1, got \[8, 0\]"):
+        load_manifest(manifest(tmp_path, "gfl", "decoder = { strides = [8, 0] }"))
     with pytest.raises(ConfigError, match=r"'postprocess.decoder.boxes': is required"):
         load_manifest(manifest(tmp_path, "ssd", 'decoder = { scores = "s" }'))
     with pytest.raises(ConfigError, match=r"'postprocess.decoder.x': family 'darknet_yolo' takes no decoder"):

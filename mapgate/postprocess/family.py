@@ -29,6 +29,7 @@ class Setting:
     item: type | None = None  # element type of a list
     choices: tuple[Any, ...] | None = None
     length: int | None = None  # exact list length, when fixed
+    minimum: float | None = None  # smallest allowed number (for a list: of each entry)
 
 
 @dataclass(frozen=True)

@@ -30,16 +30,17 @@ FAMILY = Family(
     summary="GFL heads (NanoDet, NanoDet-Plus, PicoDet): per-stride class maps and reg_max box distributions",
     nms_in_graph=False,
     decoder={
-        "strides": Setting(list, [8, 16, 32], "strides of the levels, smallest first", item=int),
-        "reg_max": Setting(int, 7, "last bin of each box-side distribution (reg_max + 1 bins)"),
-        "num_classes": Setting(int, 80, "width of the class-score maps"),
+        "strides": Setting(list, [8, 16, 32], "strides of the levels, smallest first", item=int, minimum=1),
+        "reg_max": Setting(int, 7, "last bin of each box-side distribution (reg_max + 1 bins)", minimum=1),
+        "num_classes": Setting(int, 80, "width of the class-score maps", minimum=1),
         "outputs": Setting(str, "by_shape", "how to find the maps", choices=("by_shape", "by_name", "concatenated")),
         "class_outputs": Setting(list, [], "outputs = by_name: class-score maps in stride order", item=str),
         "box_outputs": Setting(list, [], "outputs = by_name: box-distribution maps in stride order", item=str),
         "output": Setting(str, "output", "outputs = concatenated: the one [1, N, C + 4 (reg_max + 1)] tensor"),
         "cell_offset": Setting(float, 0.5, "cell centre = (index + cell_offset) * stride (NanoDet-Plus: 0)"),
         "scores_activated": Setting(bool, True, "false: the class maps are logits and get a sigmoid here"),
-        "pre_nms_top_k_per_level": Setting(int, 0, "keep the k cells of best class score per level (NanoDet: 1000)"),
+        "pre_nms_top_k_per_level": Setting(int, 0, "keep the k cells of best class score per level (NanoDet: 1000)",
+                                           minimum=0),
     },
 )
 

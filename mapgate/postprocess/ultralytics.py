@@ -23,7 +23,7 @@ FAMILY = Family(
     decoder={
         "head": Setting(str, doc="v5: objectness column; v8: none (YOLOv8, YOLO11)", choices=("v5", "v8")),
         "output": Setting(str, "output", "name of the output (YOLOv8 exports call it output0)"),
-        "num_classes": Setting(int, 80, "number of class-score columns"),
+        "num_classes": Setting(int, 80, "number of class-score columns", minimum=1),
     },
 )
 

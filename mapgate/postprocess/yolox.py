@@ -18,7 +18,7 @@ FAMILY = Family(
     nms_in_graph=False,
     decoder={
         "output": Setting(str, "output", "name of the [1, N, 5+C] output"),
-        "strides": Setting(list, [8, 16, 32], "strides of the heads, in output row order", item=int),
+        "strides": Setting(list, [8, 16, 32], "strides of the heads, in output row order", item=int, minimum=1),
     },
 )
 
