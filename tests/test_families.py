@@ -144,3 +144,9 @@ def test_every_readme_family_example_is_a_valid_entry(tmp_path: Path) -> None:
     loaded = load_manifest(path)
     assert loaded["my-yolov8n-end2end"].postprocess.nms == "none"
     assert loaded["my-nanodet-m-416"].postprocess.decoder["pre_nms_top_k_per_level"] == 1000
+
+
+def test_the_manifest_keeps_no_hand_list_of_families() -> None:
+    import mapgate.manifest
+
+    assert not hasattr(mapgate.manifest, "FAMILIES")
