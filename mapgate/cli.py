@@ -173,7 +173,18 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(line)
     for name, reason in sorted(missing.items()):
         print(f"\n{name} is unavailable: {reason}")
+    _print_families()
     return EXIT_OK
+
+
+def _print_families() -> None:
+    from mapgate.postprocess.family import all_families
+
+    print(f"\n{'family':18} {'NMS':9} decoder settings")
+    for name, (family, _) in all_families().items():
+        where = "in graph" if family.nms_in_graph else "mapgate"
+        print(f"{name:18} {where:9} {', '.join(family.decoder) or '-'}")
+        print(f"{'':18} {'':9} {family.summary}")
 
 
 def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN202 - returns mapgate.gate.Gate

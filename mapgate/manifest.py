@@ -21,7 +21,6 @@ from mapgate.errors import ConfigError
 DEFAULT_TOLERANCES = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # AP points
 VERDICTS = ("pass", "fail", "inconclusive")  # the non-inferiority test's outcomes (mapgate.compare)
 
-FAMILIES = ("darknet_yolo", "yolox", "ssd", "od_api_detections")
 FORMATS = {
     # format -> file roles it needs
     "darknet": ("cfg", "weights"),
@@ -33,6 +32,7 @@ FORMATS = {
 CLASS_SPACES = ("coco80", "coco90")
 NMS_MODES = ("per_class", "agnostic", "none")
 RESIZE_MODES = ("plain", "letterbox")
+INTERPOLATIONS = ("linear", "area", "cubic", "nearest")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Preprocess:
     scale: float = 1.0  # applied before mean/std: x * scale
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    interpolation: str = "linear"  # linear | area | cubic | nearest (OpenCV's INTER_*), as the authors' eval resizes
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: model {name!r} must be a table")
     e = _Entry(path, name, table)
-    family = e.get("family", str, choices=FAMILIES)
+    family = e.get("family", str, choices=_family_names())
     fmt = e.get("format", str, choices=tuple(FORMATS))
     reference = e.get("reference_backend", str)
     description = e.get("description", str, "")
@@ -276,6 +277,7 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         scale=pe.get("scale", float, 1.0),
         mean=tuple(_floats(pe, "mean", 3, [0.0, 0.0, 0.0])),
         std=tuple(_floats(pe, "std", 3, [1.0, 1.0, 1.0])),
+        interpolation=pe.get("interpolation", str, "linear", INTERPOLATIONS),
     )
     pe.reject_unknown()
 
@@ -285,13 +287,14 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         class_offset=qe.get("class_offset", int, 1),
         score_threshold=qe.get("score_threshold", float, 0.001),
         nms_iou=qe.get("nms_iou", float, 0.45),
-        nms=qe.get("nms", str, "per_class", NMS_MODES),
+        nms=qe.get("nms", str, _default_nms(family), NMS_MODES),
         multi_label=qe.get("multi_label", bool, True),
         max_detections=qe.get("max_detections", int, 100),
         pre_nms_top_k=qe.get("pre_nms_top_k", int, 0),
-        decoder=dict(qe.get("decoder", dict, {})),
+        decoder=_decoder(qe, family),
     )
     qe.reject_unknown()
+    _check_nms_site(qe, family, post.nms)
     if not 0.0 <= post.score_threshold < 1.0:
         raise qe.error("score_threshold", f"must be in [0, 1), got {post.score_threshold}")
     if not 0.0 < post.nms_iou <= 1.0:
@@ -354,3 +357,55 @@ def _floats(e: _Entry, fld: str, n: int, default: list[float]) -> list[float]:
     if len(values) != n or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise e.error(fld, f"must be a list of {n} numbers, got {values!r}")
     return [float(v) for v in values]
+
+
+# --- families: the list and each family's decoder settings come from mapgate/postprocess/ ------------------
+# (imported lazily: the family modules import this one for ModelSpec)
+
+def _family_names() -> tuple[str, ...]:
+    from mapgate.postprocess.family import family_names
+
+    return family_names()
+
+
+def _decoder(qe: _Entry, family: str) -> dict[str, Any]:
+    """``postprocess.decoder`` checked against the family's declared settings, defaults filled in."""
+    from mapgate.postprocess.family import REQUIRED, all_families
+
+    declared = all_families()[family][0].decoder
+    de = qe.sub("decoder")
+    out: dict[str, Any] = {}
+    for key, s in declared.items():
+        value = de.get(key, s.kind, s.default, None if s.kind is list else s.choices)
+        if s.kind is list and value is not None and value is not REQUIRED:
+            item = s.item or object
+            allowed = (int, float) if item is float else item  # TOML writes 8.0 as 8 just as often
+            ok = all(isinstance(v, allowed) and (item is bool or not isinstance(v, bool)) for v in value)
+            if not ok or (s.length is not None and len(value) != s.length):
+                size = f"{s.length} " if s.length is not None else ""
+                raise de.error(key, f"must be a list of {size}{item.__name__} values, got {value!r}")
+            if s.choices is not None and any(v not in s.choices for v in value):
+                raise de.error(key, f"entries must be among {', '.join(map(str, s.choices))}; got {value!r}")
+            value = [float(v) for v in value] if item is float else list(value)
+        numbers = value if isinstance(value, list) else [value]
+        if s.minimum is not None and any(isinstance(v, (int, float)) and v < s.minimum for v in numbers):
+            raise de.error(key, f"must be at least {s.minimum:g}, got {value!r}")
+        out[key] = value
+    if de.table and not declared:
+        raise de.error(next(iter(de.table)), f"family {family!r} takes no decoder settings")
+    de.reject_unknown()
+    return out
+
+
+def _default_nms(family: str) -> str:
+    from mapgate.postprocess.family import all_families
+
+    return "none" if all_families()[family][0].nms_in_graph else "per_class"
+
+
+def _check_nms_site(qe: _Entry, family: str, nms: str) -> None:
+    from mapgate.postprocess.family import all_families
+
+    if all_families()[family][0].nms_in_graph and nms != "none":
+        raise qe.error("nms", f"family {family!r} takes detections after the graph's own NMS: set nms = \"none\" "
+                              f"(got {nms!r}); mapgate only thresholds and caps them")

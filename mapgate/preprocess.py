@@ -36,18 +36,23 @@ class Transform:
         return out
 
 
+_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC,
+                  "nearest": cv2.INTER_NEAREST}
+
+
 def preprocess(image_bgr: np.ndarray, model: ModelSpec) -> tuple[np.ndarray, Transform]:
     """HxWx3 uint8 BGR image -> the model's input batch of one, and the transform to undo."""
     p = model.preprocess
     net_h, net_w = model.input_size
     h, w = image_bgr.shape[:2]
+    interpolation = _INTERPOLATION[p.interpolation]
     if p.resize == "plain":
-        canvas = cv2.resize(image_bgr, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
+        canvas = cv2.resize(image_bgr, (net_w, net_h), interpolation=interpolation)
         t = Transform(net_w / w, net_h / h, 0.0, 0.0, w, h)
     else:
         r = min(net_h / h, net_w / w)
         new_w, new_h = int(w * r), int(h * r)  # int() truncation as YOLOX/Ultralytics do
-        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=interpolation)
         canvas = np.full((net_h, net_w, 3), p.pad_value, dtype=np.uint8)
         if p.letterbox_align == "topleft":
             top, left = 0, 0

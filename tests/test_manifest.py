@@ -22,7 +22,7 @@ YOLOX_ONNX = ROOT / "fixtures" / "models" / "yolox-nano" / "yolox_nano.onnx"
 YOLOX_SHA = "695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14"
 
 BUNDLED_NAMES = ["ssdlite_mobilenet_v2_coco", "ssd_mobilenet_v1_quant_coco", "yolov3-tiny-416",
-                 "yolo-fastest-1.1-320", "yolox-nano-416"]
+                 "yolo-fastest-1.1-320", "yolox-nano-416", "nanodet-m-320", "picodet-s-416", "yolov5n-640"]
 
 # A minimal valid entry; the tests below break one field at a time.
 VALID = f'''
@@ -52,7 +52,7 @@ def config_error(tmp_path: Path, text: str) -> tuple[str, Path]:
 # ---------------------------------------------------------------------------- the bundled manifests
 
 
-def test_bundled_manifest_has_exactly_the_five_models() -> None:
+def test_bundled_manifest_has_exactly_the_bundled_models() -> None:
     assert list(load_manifest(MANIFEST)) == BUNDLED_NAMES
 
 

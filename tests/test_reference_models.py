@@ -18,7 +18,10 @@ Plausibility bands follow the tensorrt_demos write-up's sanity check (a broken d
 an AP near 0), and the OpenCV thresh pitfall is checked on yolov3-tiny: OpenCV's own [yolo]
 output zeroes scores <= 0.2, so a correct reference must keep lower-scored detections.
 
-Runtime: ~35 s for the five models on 2 cores (yolov3-tiny on OpenCV's exact, non-Winograd
+nanodet-m-320, picodet-s-416 and yolov5n-640 were added 2026-12-02 the same way (onnxruntime
+1.32.0); their published full-val2017 figures (20.6, 30.6, 28.0 AP) are in README.
+
+Runtime: ~35 s for the first five models on 2 cores, ~50 s more for the three added (yolov3-tiny on OpenCV's exact, non-Winograd
 path is the slowest at ~15 s).
 """
 
@@ -48,6 +51,9 @@ REFERENCES = {
     "ssdlite_mobilenet_v2_coco": "tf",
     "yolox-nano-416": "onnxruntime",
     "ssd_mobilenet_v1_quant_coco": "tflite",
+    "nanodet-m-320": "onnxruntime",
+    "picodet-s-416": "onnxruntime",
+    "yolov5n-640": "onnxruntime",
 }
 PLAUSIBLE_AP = 0.08  # every bundled model is far above this; a broken decoder is far below
 OPENCV_DEFAULT_THRESH = 0.2

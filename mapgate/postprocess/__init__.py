@@ -8,7 +8,6 @@ same code for every family and every backend.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +35,15 @@ class Candidates:
 
 
 def decoder_for(family: str) -> Any:
-    # family names are manifest data; each maps to mapgate/postprocess/<family>.py with decode(outputs, model)
-    return importlib.import_module(f"mapgate.postprocess.{family}")
+    """The decoder module of ``family`` (a module of this package declaring ``FAMILY``; see family.py)."""
+    from mapgate.postprocess.family import all_families
+
+    found = all_families()
+    if family not in found:
+        from mapgate.errors import ConfigError
+
+        raise ConfigError(f"unknown family {family!r}; known families: {', '.join(found)}")
+    return found[family][1]
 
 
 def select(c: Candidates, model: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -106,3 +112,19 @@ def output(outputs: dict[str, np.ndarray], name: str, model: ModelSpec) -> np.nd
             f"(it returned: {', '.join(sorted(outputs))}); check 'postprocess.decoder' / 'output_names'"
         )
     return outputs[name]
+
+
+def to_xyxy(boxes: np.ndarray, box_format: str, coordinates: str, input_size: tuple[int, int]) -> np.ndarray:
+    """(N, 4) boxes in ``box_format`` / ``coordinates`` -> xyxy in network-input pixels."""
+    b = boxes.astype(np.float32, copy=False)
+    if box_format == "yxyx":
+        b = b[:, [1, 0, 3, 2]]
+    elif box_format == "xywh":
+        b = np.concatenate((b[:, :2], b[:, :2] + b[:, 2:]), axis=1)
+    elif box_format == "cxcywh":
+        half = b[:, 2:] / np.float32(2.0)
+        b = np.concatenate((b[:, :2] - half, b[:, :2] + half), axis=1)
+    if coordinates == "normalized":
+        h, w = input_size
+        b = b * np.array([w, h, w, h], np.float32)
+    return np.ascontiguousarray(b, np.float32)

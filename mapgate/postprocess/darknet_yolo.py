@@ -36,6 +36,14 @@ from mapgate.errors import ConfigError
 from mapgate.files import resolve_role
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output
+from mapgate.postprocess.family import Family
+
+FAMILY = Family(
+    name="darknet_yolo",
+    summary="Darknet [yolo] heads (YOLOv3/v4, tiny, Yolo-Fastest); anchors and strides from the .cfg",
+    nms_in_graph=False,
+)
+
 
 _MAX_LOG_SIZE = np.float32(30.0)  # exp() guard: keeps absurd logits finite (no inf-inf in NMS)
 

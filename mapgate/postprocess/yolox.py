@@ -9,6 +9,18 @@ import numpy as np
 
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output
+from mapgate.postprocess.family import Family, Setting
+
+
+FAMILY = Family(
+    name="yolox",
+    summary="YOLOX heads [1, N, 5+C]: grid-relative cx, cy, log w, log h, objectness, class scores",
+    nms_in_graph=False,
+    decoder={
+        "output": Setting(str, "output", "name of the [1, N, 5+C] output"),
+        "strides": Setting(list, [8, 16, 32], "strides of the heads, in output row order", item=int, minimum=1),
+    },
+)
 
 
 @lru_cache(maxsize=8)
