@@ -156,7 +156,7 @@ def test_a_dropped_in_backend_is_listed_by_mapgate_models(package_with_probe: Pa
 
 
 def test_a_dropped_in_backend_registers_its_pytest_marker(package_with_probe: Path, tmp_path: Path) -> None:
-    out = _run(package_with_probe, "-m", "pytest", "--markers", "-p", "mapgate.pytest_plugin", "-p", "no:cacheprovider",
+    out = _run(package_with_probe, "-m", "pytest", "--markers", "-p", "no:cacheprovider",  # the plugin loads by its pytest11 entry point
                cwd=tmp_path)
     assert "@pytest.mark.zzprobe: the registry test's one-file backend" in out
     assert "@pytest.mark.openvino:" in out and "@pytest.mark.tensorrt: needs TensorRT and a CUDA device" in out
@@ -239,11 +239,11 @@ def test_can_make_follows_builds_from_onnx_not_a_backend_name(bundled_models) ->
 
 def test_the_gate_case_of_a_target_carries_its_backends_marker(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "openvino",
-                           "-p", "no:cacheprovider", "tests/test_accuracy.py"], cwd=ROOT, capture_output=True,
+                           "-p", "no:cacheprovider", "mapgate.toml"], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     ids = [line for line in proc.stdout.splitlines() if "::" in line]
     assert ids and all("openvino:" in i for i in ids), proc.stdout + proc.stderr
-    assert any("yolox-nano-416-openvino:fp32" in i for i in ids)
+    assert any("mapgate.toml::yolox-nano-416::openvino:fp32" in i for i in ids)
 
 
 def test_a_backend_module_without_facts_is_refused_naming_its_file(tmp_path: Path,
