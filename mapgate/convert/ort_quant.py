@@ -11,7 +11,7 @@ import numpy as np
 
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
-from mapgate.convert.cache import cached_artifact
+from mapgate.cache import cached_artifact
 from mapgate.files import verified_sha256
 from mapgate.manifest import ModelSpec
 from mapgate.optional import require, version_of
