@@ -208,13 +208,13 @@ class ArtifactCache:
         except FileNotFoundError:
             return None, f"no cached {what}"
         except OSError as exc:
-            return None, f"cached {what} {path.name} cannot be read ({exc.strerror})"
+            return None, f"cached {path.name} cannot be read ({exc.strerror})"
         if not stat.S_ISREG(st.st_mode):
-            return None, f"cached {what} {path.name} is not a plain file"
+            return None, f"cached {path.name} is not a plain file"
         try:
             prov = json.loads(prov_path.read_bytes())
         except FileNotFoundError:
-            return None, f"{what} {path.name} has no provenance file {prov_path.name}"
+            return None, f"{path.name} has no provenance file {prov_path.name}"
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return None, f"provenance {prov_path.name} is not valid JSON ({exc})"
         except OSError as exc:
@@ -227,15 +227,15 @@ class ArtifactCache:
             return None, f"stale provenance {prov_path.name}: {_diff(prov['key_fields'], slot.fields)}"
         recorded = prov["file"]
         if recorded["name"] != path.name or st.st_size != recorded["size"]:
-            return None, (f"{what} {path.name} is truncated or altered: {st.st_size} bytes on disk, provenance "
+            return None, (f"{path.name} is truncated or altered: {st.st_size} bytes on disk, provenance "
                           f"says {recorded['size']} bytes of {recorded['name']}")
         try:
             data = path.read_bytes() if read else None
             digest = sha256_bytes(data) if data is not None else content_sha256(path)
         except OSError as exc:
-            return None, f"cached {what} {path.name} cannot be read ({exc.strerror})"
+            return None, f"cached {path.name} cannot be read ({exc.strerror})"
         if digest != recorded["sha256"]:
-            return None, f"{what} {path.name} sha256 differs from its provenance (corrupt or replaced)"
+            return None, f"{path.name} sha256 differs from its provenance (corrupt or replaced)"
         return Found(path, prov, data), ""
 
     def check(self, slot: Slot) -> tuple[bool, str]:
@@ -347,7 +347,7 @@ class ArtifactCache:
         try:
             value = load(found.data or b"", found.provenance)
         except CorruptArtifact as exc:
-            return f"cached {slot.kind} {found.path.name} does not load ({exc})"
+            return f"cached {found.path.name} does not load ({exc})"
         return Entry(found.path, found.provenance, value, built=False, reason="cache hit")
 
 
