@@ -394,4 +394,6 @@ def sweep(root: Path) -> int:
             log.info("removed %s left by a killed run", p)
         except OSError:
             continue  # read-only engines dir, or another process removed it first
+    with contextlib.suppress(OSError):
+        (root / TMP_DIR).rmdir()  # only when empty
     return removed

@@ -104,15 +104,23 @@ def safe_component(name: str) -> str:
 
 # ---- faults ----------------------------------------------------------------------------------
 def fault_point(name: str) -> None:
-    """Test hook: ``MAPGATE_FAULT_PHASE=<name>`` makes the process SIGKILL itself here.
+    """Test hook: ``MAPGATE_FAULT_PHASE=<name>`` (or ``<name>@<n>``: at the n-th pass) makes the
+    process SIGKILL itself here, so tests/test_fault.py can kill a run at a known point.
 
-    Named points: ``convert`` (ONNX Runtime quantization calibrating, its temp folder alive),
-    ``infer`` (runner active, detection cache entry half-made), ``publish`` (artifact renamed
-    into place, provenance not yet), ``report`` (detections.json written, metrics.json not).
-    tests/test_fault.py kills runs there and checks the re-run. Costs one dict lookup.
+    Points: ``convert`` (per calibration batch of ONNX Runtime quantization, its temp folder
+    alive), ``infer`` (per side: runner active, detections entry half-made), ``publish`` (per
+    cache entry: artifact in place, provenance not yet), ``report`` (per side: detections.json
+    written, metrics.json not). Unset, it costs one dict lookup.
     """
-    if os.environ.get(FAULT_ENV) == name:
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted or wanted.partition("@")[0] != name:
+        return
+    _fault_passes[name] = _fault_passes.get(name, 0) + 1
+    if str(_fault_passes[name]) == (wanted.partition("@")[2] or "1"):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fault_passes: dict[str, int] = {}
 
 
 # ---- errors ----------------------------------------------------------------------------------
@@ -350,6 +358,8 @@ def private_tempdir(parent: Path) -> Iterator[Path]:
         finally:
             tempfile.tempdir = previous
             _rmtree(path)
+            with contextlib.suppress(OSError):
+                parent.rmdir()  # only if empty: another build may be using its own folder in there
 
 
 _tempdir_lock = threading.Lock()
