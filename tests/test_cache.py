@@ -424,6 +424,50 @@ def test_cached_detections_miss_when_three_images_change_in_place(tmp_path: Path
     assert same == [d for d in changed.detections if d["image_id"] not in changed_ids]
 
 
+def _gate(bundled_models: dict, model: str, dataset: CocoDataset, engines: Path, reports: Path, run_id: str) -> Any:
+    from mapgate.gate import Gate
+
+    return Gate(models={model: bundled_models[model]}, dataset=dataset, engines_dir=engines, reports_dir=reports,
+                run_id=run_id, progress=False, bootstrap_resamples=100)
+
+
+def test_a_copied_engines_dir_and_data_set_hit_for_conversions_detections_and_bootstrap(
+        tmp_path: Path, bundled_models: dict, require_backend) -> None:
+    """No absolute path in any key: the converted ONNX, both detection sets and the bootstrap all come
+    back from a copied engines dir evaluated on a copied data set."""
+    require_backend("opencv")
+    require_backend("onnxruntime")
+    model = "yolo-fastest-1.1-320"
+    _copy_dataset(tmp_path / "coco", 5)
+    first = _gate(bundled_models, model, CocoDataset.from_root(tmp_path / "coco"), tmp_path / "engines",
+                  tmp_path / "reports", "a")
+    verdict = first.compare(model, "onnxruntime:fp32")
+    shutil.copytree(tmp_path / "engines", tmp_path / "engines-copy")
+    shutil.copytree(tmp_path / "coco", tmp_path / "coco-copy")
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "engines-copy" / model).iterdir()}
+    again = _gate(bundled_models, model, CocoDataset.from_root(tmp_path / "coco-copy"), tmp_path / "engines-copy",
+                  tmp_path / "reports", "b")
+    assert again.compare(model, "onnxruntime:fp32").ci == verdict.ci
+    assert again.side(model).from_cache and again.side(model, "onnxruntime:fp32").from_cache
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "engines-copy" / model).iterdir()}
+    assert {k: v for k, v in after.items() if not k.endswith(".lock")} == \
+        {k: v for k, v in before.items() if not k.endswith(".lock")}, "nothing may be rebuilt"
+
+
+def test_the_cli_names_an_engines_dir_it_cannot_use(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                    require_backend) -> None:
+    require_backend("opencv")
+    from mapgate.cli import main
+
+    blocker = tmp_path / "engines"
+    blocker.write_text("a file, not a folder")
+    code = main(["eval", "--model", "yolo-fastest-1.1-320", "--backend", "opencv", "--max-images", "2",
+                 "--engines-dir", str(blocker),
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(blocker) in err and "Traceback" not in err
+
+
 # ============================================================================ TensorRT engines on the cache
 class FakeBuilder:
     """Stands in for the TensorRT build: returns bytes, optionally writes a calibration table."""
