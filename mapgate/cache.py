@@ -362,23 +362,26 @@ def cached_artifact(cache_dir: Path, model: str, kind: str, inputs: Mapping[str,
 _swept: set[str] = set()
 
 
-def sweep(root: Path) -> int:
-    """Remove ``.part`` files and temp folders that dead runs (this host: pid gone; any host: older
-    than a day) left under ``root``; once per process and root. Returns how many were removed."""
+def sweep(root: Path, max_depth: int = 4) -> int:
+    """Remove ``.part`` files and build temp folders that dead runs (this host: pid gone; any host:
+    older than a day) left under ``root`` (engines dir: ``<model>/``, ``.tmp/``; reports:
+    ``<run>/<model>/<side>/``); once per process and root. Returns how many were removed."""
     marker = os.path.abspath(root)
     if marker in _swept:
         return 0
     _swept.add(marker)
     removed = 0
     candidates: list[Path] = []
-    with contextlib.suppress(OSError):
-        for sub in root.iterdir():
-            if sub.name == TMP_DIR:
-                candidates += [p for p in sub.iterdir() if p.name.startswith("tmp.")]
-            elif sub.is_dir() and not sub.is_symlink():
-                candidates += [p for p in sub.iterdir() if p.name.startswith(".") and p.name.endswith(PART_SUFFIX)]
-            elif sub.name.startswith(".") and sub.name.endswith(PART_SUFFIX):
-                candidates.append(sub)
+    for dirpath, dirnames, filenames in os.walk(root, onerror=None, followlinks=False):
+        here = Path(dirpath)
+        depth = len(here.relative_to(root).parts)
+        if here.name == TMP_DIR and depth == 1:
+            candidates += [here / d for d in dirnames if d.startswith("tmp.")]
+            dirnames.clear()
+            continue
+        candidates += [here / f for f in filenames if f.startswith(".") and f.endswith(PART_SUFFIX)]
+        if depth >= max_depth:
+            dirnames.clear()
     for p in candidates:
         try:
             st = os.lstat(p)
@@ -393,7 +396,7 @@ def sweep(root: Path) -> int:
             removed += 1
             log.info("removed %s left by a killed run", p)
         except OSError:
-            continue  # read-only engines dir, or another process removed it first
+            continue  # read-only folder, or another process removed it first
     with contextlib.suppress(OSError):
         (root / TMP_DIR).rmdir()  # only when empty
     return removed

@@ -24,7 +24,7 @@ from mapgate.backends import get_backend, parse_target
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
-from mapgate.cache import ArtifactCache, CorruptArtifact, without_paths
+from mapgate.cache import ArtifactCache, CorruptArtifact, sweep, without_paths
 from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
 from mapgate.files import verified_sha256
@@ -226,6 +226,8 @@ class Gate:
 
     def _write_side(self, model: ModelSpec, side: Side) -> Path:
         d = self.side_dir or self.run_dir / model.name / side.target.replace(":", "-")
+        # half-written files of killed runs (once per process; `eval --out DIR` is the user's: only DIR itself)
+        sweep(self.side_dir, max_depth=0) if self.side_dir else sweep(self.reports_dir)
         write_bytes_atomic(d / "detections.json", orjson.dumps(side.detections))
         fault_point("report")
         metrics = side.metrics.to_dict()

@@ -798,3 +798,13 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
 
 
 
+
+
+def test_half_written_report_files_of_dead_runs_are_swept(tmp_path: Path) -> None:
+    side = tmp_path / "reports" / "20260101-000000-1" / "m" / "onnxruntime-int8"
+    side.mkdir(parents=True)
+    dead = side / f".metrics.json.{HOST_TAG}-{_dead_pid()}-0000abcd.part"
+    dead.write_bytes(b'{"half')
+    (side / "detections.json").write_text("[]")
+    assert _fresh_sweep(tmp_path / "reports") == 1
+    assert not dead.exists() and (side / "detections.json").exists()
