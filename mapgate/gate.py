@@ -227,7 +227,7 @@ class Gate:
     def _write_side(self, model: ModelSpec, side: Side) -> Path:
         d = self.side_dir or self.run_dir / model.name / side.target.replace(":", "-")
         # half-written files of killed runs (once per process; `eval --out DIR` is the user's: only DIR itself)
-        sweep(self.side_dir, max_depth=0) if self.side_dir else sweep(self.reports_dir)
+        sweep(self.side_dir or self.reports_dir, max_depth=0 if self.side_dir else 4)
         write_bytes_atomic(d / "detections.json", orjson.dumps(side.detections))
         fault_point("report")
         metrics = side.metrics.to_dict()

@@ -808,3 +808,21 @@ def test_half_written_report_files_of_dead_runs_are_swept(tmp_path: Path) -> Non
     (side / "detections.json").write_text("[]")
     assert _fresh_sweep(tmp_path / "reports") == 1
     assert not dead.exists() and (side / "detections.json").exists()
+
+
+def test_a_read_only_engines_dir_still_serves_its_valid_entries(tmp_path: Path) -> None:
+    mnt = tmp_path / "ro"
+    if not _tmpfs(mnt, "size=1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN)")
+    try:
+        cache = ArtifactCache(mnt)
+        slot = cache.slot("m", "k", {}, ".bin")
+        cache.get_or_build(slot, build_writing())
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mnt)]).returncode == 0
+        cache_mod._swept.discard(os.path.abspath(mnt))
+        again = ArtifactCache(mnt)  # sweeping a read-only folder is quietly skipped
+        assert not again.get_or_build(slot, build_writing()).built  # reading needs no lock
+        with pytest.raises(StorageError, match="Read-only"):
+            again.get_or_build(again.slot("m", "k", {"new": 1}, ".bin"), build_writing())
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
