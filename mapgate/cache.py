@@ -36,12 +36,14 @@ from pathlib import Path, PurePath
 from typing import Any, Generic, TypeVar
 
 from mapgate import __version__ as MAPGATE_VERSION
-from mapgate.errors import ConversionError, DataError
+from mapgate.errors import ConversionError, DataError, MapgateError
 from mapgate.fsutil import (
     PART_SUFFIX,
+    add_hash_memo_rows,
     atomic_path,
     content_sha256,
     fault_point,
+    hash_memo_rows,
     file_lock,
     leftover_is_stale,
     private_tempdir,
@@ -356,6 +358,30 @@ def cached_artifact(cache_dir: Path, model: str, kind: str, inputs: Mapping[str,
     """The file for ``inputs`` (a conversion), built by ``build(tmp_path)`` if needed."""
     cache = ArtifactCache(cache_dir)
     return cache.get_or_build(cache.slot(model, kind, inputs, suffix), build).path
+
+
+# ---- content hashes of inputs, remembered across runs ----------------------------------------
+HASH_INDEX = ".content-hashes.json"
+MAX_REMEMBERED = 200_000  # ~30 MB of JSON at most; full val2017 is 5,000 rows
+
+
+@contextlib.contextmanager
+def remembered_hashes(root: Path) -> Iterator[None]:
+    """Inside, :func:`mapgate.fsutil.content_sha256` also knows the hashes earlier runs stored in
+    ``<root>/.content-hashes.json`` (by path, size, mtime, inode, ctime), and new ones are stored on
+    exit: full val2017's 5,000 images are hashed once, not at every run. Best effort: a damaged or
+    unwritable index only costs re-hashing."""
+    path = Path(root) / HASH_INDEX
+    try:
+        add_hash_memo_rows(json.loads(path.read_bytes()))
+    except (OSError, ValueError):
+        pass
+    before = len(hash_memo_rows())
+    yield
+    rows = hash_memo_rows()
+    if len(rows) != before:
+        with contextlib.suppress(OSError, MapgateError):
+            write_json_atomic(path, rows[-MAX_REMEMBERED:], indent=None)
 
 
 # ---- leftovers of killed runs ----------------------------------------------------------------

@@ -69,6 +69,27 @@ def content_sha256(path: str | os.PathLike[str]) -> str:
     return found
 
 
+def hash_memo_rows() -> list[list[Any]]:
+    """The content-hash memo as JSON rows ``[path, size, mtime_ns, inode, ctime_ns, sha256]``."""
+    with _memo_lock:
+        return [[*k, v] for k, v in _content_memo.items()]
+
+
+def add_hash_memo_rows(rows: Any) -> int:
+    """Add rows from :func:`hash_memo_rows` (read back from disk) to the memo; rows of the wrong
+    shape are ignored (a damaged index only costs re-hashing). Returns how many were taken."""
+    taken = 0
+    if not isinstance(rows, list):
+        return 0
+    with _memo_lock:
+        for row in rows:
+            if (isinstance(row, list) and len(row) == 6 and isinstance(row[0], str) and isinstance(row[5], str)
+                    and len(row[5]) == 64 and all(type(v) is int for v in row[1:5])):
+                _content_memo.setdefault((row[0], row[1], row[2], row[3], row[4]), row[5])
+                taken += 1
+    return taken
+
+
 def sha256_path(path: str | os.PathLike[str]) -> str:
     """sha256 of a file, or of a folder (a SavedModel): the hash of its sorted (relative path, file
     sha256) list, so it does not depend on file order or timestamps."""

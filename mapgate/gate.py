@@ -24,7 +24,7 @@ from mapgate.backends import get_backend, parse_target
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
-from mapgate.cache import ArtifactCache, CorruptArtifact, sweep, without_paths
+from mapgate.cache import ArtifactCache, CorruptArtifact, remembered_hashes, sweep, without_paths
 from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
 from mapgate.files import verified_sha256
@@ -168,7 +168,7 @@ class Gate:
         identity = self._identity(model, backend, precision, ctx)
         inputs = {
             "contract": contract_hash(model), "backend": backend_name, "precision": precision or "original",
-            "identity": without_paths(identity), "images": self.dataset.fingerprint, "mapgate": __version__,
+            "identity": without_paths(identity), "images": self.images_fingerprint(), "mapgate": __version__,
             "code": code_fingerprint(), "frameworks": framework_versions(),
         }
         fresh: list[Any] = []  # the DetectionRun, when detections were computed (not loaded) here
@@ -205,6 +205,11 @@ class Gate:
                     from_cache=not fresh, per_image=per_image, cache_key=cache_key)
         side.directory = self._write_side(model, side)
         return side
+
+    def images_fingerprint(self) -> str:
+        """The data set's content key, its image hashes remembered under the engines dir across runs."""
+        with remembered_hashes(self.engines_dir):
+            return self.dataset.fingerprint
 
     def _per_image(self, detections: list[dict[str, Any]]) -> Any:
         """One evaluation per side: its per-image matching serves both the metrics and the bootstrap."""
@@ -314,7 +319,7 @@ class Gate:
 
         if not (self.use_cache and ref.cache_key and opt.cache_key):
             return compute()
-        inputs = {"ref": ref.cache_key, "opt": opt.cache_key, "images": self.dataset.fingerprint,
+        inputs = {"ref": ref.cache_key, "opt": opt.cache_key, "images": self.images_fingerprint(),
                   "n_resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed, "code": code_fingerprint()}
 
         def _build(out: Path) -> None:

@@ -826,3 +826,35 @@ def test_a_read_only_engines_dir_still_serves_its_valid_entries(tmp_path: Path) 
             again.get_or_build(again.slot("m", "k", {"new": 1}, ".bin"), build_writing())
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_image_hashes_are_remembered_across_runs_and_redone_only_for_changed_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _copy_dataset(tmp_path / "coco", 8)
+    engines = tmp_path / "engines"
+    with cache_mod.remembered_hashes(engines):
+        first = ds.fingerprint
+    assert (engines / cache_mod.HASH_INDEX).is_file()
+    fsutil._content_memo.clear()  # a new process
+    hashed: list[str] = []
+    real = fsutil.sha256_file
+    monkeypatch.setattr(fsutil, "sha256_file", lambda p: hashed.append(os.fspath(p)) or real(p))
+    with cache_mod.remembered_hashes(engines):
+        assert CocoDataset.from_root(tmp_path / "coco").fingerprint == first
+    assert hashed == []
+    for image_id in ds.image_ids[:3]:
+        rewrite_quant_table(ds.path_of(image_id))
+    with cache_mod.remembered_hashes(engines):
+        assert CocoDataset.from_root(tmp_path / "coco").fingerprint != first
+    assert sorted(hashed) == sorted(str(ds.path_of(i)) for i in ds.image_ids[:3])
+
+
+@pytest.mark.parametrize("index", [b"\xff", b"{}", b'[["p", "1", 2, 3, 4, "x"]]', b"[1, 2]"])
+def test_a_damaged_hash_index_only_costs_rehashing(tmp_path: Path, index: bytes) -> None:
+    ds = _copy_dataset(tmp_path / "coco", 2)
+    truth = ds.fingerprint
+    fsutil._content_memo.clear()
+    (tmp_path / "engines").mkdir()
+    (tmp_path / "engines" / cache_mod.HASH_INDEX).write_bytes(index)
+    with cache_mod.remembered_hashes(tmp_path / "engines"):
+        assert ds.fingerprint == truth
