@@ -130,9 +130,7 @@ def _half_report(work: Path) -> bool:
 
 PHASES = {
     "convert@5": _ort_temp_alive,  # calibrating: ORT's temp folder and the .part of the INT8 model exist
-    "infer@1": _part_of("detections-opencv-orig"),
     "infer@2": _part_of("detections-onnxruntime-int8"),
-    "publish@1": _orphan_artifact,  # the reference's detections renamed into place, provenance not yet
     "publish@3": _orphan_artifact,  # the quantized model in place, provenance not yet
     "report@2": _half_report,
 }
