@@ -355,9 +355,18 @@ class ArtifactCache:
 
 def cached_artifact(cache_dir: Path, model: str, kind: str, inputs: Mapping[str, Any],
                     build: Callable[[Path], Mapping[str, Any] | None], suffix: str) -> Path:
-    """The file for ``inputs`` (a conversion), built by ``build(tmp_path)`` if needed."""
+    """The file for ``inputs`` (a conversion), built by ``build(tmp_path)`` if needed.
+
+    The build runs in :meth:`ArtifactCache.tempdir`: converters' own temp files (ONNX Runtime's
+    ``ort.quant.*`` folders, TensorFlow's) land under the engines dir, where they are removed on
+    exit and swept after a kill, since none of those libraries takes a folder argument."""
     cache = ArtifactCache(cache_dir)
-    return cache.get_or_build(cache.slot(model, kind, inputs, suffix), build).path
+
+    def build_in_tempdir(tmp: Path) -> Mapping[str, Any] | None:
+        with cache.tempdir():
+            return build(tmp)
+
+    return cache.get_or_build(cache.slot(model, kind, inputs, suffix), build_in_tempdir).path
 
 
 # ---- content hashes of inputs, remembered across runs ----------------------------------------

@@ -383,7 +383,7 @@ def private_tempdir(parent: Path) -> Iterator[Path]:
                 parent.rmdir()  # only if empty: another build may be using its own folder in there
 
 
-_tempdir_lock = threading.Lock()
+_tempdir_lock = threading.RLock()  # re-entrant: a conversion may run inside another build
 
 
 def _rmtree(path: Path) -> None:

@@ -454,6 +454,22 @@ def test_a_copied_engines_dir_and_data_set_hit_for_conversions_detections_and_bo
         {k: v for k, v in before.items() if not k.endswith(".lock")}, "nothing may be rebuilt"
 
 
+@pytest.mark.parametrize("damage", [{"timings_ms": "fast"}, {"timings_ms": {"infer": "1.0"}}, {"timings_ms": None}])
+def test_a_detections_entry_whose_provenance_extras_have_wrong_types_is_recomputed(
+        tmp_path: Path, bundled_models: dict, require_backend, damage: dict) -> None:
+    require_backend("opencv")
+    model = "yolo-fastest-1.1-320"
+    _copy_dataset(tmp_path / "coco", 3)
+    first = _gate(bundled_models, model, CocoDataset.from_root(tmp_path / "coco"), tmp_path / "engines",
+                  tmp_path / "reports", "a").side(model)
+    (prov_path,) = (tmp_path / "engines" / model).glob(f"detections-*{PROVENANCE_SUFFIX}")
+    prov_path.write_text(json.dumps({**json.loads(prov_path.read_text()), **damage}))
+    again = _gate(bundled_models, model, CocoDataset.from_root(tmp_path / "coco"), tmp_path / "engines",
+                  tmp_path / "reports", "b").side(model)
+    assert not again.from_cache and again.detections == first.detections
+    assert isinstance(json.loads(prov_path.read_text())["timings_ms"], dict)  # the entry was rebuilt whole
+
+
 def test_the_cli_names_an_engines_dir_it_cannot_use(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                     require_backend) -> None:
     require_backend("opencv")

@@ -11,7 +11,7 @@ import numpy as np
 
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
-from mapgate.cache import ArtifactCache, cached_artifact
+from mapgate.cache import cached_artifact
 from mapgate.files import verified_sha256
 from mapgate.fsutil import fault_point
 from mapgate.manifest import ModelSpec
@@ -71,13 +71,7 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
         )
         return {"source": str(source), "kept_float_nodes": len(keep_float), "calibration_image_names": [p.name for p in images]}
 
-    def _build_in_tempdir(out: Path) -> dict[str, Any]:
-        # ORT's own temp folders (the augmented model, ~2x the model) go under the engines dir: removed
-        # on exit, swept at the next run if this one is killed (quantize_static takes no folder argument).
-        with ArtifactCache(ctx.engines_dir).tempdir():
-            return _build(out)
-
-    return cached_artifact(ctx.engines_dir, model.name, "ort-int8", inputs, _build_in_tempdir, ".onnx")
+    return cached_artifact(ctx.engines_dir, model.name, "ort-int8", inputs, _build, ".onnx")
 
 
 def _opset(proto: Any) -> int:
