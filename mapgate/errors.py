@@ -38,3 +38,8 @@ class GateFailure(MapgateError):
     def __init__(self, message: str, verdict: object | None = None) -> None:
         super().__init__(message)
         self.verdict = verdict
+
+
+class StorageError(MapgateError):
+    """A folder cannot take a file (read-only, full disk, not a folder, a link in the way, a lock
+    held too long); the message names the path and the fix."""

@@ -24,11 +24,11 @@ from mapgate.backends import get_backend, parse_target
 from mapgate.backends.base import BuildContext, artifact_identity
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
-from mapgate.convert.cache import cached_artifact, provenance_path
+from mapgate.cache import ArtifactCache, CorruptArtifact, remembered_hashes, sweep, without_paths
 from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
 from mapgate.files import verified_sha256
-from mapgate.fsutil import sha256_json, write_bytes_atomic, write_json_atomic
+from mapgate.fsutil import fault_point, sha256_json, write_bytes_atomic, write_json_atomic
 from mapgate.manifest import DEFAULT_TOLERANCES, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,7 +172,7 @@ class Gate:
         identity = self._identity(model, backend, precision, ctx)
         inputs = {
             "contract": contract_hash(model), "backend": backend_name, "precision": precision or "original",
-            "identity": identity, "images": self.dataset.fingerprint, "mapgate": __version__,
+            "identity": without_paths(identity), "images": self.images_fingerprint(), "mapgate": __version__,
             "code": code_fingerprint(), "frameworks": framework_versions(),
         }
         fresh: list[Any] = []  # the DetectionRun, when detections were computed (not loaded) here
@@ -181,6 +181,7 @@ class Gate:
             from mapgate.detections import run_detections
 
             with backend.runner(model, precision, ctx) as runner:
+                fault_point("infer")
                 run = run_detections(model, runner, self.dataset, progress=self.progress,
                                      desc=f"{model.name} [{backend_name}:{precision or 'original'}]")
                 if runner.artifact is not None:
@@ -195,15 +196,10 @@ class Gate:
 
         kind = f"detections-{backend_name}-{precision or 'orig'}"
         if self.use_cache and identity.get("cacheable", True):
-            path = cached_artifact(self.engines_dir, model.name, kind, inputs, _build, ".json")
-            detections = _load_cached(path)
-            if detections is None:  # damaged entry: discard and recompute, never trust it
-                path.unlink(missing_ok=True)
-                provenance_path(path).unlink(missing_ok=True)
-                path = cached_artifact(self.engines_dir, model.name, kind, inputs, _build, ".json")
-                detections = _load_cached(path) or []
-            timings = json.loads(provenance_path(path).read_text()).get("timings_ms", {})
-            cache_key = path.stem
+            cache = ArtifactCache(self.engines_dir)
+            slot = cache.slot(model.name, kind, inputs, ".json")
+            detections, timings = cache.get_or_build(slot, _build, load=_load_cached).value
+            cache_key = slot.key
         else:
             run = _detect()
             detections, timings = run.detections, run.timings_ms
@@ -213,6 +209,11 @@ class Gate:
                     from_cache=not fresh, per_image=per_image, cache_key=cache_key)
         side.directory = self._write_side(model, side)
         return side
+
+    def images_fingerprint(self) -> str:
+        """The data set's content key, its image hashes remembered under the engines dir across runs."""
+        with remembered_hashes(self.engines_dir):
+            return self.dataset.fingerprint
 
     def _per_image(self, detections: list[dict[str, Any]]) -> Any:
         """One evaluation per side: its per-image matching serves both the metrics and the bootstrap."""
@@ -235,7 +236,10 @@ class Gate:
 
     def _write_side(self, model: ModelSpec, side: Side) -> Path:
         d = self.side_dir or self.run_dir / model.name / side.target.replace(":", "-")
+        # half-written files of killed runs (once per process; `eval --out DIR` is the user's: only DIR itself)
+        sweep(self.side_dir or self.reports_dir, max_depth=0 if self.side_dir else 4)
         write_bytes_atomic(d / "detections.json", orjson.dumps(side.detections))
+        fault_point("report")
         metrics = side.metrics.to_dict()
         metrics.update({
             "model": model.name, "backend": side.backend, "precision": side.precision or "original",
@@ -327,17 +331,15 @@ class Gate:
 
         if not (self.use_cache and ref.cache_key and opt.cache_key):
             return compute()
-        inputs = {"ref": ref.cache_key, "opt": opt.cache_key, "images": self.dataset.fingerprint,
+        inputs = {"ref": ref.cache_key, "opt": opt.cache_key, "images": self.images_fingerprint(),
                   "n_resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed, "code": code_fingerprint()}
 
         def _build(out: Path) -> None:
             out.write_bytes(orjson.dumps(compute()))
 
-        path = cached_artifact(self.engines_dir, ref.model, "bootstrap", inputs, _build, ".json")
-        cached = _load_cached_dict(path)
-        if cached is None:  # damaged: recompute rather than trust it
-            cached = compute()
-        return cached
+        cache = ArtifactCache(self.engines_dir)
+        return cache.get_or_build(cache.slot(ref.model, "bootstrap", inputs, ".json"), _build,
+                                  load=_load_cached_dict).value
 
     def write_env(self) -> Path:
         path = self.run_dir / "env.json"
@@ -354,20 +356,29 @@ def default_run_id() -> str:
     return os.environ.get(RUN_ID_ENV) or f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
-def _load_cached(path: Path) -> list[dict[str, Any]] | None:
+def _load_cached(data: bytes, provenance: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Cached detections and their run's timings; anything malformed is a damaged entry (rebuilt)."""
     try:
-        data = orjson.loads(path.read_bytes())
-    except (orjson.JSONDecodeError, OSError):
-        return None
-    return data if isinstance(data, list) else None
+        detections = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptArtifact(f"not JSON ({exc})") from exc
+    if not isinstance(detections, list) or not all(isinstance(d, dict) for d in detections):
+        raise CorruptArtifact("not a list of detection objects")
+    timings = provenance.get("timings_ms")
+    if not isinstance(timings, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) for k, v in timings.items()):
+        raise CorruptArtifact("its provenance field 'timings_ms' is not an object of numbers")
+    return detections, timings
 
 
-def _load_cached_dict(path: Path) -> dict[str, Any] | None:
+def _load_cached_dict(data: bytes, provenance: dict[str, Any]) -> dict[str, Any]:
     try:
-        data = orjson.loads(path.read_bytes())
-    except (orjson.JSONDecodeError, OSError):
-        return None
-    return data if isinstance(data, dict) else None
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptArtifact(f"not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise CorruptArtifact("not a JSON object")
+    return value
 
 
 def environment() -> dict[str, Any]:

@@ -22,8 +22,8 @@ import pytest
 from mapgate.backends.base import BuildContext
 from mapgate.baselines import BaselineCheck, BaselineRegression
 from mapgate.calibration import calibration_images, check_disjoint, image_ids_of
+from mapgate.cache import PROVENANCE_SUFFIX
 from mapgate.compare import Agreement, Verdict, detection_agreement, outcome
-from mapgate.convert.cache import provenance_path
 from mapgate.dataset import BUNDLED_ANNOTATIONS, CocoDataset
 from mapgate.errors import ConfigError, DataError
 from mapgate.evaluate import STAT_NAMES
@@ -65,7 +65,7 @@ def first(models: dict, work: Path, require_backend) -> dict:
 
 def cache_entry(engines: Path, backend: str = "onnxruntime", precision: str = "orig") -> Path:
     found = [p for p in (engines / MODEL).glob(f"detections-{backend}-{precision}-*.json")
-             if not p.name.endswith(".json.json")]
+             if not p.name.endswith(PROVENANCE_SUFFIX)]
     assert len(found) == 1, found
     return found[0]
 
@@ -230,9 +230,10 @@ def test_a_damaged_entry_with_a_matching_provenance_is_still_not_trusted(first: 
     engines = copy_engines(first, tmp_path / "engines")
     entry = cache_entry(engines)
     entry.write_text('{"not": "a list"}')
-    prov = json.loads(provenance_path(entry).read_text())
-    prov.update(size=entry.stat().st_size, sha256=sha256_file(entry))
-    provenance_path(entry).write_text(json.dumps(prov))
+    prov_path = entry.with_name(entry.stem + PROVENANCE_SUFFIX)
+    prov = json.loads(prov_path.read_text())
+    prov["file"].update(size=entry.stat().st_size, sha256=sha256_file(entry))
+    prov_path.write_text(json.dumps(prov))
     side = new_gate(models, work, "run-g", engines=engines).side(MODEL)
     assert not side.from_cache
     assert side.metrics.stats == first["gate"].side(MODEL).metrics.stats

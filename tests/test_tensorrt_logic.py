@@ -1,4 +1,5 @@
-"""TensorRT backend and engine cache logic that runs without TensorRT or a GPU.
+"""TensorRT backend logic and engine keys, run without TensorRT or a GPU (the engine cache's
+build/reuse/rebuild rules are in test_cache.py).
 
 Everything TensorRT-dependent is replaced by fakes at the seams the code exposes
 (DeviceInfo, build/load callbacks, the small probe functions, Polygraphy's loader classes).
@@ -8,12 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-import multiprocessing
-import os
 import subprocess
 import sys
-import time
 from collections import OrderedDict
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,17 +20,9 @@ import numpy as np
 import pytest
 
 import mapgate.backends.tensorrt as trt_backend
+from engine_helpers import CALIB, DEVICE, make_spec
 from mapgate.backends.base import BuildContext
-from mapgate.engine_cache import (
-    BuildJob,
-    CalibrationInfo,
-    CorruptEngine,
-    DeviceInfo,
-    EngineCache,
-    EngineSpec,
-    calibration_set_digest,
-    file_lock,
-)
+from mapgate.backends.tensorrt import BuildJob, calibration_set_digest
 from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
 from mapgate.manifest import ModelSpec, Postprocess, Preprocess
 
@@ -44,19 +33,6 @@ needs_calibration = pytest.mark.skipif(
     not HAS_CALIBRATION, reason="mapgate.calibration (the lead's calibration module) does not exist yet"
 )
 
-DEVICE = DeviceInfo(trt_version="10.3.0", gpu_name="Orin", compute_capability="8.7")
-CALIB = CalibrationInfo(set_sha256="a" * 64, count=100, preprocess_sha256="b" * 64)
-
-
-def make_spec(**changes: Any) -> EngineSpec:
-    base: dict[str, Any] = dict(
-        model="yolov3-tiny-416", onnx_path=Path("/models/y.onnx"), onnx_sha256="0" * 64, precision="fp16",
-        input_shape=(1, 3, 416, 416), workspace_mb=1024, device=DEVICE, calibration=None,
-        recipe={"flags": ["fp16"]},
-    )
-    base.update(changes)
-    return EngineSpec(**base)
-
 
 def make_model(name: str = "tiny", layout: str = "NCHW", size: tuple[int, int] = (32, 32), **kw: Any) -> ModelSpec:
     return ModelSpec(
@@ -65,28 +41,6 @@ def make_model(name: str = "tiny", layout: str = "NCHW", size: tuple[int, int] =
         tolerances={"fp32": 0.1, "fp16": 0.5, "int8": 1.5}, optimized=(), prebuilt={}, expected_verdicts={},
         manifest_path=Path("/manifests/models.toml"), **kw,
     )
-
-
-class FakeBuilder:
-    """Stands in for the TensorRT build: returns bytes, optionally writes a calibration table."""
-
-    def __init__(self, payload: bytes = b"ENGINE-BYTES" * 100, calib: bytes | None = b"TRT-8601-EntropyCalibration2\n"):
-        self.payload, self.calib = payload, calib
-        self.jobs: list[BuildJob] = []
-        self.seen_calibration: list[bytes] = []
-
-    def __call__(self, job: BuildJob) -> bytes:
-        self.jobs.append(job)
-        if job.calibration_cache is not None:
-            existing = job.calibration_cache.read_bytes() if job.calibration_cache.exists() else b""
-            self.seen_calibration.append(existing)
-            if not job.calibration_reused and self.calib is not None:
-                job.calibration_cache.write_bytes(self.calib)
-        return self.payload
-
-
-def identity(data: bytes) -> bytes:
-    return data
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,322 +115,10 @@ def test_calibration_set_digest_is_by_content_and_order(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Lookup, provenance, rebuild rules
-# ---------------------------------------------------------------------------------------------
-def test_build_then_reuse_without_calling_the_builder(tmp_path: Path) -> None:
-    cache, spec, builder = EngineCache(tmp_path), make_spec(), FakeBuilder()
-    first = cache.get_or_build(spec, builder, identity)
-    assert first.built and first.reason == "no cached engine"
-    assert first.engine_path == tmp_path / "yolov3-tiny-416" / f"fp16-{spec.key()[:16]}.engine"
-    second = cache.get_or_build(spec, builder, identity)
-    assert not second.built and second.reason == "cache hit"
-    assert len(builder.jobs) == 1
-    assert second.value == builder.payload
-    assert second.provenance["built_at"] == first.provenance["built_at"]
-    assert cache.check(spec) == (True, "cache hit")
-
-
-def test_provenance_contents(tmp_path: Path) -> None:
-    cache = EngineCache(tmp_path)
-    spec = make_spec(precision="int8", calibration=CALIB)
-    result = cache.get_or_build(spec, FakeBuilder(), identity)
-    prov = json.loads(cache.provenance_path(spec).read_text())
-    assert prov == result.provenance
-    assert prov["model"] == "yolov3-tiny-416"
-    assert prov["onnx"] == {"path": "/models/y.onnx", "sha256": "0" * 64}
-    assert prov["precision"] == "int8" and prov["input_shape"] == [1, 3, 416, 416]
-    assert (prov["tensorrt_version"], prov["gpu"], prov["compute_capability"]) == ("10.3.0", "Orin", "8.7")
-    assert prov["workspace_mb"] == 1024
-    assert prov["calibration"]["set_sha256"] == "a" * 64 and prov["calibration"]["count"] == 100
-    assert prov["calibration"]["algorithm"] == "IInt8EntropyCalibrator2"
-    assert prov["calibration"]["cache_file"] == cache.calibration_path(spec).name
-    assert prov["built_at"] and prov["build_seconds"] >= 0
-    from mapgate import __version__
-    assert prov["mapgate_version"] == __version__
-    engine_bytes = cache.engine_path(spec).read_bytes()
-    import hashlib
-    assert prov["file"] == {"name": cache.engine_path(spec).name, "sha256": hashlib.sha256(engine_bytes).hexdigest(),
-                            "size": len(engine_bytes)}
-    assert prov["key"] == spec.key() and prov["key_fields"] == json.loads(json.dumps(spec.key_fields()))
-    assert "fp16" in prov["recipe"]["flags"]  # INT8 builds keep FP16 as the fallback
-
-
-def _rebuilds(cache: EngineCache, spec: EngineSpec, match: str) -> None:
-    builder = FakeBuilder(payload=b"NEW-ENGINE" * 50)
-    result = cache.get_or_build(spec, builder, identity)
-    assert result.built, "expected a rebuild"
-    assert match in result.reason, result.reason
-    assert len(builder.jobs) == 1
-    assert cache.engine_path(spec).read_bytes() == builder.payload
-    assert cache.check(spec)[0]
-
-
-def test_stale_provenance_rebuilds(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-    cache.get_or_build(spec, FakeBuilder(), identity)
-    prov_path = cache.provenance_path(spec)
-    prov = json.loads(prov_path.read_text())
-    prov["key_fields"]["tensorrt_version"] = "8.5.2"
-    prov_path.write_text(json.dumps(prov))
-    assert not cache.check(spec)[0]
-    _rebuilds(cache, spec, "stale provenance")
-
-
-def test_missing_provenance_rebuilds(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-    cache.get_or_build(spec, FakeBuilder(), identity)
-    cache.provenance_path(spec).unlink()
-    _rebuilds(cache, spec, "has no provenance file")
-
-
-def test_corrupt_provenance_json_rebuilds(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-    cache.get_or_build(spec, FakeBuilder(), identity)
-    cache.provenance_path(spec).write_text('{"key": "trunc')
-    _rebuilds(cache, spec, "not valid JSON")
-
-
-def test_truncated_engine_is_detected_and_rebuilt(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-    cache.get_or_build(spec, FakeBuilder(), identity)
-    engine = cache.engine_path(spec)
-    engine.write_bytes(engine.read_bytes()[:100])
-    ok, reason = cache.check(spec)
-    assert not ok and "truncated" in reason
-    _rebuilds(cache, spec, "truncated")
-
-
-def test_same_size_corruption_is_detected_by_sha256(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-    cache.get_or_build(spec, FakeBuilder(), identity)
-    engine = cache.engine_path(spec)
-    data = bytearray(engine.read_bytes())
-    data[10] ^= 0xFF
-    engine.write_bytes(bytes(data))
-    _rebuilds(cache, spec, "sha256 differs")
-
-
-def test_engine_that_fails_to_deserialize_is_deleted_and_rebuilt(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-    cache.get_or_build(spec, FakeBuilder(payload=b"OLD" * 10), identity)
-
-    def load(data: bytes) -> bytes:
-        if data.startswith(b"OLD"):
-            raise CorruptEngine("Serialization assertion failed (magic tag)")
-        return data
-
-    builder = FakeBuilder(payload=b"GOOD" * 10)
-    result = cache.get_or_build(spec, builder, load)
-    assert result.built and "failed to deserialize" in result.reason
-    assert result.value == b"GOOD" * 10 and len(builder.jobs) == 1
-
-
-def test_fresh_engine_that_does_not_deserialize_is_not_cached(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-
-    def load(data: bytes) -> bytes:
-        raise CorruptEngine("version tag mismatch")
-
-    with pytest.raises(ConversionError, match="does not deserialize"):
-        cache.get_or_build(spec, FakeBuilder(), load)
-    assert not cache.engine_path(spec).exists() and not cache.provenance_path(spec).exists()
-
-
-def test_empty_build_output_is_refused(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-    with pytest.raises(ConversionError, match="produced no bytes"):
-        cache.get_or_build(spec, FakeBuilder(payload=b""), identity)
-    assert not cache.engine_path(spec).exists()
-
-
-def test_failed_build_publishes_nothing_and_releases_the_lock(tmp_path: Path) -> None:
-    cache, spec = EngineCache(tmp_path, lock_timeout_s=2), make_spec()
-
-    def boom(job: BuildJob) -> bytes:
-        raise ConversionError("parser failed")
-
-    with pytest.raises(ConversionError, match="parser failed"):
-        cache.get_or_build(spec, boom, identity)
-    assert not cache.engine_path(spec).exists()
-    assert cache.get_or_build(spec, FakeBuilder(), identity).built  # lock was released
-
-
-# ---------------------------------------------------------------------------------------------
-# INT8 calibration cache
-# ---------------------------------------------------------------------------------------------
-def test_calibration_cache_is_published_then_reused_by_another_engine(tmp_path: Path) -> None:
-    cache = EngineCache(tmp_path)
-    spec_a = make_spec(precision="int8", calibration=CALIB)
-    first = FakeBuilder()
-    result_a = cache.get_or_build(spec_a, first, identity)
-    assert first.jobs[0].calibration_reused is False and first.seen_calibration == [b""]
-    calib = cache.calibration_path(spec_a)
-    assert calib.read_bytes() == first.calib
-    calib_prov = json.loads(cache.calibration_provenance_path(spec_a).read_text())
-    assert calib_prov["key"] == spec_a.calibration_key() and calib_prov["calibration_count"] == 100
-    assert result_a.provenance["calibration"]["cache_reused"] is False
-
-    # A second INT8 engine differing only in a precision-only field shares the table.
-    spec_b = make_spec(precision="int8", calibration=CALIB, workspace_mb=256)
-    second = FakeBuilder(calib=b"SHOULD-NOT-BE-WRITTEN")
-    result_b = cache.get_or_build(spec_b, second, identity)
-    assert second.jobs[0].calibration_reused is True
-    assert second.seen_calibration == [first.calib]
-    assert result_b.provenance["calibration"]["cache_reused"] is True
-    assert calib.read_bytes() == first.calib
-    assert not list(calib.parent.glob("*.staging")), "staging files must be cleaned up"
-
-
-def test_corrupt_calibration_cache_is_discarded(tmp_path: Path) -> None:
-    cache = EngineCache(tmp_path)
-    spec = make_spec(precision="int8", calibration=CALIB)
-    cache.get_or_build(spec, FakeBuilder(), identity)
-    cache.calibration_path(spec).write_bytes(b"garbage")
-    other = make_spec(precision="int8", calibration=CALIB, workspace_mb=64)
-    builder = FakeBuilder(calib=b"FRESH-TABLE")
-    cache.get_or_build(other, builder, identity)
-    assert builder.jobs[0].calibration_reused is False and builder.seen_calibration == [b""]
-    assert cache.calibration_path(spec).read_bytes() == b"FRESH-TABLE"
-
-
-def test_calibration_cache_with_stale_provenance_is_discarded(tmp_path: Path) -> None:
-    cache = EngineCache(tmp_path)
-    spec = make_spec(precision="int8", calibration=CALIB)
-    cache.get_or_build(spec, FakeBuilder(), identity)
-    prov_path = cache.calibration_provenance_path(spec)
-    prov = json.loads(prov_path.read_text())
-    prov["key_fields"]["calibration"]["count"] = 5
-    prov_path.write_text(json.dumps(prov))
-    builder = FakeBuilder(calib=b"RECALIBRATED")
-    cache.get_or_build(make_spec(precision="int8", calibration=CALIB, workspace_mb=64), builder, identity)
-    assert builder.jobs[0].calibration_reused is False
-    assert cache.calibration_path(spec).read_bytes() == b"RECALIBRATED"
-
-
-def test_new_calibration_set_gets_its_own_cache(tmp_path: Path) -> None:
-    cache = EngineCache(tmp_path)
-    spec = make_spec(precision="int8", calibration=CALIB)
-    cache.get_or_build(spec, FakeBuilder(), identity)
-    other = make_spec(precision="int8", calibration=dataclasses.replace(CALIB, set_sha256="e" * 64))
-    builder = FakeBuilder(calib=b"OTHER-TABLE")
-    cache.get_or_build(other, builder, identity)
-    assert builder.jobs[0].calibration_reused is False
-    assert cache.calibration_path(other) != cache.calibration_path(spec)
-    assert cache.calibration_path(spec).exists() and cache.calibration_path(other).read_bytes() == b"OTHER-TABLE"
-
-
-def test_explicitly_quantized_build_without_calibration_table(tmp_path: Path) -> None:
-    cache = EngineCache(tmp_path)
-    spec = make_spec(precision="int8", calibration=CALIB)
-    result = cache.get_or_build(spec, FakeBuilder(calib=None), identity)
-    assert result.provenance["calibration"]["cache_file"] is None
-    assert not cache.calibration_path(spec).exists()
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes and concurrency
-# ---------------------------------------------------------------------------------------------
-def test_crash_mid_write_leaves_destination_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cache, spec = EngineCache(tmp_path), make_spec()
-    cache.get_or_build(spec, FakeBuilder(payload=b"V1" * 100), identity)
-    engine = cache.engine_path(spec)
-    before = engine.read_bytes()
-    # Make the existing entry stale so the next call rebuilds, then "crash" while publishing.
-    prov_path = cache.provenance_path(spec)
-    prov = json.loads(prov_path.read_text())
-    prov["key_fields"]["workspace_mb"] = 1
-    prov_path.write_text(json.dumps(prov))
-
-    import mapgate.fsutil
-    from mapgate.engine_cache import _write_atomic
-
-    class OsWithReplace:
-        """os for mapgate.fsutil only, with a replace() that can be made to fail."""
-
-        def __init__(self, replace: Any) -> None:
-            self.replace = replace
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
-    def crash(src: Any, dst: Any) -> None:
-        raise KeyboardInterrupt("killed while publishing")
-
-    monkeypatch.setattr(mapgate.fsutil, "os", OsWithReplace(crash))
-    with pytest.raises(KeyboardInterrupt):
-        _write_atomic(engine, b"V2-PARTIAL")
-    assert engine.read_bytes() == before
-    assert not list(engine.parent.glob(".*.part")), "temporary files must be removed"
-
-    # Killed while publishing the engine: the stale entry was already discarded, nothing new appears.
-    with pytest.raises(KeyboardInterrupt):
-        cache.get_or_build(spec, FakeBuilder(payload=b"V2" * 100), identity)
-    assert not engine.exists() and not prov_path.exists()
-    assert not list(engine.parent.glob(".*.part"))
-
-    # Killed between publishing the engine and its provenance: the orphan engine is not trusted.
-    calls = []
-
-    def crash_second(src: Any, dst: Any) -> None:
-        calls.append(dst)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed before the provenance landed")
-        os.replace(src, dst)
-
-    monkeypatch.setattr(mapgate.fsutil, "os", OsWithReplace(crash_second))
-    with pytest.raises(KeyboardInterrupt):
-        cache.get_or_build(spec, FakeBuilder(payload=b"V2" * 100), identity)
-    monkeypatch.undo()
-    assert engine.exists() and not prov_path.exists()
-    ok, reason = cache.check(spec)
-    assert not ok and "no provenance" in reason
-    again = cache.get_or_build(spec, FakeBuilder(payload=b"V3" * 100), identity)
-    assert again.built and engine.read_bytes() == b"V3" * 100 and cache.check(spec)[0]
-
-
-def _concurrent_worker(root: str, log_path: str, start: Any, out: Any) -> None:
-    def slow_build(job: BuildJob) -> bytes:
-        with open(log_path, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        time.sleep(0.5)  # hold the build long enough for the other process to contend
-        return b"SHARED-ENGINE" * 1000
-
-    start.wait(10)
-    result = EngineCache(Path(root), lock_timeout_s=30).get_or_build(make_spec(), slow_build, identity)
-    out.put((result.built, result.value))
-
-
-def test_concurrent_builders_build_once(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork")
-    start, out = ctx.Event(), ctx.Queue()
-    log_path = tmp_path / "builds.log"
-    procs = [ctx.Process(target=_concurrent_worker, args=(str(tmp_path / "engines"), str(log_path), start, out))
-             for _ in range(2)]
-    for p in procs:
-        p.start()
-    start.set()
-    results = [out.get(timeout=30) for _ in procs]
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
-    assert len(log_path.read_text().splitlines()) == 1, "exactly one process may build"
-    assert sorted(built for built, _ in results) == [False, True]
-    assert results[0][1] == results[1][1] == b"SHARED-ENGINE" * 1000
-
-
-def test_lock_timeout_names_the_holder(tmp_path: Path) -> None:
-    lock = tmp_path / ".x.lock"
-    with file_lock(lock):
-        with pytest.raises(ConversionError, match=f"held by pid {os.getpid()}"):
-            with file_lock(lock, timeout_s=0.3, poll_s=0.05):
-                pass
-
-
-# ---------------------------------------------------------------------------------------------
 # Availability
 # ---------------------------------------------------------------------------------------------
 def test_module_import_does_not_import_tensorrt_or_polygraphy() -> None:
-    code = ("import sys, mapgate.backends.tensorrt, mapgate.engine_cache; "
+    code = ("import sys, mapgate.backends.tensorrt, mapgate.cache; "
             "bad = [m for m in ('tensorrt', 'polygraphy') if m in sys.modules]; "
             "sys.exit(f'imported at module import: {bad}' if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

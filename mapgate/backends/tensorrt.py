@@ -2,7 +2,7 @@
 
 The ONNX comes from :func:`mapgate.convert.onnx_for`; the engine is built with Polygraphy's
 loaders (``NetworkFromOnnxPath`` -> ``CreateConfig`` -> ``EngineBytesFromNetwork``), cached
-by :mod:`mapgate.engine_cache`, deserialized with ``EngineFromBytes`` and run by Polygraphy's
+by :mod:`mapgate.cache` (via ``_tensorrt_engine``), deserialized with ``EngineFromBytes`` and run by Polygraphy's
 ``TrtRunner`` (device buffers allocated once and reused, H2D -> ``execute_async_v3`` -> D2H
 on one stream, stream synchronized before ``infer`` returns).
 
@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mapgate.backends.base import PRECISIONS, Availability, BackendFacts, BuildContext, Runner
-from mapgate.engine_cache import (
+from mapgate.backends._tensorrt_engine import (
     ENTROPY_CALIBRATOR_2,
     BuildJob,
     CacheResult,

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mapgate.backends.base import BuildContext
-from mapgate.convert.cache import cached_artifact
+from mapgate.cache import cached_artifact
 from mapgate.files import resolve_role, verified_sha256
 from mapgate.manifest import ModelSpec
 

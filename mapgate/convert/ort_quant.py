@@ -11,8 +11,9 @@ import numpy as np
 
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
-from mapgate.convert.cache import cached_artifact
+from mapgate.cache import cached_artifact
 from mapgate.files import verified_sha256
+from mapgate.fsutil import fault_point
 from mapgate.manifest import ModelSpec
 from mapgate.optional import require, version_of
 
@@ -59,6 +60,7 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
                 self.batches: Iterator[np.ndarray] = calibration_batches(model, images)
 
             def get_next(self) -> dict[str, np.ndarray] | None:
+                fault_point("convert")
                 batch = next(self.batches, None)
                 return None if batch is None else {input_name: batch}
 

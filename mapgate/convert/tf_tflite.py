@@ -9,7 +9,7 @@ from typing import Any
 
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
-from mapgate.convert.cache import cached_artifact
+from mapgate.cache import cached_artifact
 from mapgate.convert.tf_onnx import input_shape
 from mapgate.errors import ConversionError
 from mapgate.files import resolve_role, verified_sha256

@@ -1,0 +1,172 @@
+"""Kill -9 a real `mapgate compare` at known points, run it again, and demand the uninterrupted
+result with no debris (issue 11: "nothing half-written when a run is killed").
+
+The case: yolo-fastest-1.1-320 (opencv reference) vs onnxruntime:int8 (converted Darknet -> ONNX,
+then quantized by ONNX Runtime on 10 calibration images) on the first 20 val2017-mini images,
+as a subprocess with its own engines dir and reports folder. Points are named by the
+``MAPGATE_FAULT_PHASE`` hook (mapgate.fsutil.fault_point: the process SIGKILLs itself there,
+``name@n`` at the n-th pass); two more kills land at wall-clock moments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mapgate.cache import PROVENANCE_SUFFIX
+from mapgate.dataset import CALIB_DIR
+from mapgate.fsutil import sha256_file
+
+pytestmark = pytest.mark.slow
+
+MODEL = "yolo-fastest-1.1-320"
+OPT = "onnxruntime:int8"
+RUN = "run"
+# fields that honestly differ between an uninterrupted run and a re-run after a kill
+VOLATILE = {"timings_ms_per_image", "detections_from_cache", "built_at", "build_seconds", "timings_ms"}
+
+
+def command(work: Path) -> list[str]:
+    return [sys.executable, "-c", "import sys; from mapgate.cli import main; sys.exit(main())", "compare",
+            "--model", MODEL, "--opt", OPT, "--max-images", "20", "--resamples", "200", "--no-progress",
+            "--engines-dir", str(work / "engines"), "--out", str(work / "reports"), "--calib-dir", str(work / "calib")]
+
+
+def prepare(work: Path) -> Path:
+    (work / "calib").mkdir(parents=True)
+    for p in sorted(CALIB_DIR.iterdir())[:10]:
+        shutil.copy(p, work / "calib" / p.name)
+    return work
+
+
+def env(run_id: str, phase: str | None = None) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if k != "MAPGATE_FAULT_PHASE"}
+    e["MAPGATE_RUN_ID"] = run_id
+    if phase:
+        e["MAPGATE_FAULT_PHASE"] = phase
+    return e
+
+
+def run(work: Path, run_id: str, phase: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(command(work), env=env(run_id, phase), capture_output=True, text=True, timeout=600)
+
+
+def normalized(path: Path, work: Path) -> Any:
+    """A result file with this run's folders and volatile fields taken out."""
+    text = path.read_text().replace(str(work), "<work>")
+    def strip(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in VOLATILE}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+    return strip(json.loads(text)) if path.suffix == ".json" else text
+
+
+def results(work: Path, run_id: str) -> dict[str, Any]:
+    d = work / "reports" / run_id / MODEL
+    files = sorted(p for p in d.rglob("*") if p.is_file())
+    return {p.relative_to(d).as_posix(): normalized(p, work) for p in files}
+
+
+def debris(work: Path) -> list[str]:
+    """Everything a killed run may leave that must be gone after the next run finished."""
+    found = [p for p in work.rglob("*") if p.name.endswith(".part") or p.name.startswith(("ort.quant.", "tmp."))]
+    for p in work.rglob("*.json"):
+        try:
+            json.loads(p.read_bytes())
+        except ValueError:
+            found.append(p)  # a half-written JSON file
+    engines = work / "engines"
+    for prov_path in engines.rglob(f"*{PROVENANCE_SUFFIX}"):
+        prov = json.loads(prov_path.read_text())
+        artifact = prov_path.with_name(prov["file"]["name"])
+        if not artifact.is_file() or sha256_file(artifact) != prov["file"]["sha256"]:
+            found.append(prov_path)  # a provenance vouching for bytes that are not there
+    return [str(p.relative_to(work)) for p in found]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory, require_backend) -> dict[str, Any]:
+    require_backend("opencv")
+    require_backend("onnxruntime")
+    work = prepare(tmp_path_factory.mktemp("fault-base"))
+    started = time.monotonic()
+    done = run(work, RUN)
+    seconds = time.monotonic() - started
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    return {"rc": done.returncode, "results": results(work, RUN), "seconds": seconds, "work": work}
+
+
+# What the killed run must have left, proving it died where it was meant to.
+def _ort_temp_alive(work: Path) -> bool:
+    return any(p.name.startswith("ort.quant.") for p in (work / "engines" / ".tmp").rglob("*"))
+
+
+def _part_of(kind: str):
+    return lambda work: any(p.name.startswith(f".{kind}") and p.name.endswith(".part")
+                            for p in (work / "engines" / MODEL).iterdir())
+
+
+def _orphan_artifact(work: Path) -> bool:
+    d = work / "engines" / MODEL
+    return any(not p.name.startswith(".") and not p.name.endswith(PROVENANCE_SUFFIX)
+               and not (d / (p.name.rsplit(".", 1)[0] + PROVENANCE_SUFFIX)).exists() for p in d.iterdir())
+
+
+def _half_report(work: Path) -> bool:
+    side = work / "reports" / "killed" / MODEL / OPT.replace(":", "-")
+    return (side / "detections.json").is_file() and not (side / "metrics.json").exists()
+
+
+PHASES = {
+    "convert@5": _ort_temp_alive,  # calibrating: ORT's temp folder and the .part of the INT8 model exist
+    "infer@2": _part_of("detections-onnxruntime-int8"),
+    "publish@3": _orphan_artifact,  # the quantized model in place, provenance not yet
+    "report@2": _half_report,
+}
+
+
+@pytest.mark.parametrize("phase", list(PHASES))
+def test_killed_at_a_named_point_then_rerun_gives_the_same_result_and_no_debris(
+        baseline: dict[str, Any], tmp_path: Path, phase: str) -> None:
+    work = prepare(tmp_path)
+    killed = run(work, "killed", phase)
+    assert killed.returncode == -signal.SIGKILL, (phase, killed.returncode, killed.stderr[-2000:])
+    assert PHASES[phase](work), f"the run did not die at {phase}: {sorted(map(str, work.rglob('*')))}"
+    again = run(work, RUN)
+    assert again.returncode == baseline["rc"], again.stderr[-3000:]
+    assert results(work, RUN) == baseline["results"]
+    assert debris(work) == []
+
+
+@pytest.mark.parametrize("fraction", [0.5])
+def test_killed_at_a_moment_then_rerun_gives_the_same_result_and_no_debris(
+        baseline: dict[str, Any], tmp_path: Path, fraction: float) -> None:
+    work = prepare(tmp_path)
+    proc = subprocess.Popen(command(work), env=env("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        proc.wait(timeout=baseline["seconds"] * fraction)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    again = run(work, RUN)
+    assert again.returncode == baseline["rc"], again.stderr[-3000:]
+    assert results(work, RUN) == baseline["results"]
+    assert debris(work) == []
+
+
+def test_the_uninterrupted_run_itself_leaves_no_debris(baseline: dict[str, Any]) -> None:
+    assert debris(baseline["work"]) == []
+    assert {"opencv/detections.json", "opencv/metrics.json", "onnxruntime-int8/detections.json",
+            "onnxruntime-int8/metrics.json", "onnxruntime-int8/comparison.json",
+            "onnxruntime-int8/summary.md"} <= set(baseline["results"])
