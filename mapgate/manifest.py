@@ -12,11 +12,14 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10 (JetPack 6's system Python)
     import tomli as tomllib  # type: ignore[no-redef]
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mapgate.errors import ConfigError
+from mapgate.paths import safe_component
 
 DEFAULT_TOLERANCES = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # AP points
 
@@ -28,6 +31,14 @@ FORMATS = {
     "tf_saved_model": ("saved_model",),
     "onnx": ("model",),
     "tflite": ("model",),
+}
+# postprocess.decoder settings per family: key -> (type, required). The required ones name the
+# network outputs the decoder reads, so a family that does not fit the model fails at load time.
+DECODER_KEYS: dict[str, dict[str, tuple[type, bool]]] = {
+    "darknet_yolo": {},
+    "yolox": {"output": (str, False), "strides": (list, False)},
+    "ssd": {"boxes": (str, True), "scores": (str, True)},
+    "od_api_detections": {"boxes": (str, True), "scores": (str, True), "classes": (str, True), "count": (str, True)},
 }
 CLASS_SPACES = ("coco80", "coco90")
 NMS_MODES = ("per_class", "agnostic", "none")
@@ -117,16 +128,40 @@ class ModelSpec:
 def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
     """Parse and validate a manifest; returns models by name (manifest order)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"model manifest {path} is a folder; give the TOML file itself (e.g. {path}/models.toml)")
     if not path.is_file():
         raise ConfigError(f"model manifest {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"model manifest {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          "TOML files must be UTF-8: re-save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"model manifest {path} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"model manifest {path} is not valid TOML: {exc}") from exc
+    _reject_non_finite(path, data, "")
     models = data.get("models")
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"model manifest {path}: no [models.<name>] tables found")
     return {name: _parse_model(path, name, entry) for name, entry in models.items()}
+
+
+def _reject_non_finite(path: Path, value: Any, where: str) -> None:
+    """TOML allows nan and inf; no manifest number means either (a nan scale makes both sides
+    detect nothing and agree perfectly), so any of them anywhere is an error naming its key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        model, _, fld = where.removeprefix("models.").partition(".")
+        raise ConfigError(f"{path}: model {model!r}, field '{fld or where}': must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(path, v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(path, v, f"{where}[{i}]")
 
 
 def load_manifests(paths: list[Path]) -> dict[str, ModelSpec]:
@@ -191,11 +226,28 @@ def _parse_file(entry: _Entry, role: str, value: Any) -> FileRef:
         raise f.error("path", "give exactly one of 'path' (relative to the manifest) or 'url'")
     if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         raise f.error("sha256", f"must be 64 lowercase hex digits, got {sha!r}")
+    if rel is not None:
+        _check_inside(f, rel)
+    if url is not None and member is not None:
+        # a tarball member is joined under the extraction folder: the same rules as any path part
+        if member.startswith("/") or "\\" in member or any(p in ("", ".", "..") for p in member.split("/")):
+            raise f.error("member", f"{member!r} must be a relative path inside the archive without '..'")
     if rel is not None and sha is None:
         raise f.error("sha256", "is required for bundled files (compute it with `sha256sum FILE`, or for a folder "
                                 "such as a SavedModel: python -c \"from mapgate.fsutil import sha256_path; "
                                 "print(sha256_path('DIR'))\")")
     return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel) if rel else None, url=url, member=member)
+
+
+def _check_inside(f: "_Entry", rel: str) -> None:
+    """A bundled path must stay inside the manifest's folder (checked lexically: a symlink placed
+    there is the owner's choice). A manifest from a pull request must not read ~/.ssh or /etc,
+    and the message never shows the file's content."""
+    base = os.path.normpath(f.path.parent.absolute())
+    full = os.path.normpath(os.path.join(base, rel))
+    if "\0" in rel or os.path.commonpath([base, full]) != base:
+        raise f.error("path", f"{rel!r} points outside the manifest's folder {base}; model files must live in or "
+                              "below the folder of their manifest (copy or symlink them there)")
 
 
 def _target(entry: _Entry, fld: str, key: object) -> str:
@@ -211,10 +263,12 @@ def _target(entry: _Entry, fld: str, key: object) -> str:
 def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: model {name!r} must be a table")
+    safe_component(name, "model name", f"{path}: [models.{name}]")
     e = _Entry(path, name, table)
     family = e.get("family", str, choices=FAMILIES)
     fmt = e.get("format", str, choices=tuple(FORMATS))
     reference = e.get("reference_backend", str)
+    _known_backend(e, "reference_backend", reference)
     description = e.get("description", str, "")
     size = e.get("input_size", list)
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
@@ -240,6 +294,7 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     )
     pe.reject_unknown()
 
+    output_names = tuple(_strings(e, "output_names"))
     qe = e.sub("postprocess")
     post = Postprocess(
         class_space=qe.get("class_space", str, "coco80", CLASS_SPACES),
@@ -250,7 +305,7 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         multi_label=qe.get("multi_label", bool, True),
         max_detections=qe.get("max_detections", int, 100),
         pre_nms_top_k=qe.get("pre_nms_top_k", int, 0),
-        decoder=dict(qe.get("decoder", dict, {})),
+        decoder=_decoder(qe, family, output_names),
     )
     qe.reject_unknown()
     if not 0.0 <= post.score_threshold < 1.0:
@@ -274,7 +329,6 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     ve = e.sub("expected_verdicts")
     expected = {_target(ve, "", k): ve.get(k, str, choices=("pass", "fail")) for k in list(ve.table)}
     input_name = e.get("input_name", str, None)
-    output_names = tuple(_strings(e, "output_names"))
     ce = e.sub("convert")
     convert = ConvertOptions(
         resize_loop_output=ce.get("resize_loop_output", str, None),
@@ -301,6 +355,40 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         description=description,
         manifest_path=path,
     )
+
+
+def _known_backend(e: _Entry, fld: str, backend: str) -> None:
+    from mapgate.backends import all_backends  # lazily: backends import this module
+
+    known = all_backends()
+    if backend not in known:
+        raise e.error(fld, f"unknown backend {backend!r}; known backends: {', '.join(sorted(known))}")
+
+
+def _decoder(qe: _Entry, family: str, outputs: tuple[str, ...]) -> dict[str, Any]:
+    decoder = dict(qe.get("decoder", dict, {}))
+    if family not in DECODER_KEYS:  # a family added without declaring its keys: nothing to check against
+        return decoder
+    keys = DECODER_KEYS[family]
+    de = _Entry(qe.path, qe.name, decoder, f"{qe.prefix}decoder.")
+    required = [k for k, (_, req) in keys.items() if req]
+    missing = [k for k in required if k not in decoder]
+    if missing:
+        raise de.error(missing[0], f"is required: family {family!r} reads the network outputs named by decoder keys "
+                                   f"{', '.join(required)} (missing: {', '.join(missing)})"
+                                   + (f"; this model's output_names are {list(outputs)}" if outputs else "")
+                                   + ". Is 'family' right for this model?")
+    for key, (typ, req) in keys.items():
+        de.get(key, typ, ... if req else None)
+    strides = decoder.get("strides")
+    if strides is not None and not (strides and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                    for v in strides)):
+        raise de.error("strides", f"must be a list of positive whole numbers, got {strides!r}")
+    unknown = sorted(set(decoder) - set(keys))
+    if unknown:
+        raise de.error(unknown[0], f"is not a known decoder setting of family {family!r} "
+                                   f"(known: {', '.join(keys) or 'none'})")
+    return decoder
 
 
 def _strings(e: _Entry, fld: str) -> list[str]:
