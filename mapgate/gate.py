@@ -145,6 +145,9 @@ class Gate:
     def side(self, model_name: str, target: str | None = None) -> Side:
         """Run (or load from cache) ``model`` on ``target`` (``BACKEND:PRECISION``); None = reference."""
         model = self.model(model_name)
+        if target is not None and not target.partition(":")[0]:
+            raise ConfigError(f"backend {target!r} is empty; name a backend such as {model.reference_backend!r} "
+                              "(or BACKEND:PRECISION), or leave it out for the reference")
         if target is None or ":" not in target:
             backend, precision = (target or model.reference_backend), None
             formats = getattr(get_backend(backend), "original_formats", ())

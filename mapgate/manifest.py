@@ -54,6 +54,7 @@ class FileRef:
     path: Path | None = None
     url: str | None = None
     member: str | None = None  # file inside a downloaded .tar.gz
+    archive_sha256: str | None = None  # of the downloaded .tar.gz itself, checked before it is opened
 
     @property
     def display(self) -> str:
@@ -221,11 +222,17 @@ def _parse_file(entry: _Entry, role: str, value: Any) -> FileRef:
     url = f.get("url", str, None)
     sha = f.get("sha256", str, None)
     member = f.get("member", str, None)
+    archive_sha = f.get("archive_sha256", str, None)
     f.reject_unknown()
     if (rel is None) == (url is None):
         raise f.error("path", "give exactly one of 'path' (relative to the manifest) or 'url'")
-    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        raise f.error("sha256", f"must be 64 lowercase hex digits, got {sha!r}")
+    for key, digest in (("sha256", sha), ("archive_sha256", archive_sha)):
+        if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+            raise f.error(key, f"must be 64 lowercase hex digits, got {digest!r}")
+    if url is not None:
+        _check_url(f, url)
+    if archive_sha is not None and member is None:
+        raise f.error("archive_sha256", "only applies to a tarball 'member'")
     if rel is not None:
         _check_inside(f, rel)
     if url is not None and member is not None:
@@ -236,7 +243,23 @@ def _parse_file(entry: _Entry, role: str, value: Any) -> FileRef:
         raise f.error("sha256", "is required for bundled files (compute it with `sha256sum FILE`, or for a folder "
                                 "such as a SavedModel: python -c \"from mapgate.fsutil import sha256_path; "
                                 "print(sha256_path('DIR'))\")")
-    return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel) if rel else None, url=url, member=member)
+    return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel) if rel else None, url=url, member=member,
+                   archive_sha256=archive_sha)
+
+
+def _check_url(f: "_Entry", url: str) -> None:
+    """Only web downloads (https; http is refused at download time unless MAPGATE_ALLOW_HTTP=1), and a
+    last path component that is a safe file name: it names the file in the mirror and the cache."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise f.error("url", f"{url!r} is not an https:// URL (file://, ftp:// and other schemes are refused; "
+                             "give a local file as 'path' relative to the manifest)")
+    try:
+        safe_component(parts.path.rstrip("/").rsplit("/", 1)[-1], "the URL's file name")
+    except ConfigError as exc:
+        raise f.error("url", f"{url!r}: {exc}") from None
 
 
 def _check_inside(f: "_Entry", rel: str) -> None:

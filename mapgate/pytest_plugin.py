@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mapgate.argtypes import csv_list, positive_int
+from mapgate.argtypes import coco_root, csv_list, existing_dir, existing_file, output_dir, positive_int
 from mapgate.manifest import DEFAULT_TOLERANCES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,14 +38,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--models", type=csv_list, metavar="NAMES", help="comma-separated model names (default: all in the manifest)")
     g.addoption("--backends", type=_backend_list, metavar="TARGETS",
                 help="comma-separated optimized targets, BACKEND or BACKEND:PRECISION (default: each model's list)")
-    g.addoption("--coco-root", type=Path, metavar="DIR", help="a COCO layout instead of the bundled val2017-mini")
+    g.addoption("--coco-root", type=coco_root, metavar="DIR", help="a COCO layout instead of the bundled val2017-mini")
     g.addoption("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
-    g.addoption("--reports-dir", type=Path, default=REPO / "reports", metavar="DIR", help="where run artifacts go")
-    g.addoption("--engines-dir", type=Path, default=REPO / "engines", metavar="DIR",
+    g.addoption("--reports-dir", type=output_dir, default=REPO / "reports", metavar="DIR", help="where run artifacts go")
+    g.addoption("--engines-dir", type=output_dir, default=REPO / "engines", metavar="DIR",
                 help="conversion/engine/detection cache")
-    g.addoption("--models-file", type=Path, action="append", default=[], metavar="FILE",
+    g.addoption("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
                 help="an extra TOML model manifest (repeatable)")
-    g.addoption("--calib-dir", type=Path, metavar="DIR",
+    g.addoption("--calib-dir", type=existing_dir, metavar="DIR",
                 help="INT8 calibration images (default: the bundled calib-val2017; must not overlap the evaluated set)")
     g.addoption("--update-baselines", action="store_true",
                 help="rewrite fixtures/baselines.json with this run's AP/AP50 (prints old and new)")
