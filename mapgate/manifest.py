@@ -243,7 +243,9 @@ def _parse_file(entry: _Entry, role: str, value: Any) -> FileRef:
         raise f.error("sha256", "is required for bundled files (compute it with `sha256sum FILE`, or for a folder "
                                 "such as a SavedModel: python -c \"from mapgate.fsutil import sha256_path; "
                                 "print(sha256_path('DIR'))\")")
-    return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel) if rel else None, url=url, member=member,
+    # resolved: a folder symlinked beside the manifest names the same files (and cache entries) as the original
+    return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel).resolve() if rel else None, url=url,
+                   member=member,
                    archive_sha256=archive_sha)
 
 
