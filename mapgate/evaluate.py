@@ -354,7 +354,9 @@ def _int_column(col: np.ndarray, key: str, dets: Sequence[Mapping[str, Any]]) ->
             return col.astype(np.int64)
         bad = int(np.flatnonzero(~integral)[0])
         raise ContractError(f"detections[{bad}]: {key} {col[bad]!r} is not an integer id")
-    raise ContractError(f"detections: '{key}' must be integer ids, got values like {col[:3].tolist()!r}")
+    bad = _first_non_number(dets, key)
+    raise ContractError(f"detections[{bad}]: {key} {dets[bad][key]!r:.40} is not an integer id (COCO ids are JSON "
+                        "integers; strings are not coerced)")
 
 
 # --------------------------------------------------------------------------- contract
