@@ -169,7 +169,7 @@ def read_image(path: Path) -> np.ndarray:
     if problem:
         raise DataError(f"image {path} is incomplete: {problem}. The file is truncated or damaged; "
                         "copy it again from the data set")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
         raise DataError(f"image {path} cannot be decoded (corrupt or not an image)")
     return image

@@ -47,6 +47,7 @@ def _manifest_copy(dest: Path, model: str, replace: dict[str, str] | None = None
             lines.append(line)
     assert lines, f"model {model!r} not found in {MANIFEST}"
     out = "\n".join(lines) + "\n"
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if not (dest.parent / "models").exists():  # the entry's relative paths reach the fixtures through a symlink
         (dest.parent / "models").symlink_to(FIXTURES / "models")
     for old, new in (replace or {}).items():
