@@ -137,3 +137,15 @@ def _writable(folder: Path, text: str) -> None:
                                          f"({exc.strerror or exc}); choose another folder") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write to {text}: {folder} is not writable; choose another folder")
+
+
+def check_model_selection(models: list[str] | None, manifest_files: list[Path] | None) -> None:
+    """``--models`` against the manifests, once at configure time (a ConfigError names the unknown
+    models, or the broken manifest): one usage error instead of a collection error per test file."""
+    from mapgate.errors import ConfigError
+    from mapgate.gate import load_models
+
+    known = load_models(manifest_files)
+    unknown = [m for m in models or [] if m not in known]
+    if unknown:
+        raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")

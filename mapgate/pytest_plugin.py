@@ -127,6 +127,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if unknown:
         raise pytest.UsageError(f"--backends: unknown backend(s) {', '.join(unknown)}; "
                                 f"known: {', '.join(sorted(all_backends()))}")
+    from mapgate.argtypes import check_model_selection
+    from mapgate.errors import MapgateError
+
+    try:
+        check_model_selection(config.getoption("models"), config.getoption("models_file"))
+    except MapgateError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if not hasattr(config, "workerinput"):  # the controller (or a plain run): xdist workers inherit it
         os.environ.setdefault(RUN_ID_ENV, default_run_id())
     config.mapgate = MapgateSession(config)  # type: ignore[attr-defined]
