@@ -93,17 +93,18 @@ class GroundTruth:
         return sha256_json([int(i) for i in self.image_ids])
 
 
-def load_ground_truth(gt: GroundTruth | Mapping[str, Any] | PathLike) -> GroundTruth:
+def load_ground_truth(gt: GroundTruth | Mapping[str, Any] | PathLike, *, source: str | None = None) -> GroundTruth:
     """Parse COCO instances ground truth; raise DataError naming the file and field.
 
     Ids must be JSON integers and boxes/areas numbers (a string id or height is an error, not
     coerced); two images sharing an id is an error. Problems pycocotools accepts silently are
     warned about (:class:`GroundTruthWarning`, naming the annotation ids): non-finite or negative
     boxes and areas, and annotations of unlisted images or categories (left out, as pycocotools does).
+    ``source`` names the file a dict came from, for the messages.
     """
     if isinstance(gt, GroundTruth):
         return gt
-    source: str | None = None
+    # ``source``: the file a dict was read from, so messages name it
     if isinstance(gt, (str, os.PathLike)):
         source = os.fspath(gt)
         gt = _read_json(Path(source), "ground truth")
@@ -303,12 +304,11 @@ def _det_arrays(dets: Sequence[Mapping[str, Any]]) -> _Dets:
     if (lens != 4).any():
         bad = int(np.flatnonzero(lens != 4)[0])
         raise ContractError(f"detections[{bad}]: bbox {boxes[bad]!r} is not [x, y, w, h] (4 numbers)")
-    flat = list(itertools.chain.from_iterable(boxes))
-    if not set(map(type, flat)) <= _NUMBER_TYPES:
+    if not set(map(type, itertools.chain.from_iterable(boxes))) <= _NUMBER_TYPES:
         bad = next(i for i, b in enumerate(boxes) if not all(_is_number(v) for v in b))
         raise ContractError(f"detections[{bad}]: bbox {boxes[bad]!r} holds a non-number (strings and booleans are "
                             "not coerced)")
-    box = np.array(flat, np.float64).reshape(n, 4)
+    box = np.fromiter(itertools.chain.from_iterable(boxes), np.float64, 4 * n).reshape(n, 4)
     return _Dets(img, cat, box, score)
 
 

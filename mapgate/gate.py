@@ -121,7 +121,7 @@ class Gate:
             from mapgate.evaluate import load_ground_truth
 
             try:
-                self.__dict__["_gt"] = load_ground_truth(self.dataset.gt)
+                self.__dict__["_gt"] = load_ground_truth(self.dataset.gt, source=str(self.dataset.annotations_path))
             except (DataError, ContractError) as exc:
                 raise DataError(f"annotation file {self.dataset.annotations_path}: {exc}") from exc
         return self.__dict__["_gt"]

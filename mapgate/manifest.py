@@ -119,6 +119,10 @@ class ModelSpec:
     description: str = ""
     manifest_path: Path = Path()
 
+    def __post_init__(self) -> None:
+        # the name becomes a folder under engines/ and reports/: refused here, however the spec was made
+        safe_component(self.name, "model name", str(self.manifest_path) if self.manifest_path != Path() else "")
+
     def tolerance(self, precision: str) -> float:
         return self.tolerances.get(precision, DEFAULT_TOLERANCES[precision])
 
