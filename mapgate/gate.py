@@ -306,13 +306,14 @@ class Gate:
             ref_side = self.stored_side(model_name, Path(ref))
         else:
             ref_side = self.side(model_name, None if ref is None else str(ref))
-        opt_side = self.side(model_name, opt_target)
         if len(ref_side.detections) == 0:
             # both sides detecting nothing would "agree 0/0 (100%)" and pass: no reference, no verdict
+            # (checked before the optimized side runs, which can take minutes)
             raise DataError(f"model {model_name!r}: the reference {ref_side.target} made no detections on "
-                            f"{self.dataset.label}, so there is nothing to compare {opt_side.target} against. Check the "
+                            f"{self.dataset.label}, so there is nothing to compare {opt_target} against. Check the "
                             f"model's preprocessing and postprocessing in {model.manifest_path} (scale, class_space, "
                             "score_threshold) and its files")
+        opt_side = self.side(model_name, opt_target)
         if tolerance is not None:
             tol, source = tolerance, "command line"
         elif precision in model.tolerances:
