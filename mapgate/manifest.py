@@ -322,6 +322,8 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         std=tuple(_floats(pe, "std", 3, [1.0, 1.0, 1.0])),
     )
     pe.reject_unknown()
+    if not all(v > 0 for v in pre.std):
+        raise pe.error("std", f"must be positive (pixels are divided by it), got {list(pre.std)}")
 
     output_names = tuple(_strings(e, "output_names"))
     qe = e.sub("postprocess")

@@ -27,6 +27,7 @@ FIELD_CASES = [
     ("pad_value = 114", "pad_value = 114\nscale = nan", "preprocess.scale", "finite"),   # issue 11 item 5
     ("pad_value = 114", "pad_value = 114\nscale = inf", "preprocess.scale", "finite"),
     ("pad_value = 114", "pad_value = 114\nmean = [0.0, -inf, 0.0]", "preprocess.mean[1]", "finite"),
+    ("pad_value = 114", "pad_value = 114\nstd = [1.0, 0.0, 1.0]", "preprocess.std", "must be positive"),
     ("nms_iou = 0.65", "nms_iou = nan", "postprocess.nms_iou", "finite"),
     ("score_threshold = 0.01", "score_threshold = -nan", "postprocess.score_threshold", "finite"),
     ('optimized = ["tflite:fp16"', 'tolerance.int8 = inf\noptimized = ["tflite:fp16"', "tolerance.int8", "finite"),
