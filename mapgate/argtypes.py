@@ -1,9 +1,18 @@
 """argparse ``type=`` validators shared by the CLI and the pytest options, so a bad value is
-rejected at parse time with the same words everywhere."""
+rejected at parse time with the same words everywhere (CLI: exit 2; pytest: a usage error, exit 4).
+
+Each raises ``argparse.ArgumentTypeError`` saying what is wrong and what to give instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import tempfile
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def positive_int(text: str) -> int:
@@ -21,6 +30,8 @@ def non_negative_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
@@ -31,3 +42,110 @@ def csv_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError("expected a comma-separated list")
     return items
+
+
+def non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a value, got an empty string")
+    return text
+
+
+def target(text: str) -> str:
+    """``BACKEND`` or ``BACKEND:PRECISION`` (the backend's name is checked against the installed
+    backends later, where the list of known ones can be printed)."""
+    backend, sep, precision = text.strip().partition(":")
+    if not backend or (sep and precision not in PRECISIONS) or text != text.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected BACKEND or BACKEND:PRECISION with precision {', '.join(PRECISIONS)} "
+            f"(e.g. onnxruntime or tflite:int8), got {text!r}")
+    return text
+
+
+def existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder, got an empty value")
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"folder {text} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+    return path
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file, got an empty value")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file {text} does not exist")
+    return path
+
+
+def coco_root(text: str) -> Path:
+    """A COCO layout: ``DIR/val2017/`` and ``DIR/annotations/instances_val2017.json``."""
+    root = existing_dir(text)
+    missing = [str(p) for p in (root / "val2017", root / "annotations" / "instances_val2017.json") if not p.exists()]
+    if missing:
+        raise argparse.ArgumentTypeError(f"{text} is not a COCO layout: {' and '.join(missing)} missing (expected "
+                                         f"{text}/val2017/*.jpg and {text}/annotations/instances_val2017.json)")
+    return root
+
+
+def output_dir(text: str) -> Path:
+    """A folder mapgate may write into: existing and writable, or creatable below a writable folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a folder, got an empty value")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder (it is created if missing)")
+    _writable(_nearest_existing(path), text)
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file mapgate may (re)write: not a folder, in a writable (or creatable) folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file name, got an empty value")
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name such as {text}/metrics.json")
+    parent = _nearest_existing(path.parent)
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create {text}: {parent} is a file, not a folder")
+    _writable(parent, text)
+    return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _writable(folder: Path, text: str) -> None:
+    # trying beats os.access: root passes access() on read-only file systems and sysfs
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create {text}: {folder} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".mapgate-write-test-"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot write to {text}: {folder} is not writable "
+                                         f"({exc.strerror or exc}); choose another folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write to {text}: {folder} is not writable; choose another folder")
+
+
+def check_model_selection(models: list[str] | None, manifest_files: list[Path] | None) -> None:
+    """``--models`` against the manifests, once at configure time (a ConfigError names the unknown
+    models, or the broken manifest): one usage error instead of a collection error per test file."""
+    from mapgate.errors import ConfigError
+    from mapgate.gate import load_models
+
+    known = load_models(manifest_files)
+    unknown = [m for m in models or [] if m not in known]
+    if unknown:
+        raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")

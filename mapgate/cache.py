@@ -37,6 +37,7 @@ from typing import Any, Generic, TypeVar
 
 from mapgate import __version__ as MAPGATE_VERSION
 from mapgate.errors import ConversionError, DataError, MapgateError
+from mapgate.paths import safe_component
 from mapgate.fsutil import (
     PART_SUFFIX,
     add_hash_memo_rows,
@@ -47,7 +48,6 @@ from mapgate.fsutil import (
     file_lock,
     leftover_is_stale,
     private_tempdir,
-    safe_component,
     sha256_bytes,
     sha256_json,
     write_bytes_atomic,
@@ -116,11 +116,11 @@ class Slot:
 
     @property
     def stem(self) -> str:
-        return f"{safe_component(self.kind)}-{self.key[:16]}"
+        return f"{safe_component(self.kind, 'cache kind')}-{self.key[:16]}"
 
     @property
     def dir(self) -> Path:
-        return self.root / safe_component(self.model)
+        return self.root / safe_component(self.model, "model name")
 
     @property
     def path(self) -> Path:

@@ -7,23 +7,34 @@ import sys
 from pathlib import Path
 
 from mapgate import __version__
-from mapgate.argtypes import non_negative_float, positive_int
+from mapgate.argtypes import (
+    coco_root,
+    existing_dir,
+    existing_file,
+    non_empty,
+    non_negative_float,
+    output_dir,
+    output_file,
+    positive_int,
+    target,
+)
 from mapgate.errors import MapgateError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
 def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coco-root", type=Path, metavar="DIR",
+    p.add_argument("--coco-root", type=coco_root, metavar="DIR",
                    help="a COCO layout (DIR/val2017/*.jpg, DIR/annotations/instances_val2017.json); "
                         "default: the bundled val2017-mini (206 images)")
     p.add_argument("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
-    p.add_argument("--models-file", type=Path, action="append", default=[], metavar="FILE",
+    p.add_argument("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
                    help="an extra TOML model manifest (repeatable); the bundled fixtures/models.toml is always read")
-    p.add_argument("--mirror", type=Path, metavar="DIR",
+    p.add_argument("--mirror", type=existing_dir, metavar="DIR",
                    help="folder holding downloaded model files for air-gapped use (or set MAPGATE_MIRROR)")
-    p.add_argument("--engines-dir", type=Path, metavar="DIR", help="conversion/engine/detection cache (default engines/)")
-    p.add_argument("--calib-dir", type=Path, metavar="DIR",
+    p.add_argument("--engines-dir", type=output_dir, metavar="DIR",
+                   help="conversion/engine/detection cache (default engines/)")
+    p.add_argument("--calib-dir", type=existing_dir, metavar="DIR",
                    help="INT8 calibration images (default: the bundled calib-val2017, which is part of val2017: "
                         "with --coco-root on the full val2017 give images from outside the evaluated set)")
     p.add_argument("--no-cache", action="store_true", help="recompute detections even if a cached run matches")
@@ -48,24 +59,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "voc_area_ap50, per_category, dataset).")
     p.add_argument("--gt", type=Path, required=True, metavar="ANNOTATIONS.json", help="COCO instance annotations")
     p.add_argument("--dets", type=Path, required=True, metavar="DETECTIONS.json", help="COCO results-format detections")
-    p.add_argument("--out", type=Path, metavar="METRICS.json", help="write the metrics JSON here")
+    p.add_argument("--out", type=output_file, metavar="METRICS.json",
+                   help="write the metrics JSON here (never one of the input files)")
     p.add_argument("--label", help="data set label for the report (default: derived from the annotations)")
 
     p = sub.add_parser("models", help="list the models of the manifest and whether each can run here",
                        description="List manifest models: name, family, original backend, and whether that backend "
                                    "is available (or exactly what is missing); also every optimized target. "
                                    "The tensorrt_demos write-up's models: --models-file fixtures/models-tensorrt-demos.toml")
-    p.add_argument("--models-file", type=Path, action="append", default=[], metavar="FILE",
+    p.add_argument("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
                    help="an extra TOML model manifest (repeatable)")
-    p.add_argument("--mirror", type=Path, metavar="DIR", help="folder holding downloaded model files (or MAPGATE_MIRROR)")
+    p.add_argument("--mirror", type=existing_dir, metavar="DIR",
+                   help="folder holding downloaded model files (or MAPGATE_MIRROR)")
 
     p = sub.add_parser("eval", help="run one model on one backend and evaluate it (like tensorrt_demos' eval_ssd.py)",
                        description="Run MODEL on BACKEND over the images with a progress bar, write DIR/detections.json "
                                    "and DIR/metrics.json, and print the pycocotools summary.")
     p.add_argument("--model", required=True, help="a model name from `mapgate models`")
-    p.add_argument("--backend", required=True, metavar="BACKEND[:PRECISION]",
+    p.add_argument("--backend", required=True, type=target, metavar="BACKEND[:PRECISION]",
                    help="e.g. tf, opencv, onnxruntime (the original file), or onnxruntime:int8, tflite:fp16, tensorrt:fp16")
-    p.add_argument("--out", type=Path, metavar="DIR", help="output folder (default reports/<run-id>/<model>/<backend>)")
+    p.add_argument("--out", type=output_dir, metavar="DIR",
+                   help="output folder (default reports/<run-id>/<model>/<backend>)")
     _add_data_options(p)
 
     p = sub.add_parser("compare", help="the accuracy gate: original vs optimized, exit 0 pass / 1 fail",
@@ -73,13 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(delta, paired bootstrap 95%% CI over images, detection agreement) and decide. "
                                    "Writes comparison.json and summary.md.")
     p.add_argument("--model", required=True, help="a model name from `mapgate models`")
-    p.add_argument("--ref", metavar="BACKEND|DETECTIONS.json",
+    p.add_argument("--ref", type=non_empty, metavar="BACKEND|DETECTIONS.json",
                    help="reference backend (default: the manifest's reference_backend) or a stored "
-                        "detections.json from `mapgate eval` (with its metrics.json beside it)")
-    p.add_argument("--opt", required=True, metavar="BACKEND:PRECISION", help="e.g. onnxruntime:fp32, tensorrt:int8")
+                        "detections.json (or its folder) from `mapgate eval`, with its metrics.json beside it. "
+                        "A backend name always means the backend, even if a file of that name exists: write "
+                        "./opencv for such a file")
+    p.add_argument("--opt", required=True, metavar="BACKEND:PRECISION",
+                   help="e.g. onnxruntime:fp32, tensorrt:int8")
     p.add_argument("--tolerance", type=non_negative_float, metavar="POINTS",
                    help="AP points (>= 0) the optimized model may lose (default: manifest, else fp32 0.1, fp16 0.5, int8 1.5)")
-    p.add_argument("--out", type=Path, metavar="DIR", help="reports folder (default reports/); a run-id subfolder is made")
+    p.add_argument("--out", type=output_dir, metavar="DIR",
+                   help="reports folder (default reports/); a run-id subfolder is made")
     p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--inconclusive", choices=("fail", "pass"),
                    help="exit code of an inconclusive verdict (the CI reaches below -tolerance but dAP does not): "
@@ -92,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "p99 latency over time, per device fingerprint.")
     p.add_argument("--storage", type=Path, default=Path(".benchmarks"), metavar="DIR",
                    help="pytest-benchmark storage folder (default .benchmarks)")
-    p.add_argument("--out", type=Path, default=Path("reports/benchmark-history.png"), metavar="PNG",
+    p.add_argument("--out", type=output_file, default=Path("reports/benchmark-history.png"), metavar="PNG",
                    help="where to write the trend plot")
     return parser
 
@@ -104,14 +122,24 @@ def main(argv: list[str] | None = None) -> int:
     except MapgateError as exc:
         print(f"mapgate: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a full disk, a read-only or vanished folder: name the path, no traceback
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+        print(f"mapgate: error: cannot write or read {where}: {exc.strerror or exc}. Free space, fix the "
+              "folder's permissions, or choose another --out/--engines-dir", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mapgate.evaluate import evaluate, load_detections, load_ground_truth
     from mapgate.fsutil import write_json_atomic
 
-    from mapgate.errors import ContractError, DataError
+    from mapgate.errors import ConfigError, ContractError, DataError
 
+    if args.out is not None:
+        for role, src in (("--gt", args.gt), ("--dets", args.dets)):
+            if _same_file(args.out, src):
+                raise ConfigError(f"--out {args.out} is the {role} input file; writing the metrics there would "
+                                  "destroy it. Give another file name, e.g. metrics.json")
     gt = load_ground_truth(args.gt)
     try:
         metrics = evaluate(gt, load_detections(args.dets), label=args.label)
@@ -123,6 +151,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         write_json_atomic(args.out, metrics.to_dict())
         print(f"metrics written to {args.out}")
     return EXIT_OK
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths are one file (through symlinks, hard links and ``..``)."""
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

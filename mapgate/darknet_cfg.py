@@ -374,3 +374,51 @@ def yolo_heads(sections: list[Section], input_size: tuple[int, int] | None = Non
         path = sections[0].path if sections else "Darknet cfg"
         raise ConfigError(f"{path}: no [yolo] sections; only YOLOv3/v4-style heads are supported")
     return heads
+
+
+# --- .weights size ---------------------------------------------------------------------------
+
+def weights_floats(sections: list[Section], input_size: tuple[int, int] | None = None) -> int:
+    """float32 values a ``.weights`` file holds for this cfg: per convolution its biases, the
+    batch-norm scales, means and variances when ``batch_normalize=1``, then the kernels."""
+    shapes = infer_shapes(sections, input_size)
+    channels = net_section(sections).get_int("channels", 3)
+    total = 0
+    for sec, shape in zip(layers(sections), shapes):
+        if sec.type == "convolutional":
+            filters, size, groups = sec.get_int("filters"), sec.get_int("size"), sec.get_int("groups", 1)
+            total += filters * (4 if sec.get_int("batch_normalize", 0) else 1)
+            total += filters * (channels // groups) * size * size
+        channels = shape.channels
+    return total
+
+
+def weights_header_bytes(head: bytes) -> int:
+    """Size of a Darknet weights header (major, minor, revision, then a 4- or 8-byte ``seen``)."""
+    major, minor = int.from_bytes(head[0:4], "little"), int.from_bytes(head[4:8], "little")
+    return 12 + (8 if major * 10 + minor >= 2 else 4)
+
+
+def check_weights_size(cfg: Path, weights: Path, input_size: tuple[int, int] | None = None) -> None:
+    """Raise a DataError naming both files unless ``weights`` has exactly the size ``cfg`` needs.
+
+    OpenCV's Darknet reader runs a short file and reports AP 0; this check runs before any backend
+    does (reading only the 20-byte header, so it costs nothing on 240 MB weights).
+    """
+    from mapgate.errors import DataError
+
+    cfg, weights = Path(cfg), Path(weights)
+    need_floats = weights_floats(parse_cfg(cfg), input_size)
+    size = weights.stat().st_size
+    with open(weights, "rb") as f:
+        head = f.read(20)
+    if len(head) < 16:
+        raise DataError(f"{weights}: Darknet weights file is {size} bytes, too short even for its header; {cfg} needs "
+                        f"{16 + 4 * need_floats} or more bytes. The file is truncated: download it again")
+    header = weights_header_bytes(head)
+    need = header + 4 * need_floats
+    if size != need:
+        how = "too short (truncated download?)" if size < need else "too long (a different cfg?)"
+        raise DataError(f"{weights}: Darknet weights file is {size} bytes, {how}: {cfg} needs exactly {need} "
+                        f"({header}-byte header + {need_floats} float32 values). Use the weights that belong to this "
+                        "cfg, or download them again")

@@ -7,7 +7,6 @@ annotation says is an error naming the file.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -77,20 +76,13 @@ class CocoDataset:
 
     @cached_property
     def full_gt(self) -> dict[str, Any]:
-        try:
-            with open(self.annotations_path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"annotation file {self.annotations_path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise DataError(f"annotation file {self.annotations_path}: top level must be an object")
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise DataError(f"annotation file {self.annotations_path}: missing or non-list field '{key}'")
-        for i, img in enumerate(data["images"]):
-            for key in ("id", "file_name", "height", "width"):
-                if key not in img:
-                    raise DataError(f"annotation file {self.annotations_path}: images[{i}] has no field '{key}'")
+        """The annotation file, validated like ``mapgate evaluate`` validates it (same checks,
+        same messages) plus what reading images needs: file_name, height and width."""
+        from mapgate.evaluate import _read_json, validate_coco
+
+        where = f"annotation file {self.annotations_path}"
+        data = _read_json(self.annotations_path, "annotation")
+        validate_coco(data, where, image_fields=("file_name", "height", "width"))
         return data
 
     @cached_property
@@ -169,12 +161,47 @@ def _content_hash(path: Path, what: str) -> str:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode a JPEG/PNG into HxWx3 uint8 BGR; errors name the file."""
+    """Decode a JPEG/PNG into HxWx3 uint8 BGR; errors name the file.
+
+    libjpeg decodes a truncated JPEG as far as it goes and fills the rest with grey, with a
+    warning on stderr that names no file; such an image silently changes AP. So the bytes are
+    checked first: a JPEG must have its end-of-image marker after its last scan, a PNG its IEND chunk.
+    """
     import cv2  # opencv is a core dependency; imported here to keep `import mapgate` light
 
     if not path.is_file():
         raise DataError(f"image {path} is listed in the annotations but does not exist")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"image {path} cannot be read: {exc.strerror or exc}") from exc
+    problem = incomplete_image(data)
+    if problem:
+        raise DataError(f"image {path} is incomplete: {problem}. The file is truncated or damaged; "
+                        "copy it again from the data set")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
     if image is None:
         raise DataError(f"image {path} cannot be decoded (corrupt or not an image)")
     return image
+
+
+_JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b"\xff\xd8", b"\xff\xda", b"\xff\xd9"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def incomplete_image(data: bytes) -> str | None:
+    """Why ``data`` is not a complete JPEG/PNG, or None. Hand-written because OpenCV reports a
+    truncated JPEG only as a libjpeg warning: inside entropy-coded data every 0xFF byte is
+    stuffed (FF00), so an FFD9 after the last start-of-scan marker is the real end of the image."""
+    if data.startswith(_JPEG_SOI):
+        sos = data.rfind(_JPEG_SOS)
+        if sos < 0:
+            return "JPEG without image data (no start-of-scan marker FFDA)"
+        if data.rfind(_JPEG_EOI) < sos:
+            return f"JPEG ends after {len(data)} bytes without its end-of-image marker FFD9"
+        return None
+    if data.startswith(_PNG_MAGIC):
+        if data.rfind(b"IEND") < 0:
+            return f"PNG ends after {len(data)} bytes without its IEND chunk"
+        return None
+    return None

@@ -93,58 +93,142 @@ class GroundTruth:
         return sha256_json([int(i) for i in self.image_ids])
 
 
-def load_ground_truth(gt: GroundTruth | Mapping[str, Any] | PathLike) -> GroundTruth:
-    """Parse COCO instances ground truth; raise DataError naming the file and field."""
+def load_ground_truth(gt: GroundTruth | Mapping[str, Any] | PathLike, *, source: str | None = None) -> GroundTruth:
+    """Parse COCO instances ground truth; raise DataError naming the file and field.
+
+    Ids must be JSON integers and boxes/areas numbers (a string id or height is an error, not
+    coerced); two images sharing an id is an error. Problems pycocotools accepts silently are
+    warned about (:class:`GroundTruthWarning`, naming the annotation ids): non-finite or negative
+    boxes and areas, and annotations of unlisted images or categories (left out, as pycocotools does).
+    ``source`` names the file a dict came from, for the messages.
+    """
     if isinstance(gt, GroundTruth):
         return gt
-    source: str | None = None
+    # ``source``: the file a dict was read from, so messages name it
     if isinstance(gt, (str, os.PathLike)):
         source = os.fspath(gt)
         gt = _read_json(Path(source), "ground truth")
     where = source or "ground-truth dict"
-    if not isinstance(gt, Mapping):
-        raise DataError(f"{where}: ground truth must be a COCO instances object (JSON dict), got {type(gt).__name__}")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(gt.get(key), list):
-            raise DataError(f"{where}: missing or non-list '{key}' (not a COCO instances file?)")
-    try:
-        image_ids = np.unique(np.array([int(im["id"]) for im in gt["images"]], dtype=np.int64))
-        cats = {int(c["id"]): str(c.get("name", c["id"])) for c in gt["categories"]}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{where}: an 'images' or 'categories' entry lacks a usable 'id' ({exc!r})") from exc
+    validate_coco(gt, where)
+    image_ids = np.array([im["id"] for im in gt["images"]], dtype=np.int64)
+    image_ids.sort()
+    cats = {int(c["id"]): str(c.get("name", c["id"])) for c in gt["categories"]}
     cat_ids = np.array(sorted(cats), dtype=np.int64)
     anns = gt["annotations"]
     n = len(anns)
-    try:
-        a_img = np.array([a["image_id"] for a in anns], dtype=np.int64)
-        a_cat = np.array([a["category_id"] for a in anns], dtype=np.int64)
-        a_box = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)
-        a_area = np.array([a["area"] for a in anns], dtype=np.float64)
-        a_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-        a_id = np.array([a["id"] for a in anns], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
-        idx, problem = _first_bad_annotation(anns)
-        raise DataError(f"{where}: annotations[{idx}] {problem} ({exc!r})") from exc
+    a_img = np.array([a["image_id"] for a in anns], dtype=np.int64)
+    a_cat = np.array([a["category_id"] for a in anns], dtype=np.int64)
+    a_box = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(n, 4)
+    a_area = np.array([a["area"] for a in anns], dtype=np.float64)
+    a_crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+    a_id = np.array([a["id"] for a in anns], dtype=np.int64)
     if len(np.unique(a_id)) != n:
         dup = a_id[np.flatnonzero(np.diff(np.sort(a_id)) == 0)[:5]]
         raise DataError(f"{where}: duplicate annotation ids {dup.tolist()} (pycocotools would silently keep one)")
+    _warn_odd_annotations(where, a_id, a_box, a_area)
     keep = _isin_sorted(a_img, image_ids) & _isin_sorted(a_cat, cat_ids)
+    if not keep.all():
+        _warn_dropped(where, a_id, a_img, a_cat, image_ids, cat_ids)
     info = gt.get("info")
     desc = str(info.get("description", "")) if isinstance(info, Mapping) else ""
     return GroundTruth(image_ids, cat_ids, cats, a_img[keep], a_cat[keep], a_box[keep], a_area[keep],
                        a_crowd[keep], a_id[keep], desc, source)
 
 
-def _first_bad_annotation(anns: Sequence[Any]) -> tuple[int, str]:
-    for i, a in enumerate(anns):
-        if not isinstance(a, Mapping):
-            return i, f"is a {type(a).__name__}, not an object"
-        for key in ("image_id", "category_id", "bbox", "area", "id"):
-            if key not in a:
-                return i, f"has no '{key}'"
-        if not isinstance(a["bbox"], (list, tuple)) or len(a["bbox"]) != 4:
-            return i, f"has bbox {a['bbox']!r}, not [x, y, w, h]"
-    return -1, "is malformed"
+class GroundTruthWarning(UserWarning):
+    """Ground truth pycocotools accepts but that is probably wrong (names the annotation ids)."""
+
+
+def validate_coco(gt: Any, where: str, image_fields: tuple[str, ...] = ()) -> None:
+    """Check the shape and types of a COCO instances object; DataError names the file, list and index.
+
+    ``image_fields``: extra fields every image entry must have (the dataset needs file_name,
+    height and width); height and width must be positive integers, file_name a plain file name.
+    """
+    if not isinstance(gt, Mapping):
+        raise DataError(f"{where}: ground truth must be a COCO instances object (JSON dict), got {type(gt).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(gt.get(key), list):
+            raise DataError(f"{where}: missing or non-list '{key}' (not a COCO instances file?)")
+    for lst, fields in (("images", ("id", *image_fields)), ("categories", ("id",)),
+                        ("annotations", ("id", "image_id", "category_id", "bbox", "area"))):
+        for i, entry in enumerate(gt[lst]):
+            if not isinstance(entry, Mapping):
+                raise DataError(f"{where}: {lst}[{i}] is a {type(entry).__name__} ({entry!r:.40}), not an object")
+            for key in fields:
+                if key not in entry:
+                    raise DataError(f"{where}: {lst}[{i}] has no '{key}'")
+    for lst, key in (("images", "id"), ("categories", "id"), ("annotations", "id"), ("annotations", "image_id"),
+                     ("annotations", "category_id")):
+        bad = _first_not_int(gt[lst], key)
+        if bad is not None:
+            value = gt[lst][bad][key]
+            raise DataError(f"{where}: {lst}[{bad}].{key} is {value!r} ({type(value).__name__}); COCO ids are "
+                            "JSON integers (a quoted id never matches a detection's image_id)")
+    for key in ("height", "width"):
+        if key in image_fields:
+            for i, im in enumerate(gt["images"]):
+                v = im[key]
+                if not (_is_int(v) and v > 0):
+                    raise DataError(f"{where}: images[{i}] (id {im['id']}).{key} is {v!r}; must be a positive "
+                                    "integer (pixels)")
+    if "file_name" in image_fields:
+        for i, im in enumerate(gt["images"]):
+            name = im["file_name"]
+            if not isinstance(name, str) or not name or name != os.path.basename(name) or name in (".", ".."):
+                raise DataError(f"{where}: images[{i}] (id {im['id']}).file_name is {name!r}; must be a plain file "
+                                "name inside the image folder")
+    ids = [im["id"] for im in gt["images"]]
+    if len(set(ids)) != len(ids):
+        seen: set[int] = set()
+        dup = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+        raise DataError(f"{where}: image id(s) {dup[:10]} appear more than once in 'images'; each image must be listed "
+                        "once (a duplicate would be evaluated and counted twice)")
+    for i, a in enumerate(gt["annotations"]):
+        box = a["bbox"]
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+            raise DataError(f"{where}: annotations[{i}] (id {a['id']}) has bbox {box!r:.60}, not [x, y, w, h] numbers")
+        if not _is_number(a["area"]):
+            raise DataError(f"{where}: annotations[{i}] (id {a['id']}) has area {a['area']!r:.40}, not a number")
+        crowd = a.get("iscrowd", 0)
+        if not (_is_int(crowd) or isinstance(crowd, bool)) or crowd not in (0, 1):
+            raise DataError(f"{where}: annotations[{i}] (id {a['id']}) has iscrowd {crowd!r:.40}; must be 0 or 1")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _first_not_int(entries: Sequence[Mapping[str, Any]], key: str) -> int | None:
+    if all(t is int for t in set(type(e[key]) for e in entries)):  # the common case, at C speed
+        return None
+    return next((i for i, e in enumerate(entries) if not _is_int(e[key])), None)
+
+
+def _warn_odd_annotations(where: str, a_id: np.ndarray, a_box: np.ndarray, a_area: np.ndarray) -> None:
+    problems = [
+        (~np.isfinite(a_box).all(axis=1), "non-finite (NaN/inf) bbox values"),
+        (np.isfinite(a_box).all(axis=1) & ((a_box[:, 2] < 0) | (a_box[:, 3] < 0)), "a negative bbox width/height"),
+        (~np.isfinite(a_area), "a non-finite area"),
+        (np.isfinite(a_area) & (a_area < 0), "a negative area"),
+    ]
+    for mask, what in problems:
+        if mask.any():
+            ids = a_id[mask]
+            warnings.warn(f"{where}: {ids.size} annotation(s) have {what}, ids {ids[:10].tolist()}"
+                          f"{' ...' if ids.size > 10 else ''}; pycocotools evaluates them as they are (they match "
+                          "nothing or land in the wrong area range): fix the annotation file", GroundTruthWarning,
+                          stacklevel=3)
+
+
+def _warn_dropped(where: str, a_id: np.ndarray, a_img: np.ndarray, a_cat: np.ndarray, image_ids: np.ndarray,
+                  cat_ids: np.ndarray) -> None:
+    for mask, what, col in ((~_isin_sorted(a_img, image_ids), "images not listed in 'images'", a_img),
+                            (~_isin_sorted(a_cat, cat_ids), "categories not listed in 'categories'", a_cat)):
+        if mask.any():
+            warnings.warn(f"{where}: {int(mask.sum())} annotation(s) belong to {what} (annotation ids "
+                          f"{a_id[mask][:10].tolist()}, their ids {np.unique(col[mask])[:10].tolist()}); they are left "
+                          "out of the evaluation, as pycocotools does", GroundTruthWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- detections
@@ -202,11 +286,16 @@ def _det_arrays(dets: Sequence[Mapping[str, Any]]) -> _Dets:
         raise ContractError(_first_missing_key(dets)) from exc
     if n == 0:
         return _Dets(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0))
-    img = _int_column(img, "image_id")
-    cat = _int_column(cat, "category_id")
-    if score.dtype.kind not in "iuf":
-        raise ContractError(f"detections: 'score' must be numbers; entry [{_first_non_number(dets, 'score')}] is not")
+    img = _int_column(img, "image_id", dets)
+    cat = _int_column(cat, "category_id", dets)
+    if score.dtype.kind not in "iuf" or _has_non_number(dets, "score"):
+        bad = _first_non_number(dets, "score")
+        raise ContractError(f"detections[{bad}]: score {dets[bad]['score']!r:.40} is not a number "
+                            "(COCO results need float scores; strings and booleans are not coerced)")
     score = score.astype(np.float64, copy=False)
+    if not set(map(type, boxes)) <= _BOX_TYPES:
+        bad = next(i for i, b in enumerate(boxes) if type(b) not in _BOX_TYPES)
+        raise ContractError(f"detections[{bad}]: bbox {boxes[bad]!r:.60} is not [x, y, w, h] (a list of 4 numbers)")
     try:
         lens = np.fromiter(map(len, boxes), np.int64, n)
     except TypeError as exc:
@@ -215,11 +304,11 @@ def _det_arrays(dets: Sequence[Mapping[str, Any]]) -> _Dets:
     if (lens != 4).any():
         bad = int(np.flatnonzero(lens != 4)[0])
         raise ContractError(f"detections[{bad}]: bbox {boxes[bad]!r} is not [x, y, w, h] (4 numbers)")
-    try:
-        box = np.fromiter(itertools.chain.from_iterable(boxes), np.float64, 4 * n).reshape(n, 4)
-    except (TypeError, ValueError) as exc:
-        bad = next((i for i, b in enumerate(boxes) if not all(_is_number(v) for v in b)), -1)
-        raise ContractError(f"detections[{bad}]: bbox {boxes[bad]!r} holds a non-number") from exc
+    if not set(map(type, itertools.chain.from_iterable(boxes))) <= _NUMBER_TYPES:
+        bad = next(i for i, b in enumerate(boxes) if not all(_is_number(v) for v in b))
+        raise ContractError(f"detections[{bad}]: bbox {boxes[bad]!r} holds a non-number (strings and booleans are "
+                            "not coerced)")
+    box = np.fromiter(itertools.chain.from_iterable(boxes), np.float64, 4 * n).reshape(n, 4)
     return _Dets(img, cat, box, score)
 
 
@@ -233,15 +322,30 @@ def _first_missing_key(dets: Sequence[Any]) -> str:
     return "detections are malformed (COCO results need image_id, category_id, bbox, score)"
 
 
+# Exact types, not isinstance: bool is an int subclass, and pycocotools' contract has no booleans.
+_NUMBER_TYPES = frozenset({int, float, np.float64, np.float32, np.float16, np.int64, np.int32, np.int16, np.int8,
+                           np.uint64, np.uint32, np.uint16, np.uint8})
+_BOX_TYPES = frozenset({list, tuple, np.ndarray})
+
+
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    return type(v) in _NUMBER_TYPES
+
+
+def _has_non_number(dets: Sequence[Mapping[str, Any]], key: str) -> bool:
+    # numpy turns a True among floats into 1.0; only the element types tell
+    return not set(map(type, map(itemgetter(key), dets))) <= _NUMBER_TYPES
 
 
 def _first_non_number(dets: Sequence[Mapping[str, Any]], key: str) -> int:
     return next((i for i, d in enumerate(dets) if not _is_number(d[key])), -1)
 
 
-def _int_column(col: np.ndarray, key: str) -> np.ndarray:
+def _int_column(col: np.ndarray, key: str, dets: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    if col.dtype.kind in "iuf" and _has_non_number(dets, key):
+        bad = _first_non_number(dets, key)
+        raise ContractError(f"detections[{bad}]: {key} {dets[bad][key]!r} is not an integer id (booleans and strings "
+                            "are not coerced)")
     if col.dtype.kind in "iu":
         return col.astype(np.int64, copy=False)
     if col.dtype.kind == "f":
@@ -250,7 +354,9 @@ def _int_column(col: np.ndarray, key: str) -> np.ndarray:
             return col.astype(np.int64)
         bad = int(np.flatnonzero(~integral)[0])
         raise ContractError(f"detections[{bad}]: {key} {col[bad]!r} is not an integer id")
-    raise ContractError(f"detections: '{key}' must be integer ids, got values like {col[:3].tolist()!r}")
+    bad = _first_non_number(dets, key)
+    raise ContractError(f"detections[{bad}]: {key} {dets[bad][key]!r:.40} is not an integer id (COCO ids are JSON "
+                        "integers; strings are not coerced)")
 
 
 # --------------------------------------------------------------------------- contract

@@ -109,18 +109,6 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
 
 
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
-
-
-def safe_component(name: str) -> str:
-    """``name`` as one harmless path component: other characters become ``_``, and a short hash of
-    the original is appended when anything changed, so ``a/b`` and ``a_b`` stay apart."""
-    cleaned = "".join(c if c in _SAFE else "_" for c in name)
-    if cleaned.strip("."):
-        cleaned = cleaned if not cleaned.startswith(".") else "_" + cleaned[1:]
-    else:
-        cleaned = "_"
-    return cleaned if cleaned == name else f"{cleaned[:80]}-{sha256_bytes(name.encode())[:8]}"
 
 
 # ---- faults ----------------------------------------------------------------------------------

@@ -28,8 +28,9 @@ from mapgate.cache import ArtifactCache, CorruptArtifact, remembered_hashes, swe
 from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
 from mapgate.files import verified_sha256
-from mapgate.fsutil import fault_point, sha256_json, write_bytes_atomic, write_json_atomic
+from mapgate.fsutil import fault_point, sha256_bytes, sha256_json, write_bytes_atomic, write_json_atomic
 from mapgate.manifest import DEFAULT_TOLERANCES, ModelSpec
+from mapgate.paths import safe_component, target_component
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MANIFEST = REPO / "fixtures" / "models.toml"
@@ -124,7 +125,7 @@ class Gate:
             from mapgate.evaluate import load_ground_truth
 
             try:
-                self.__dict__["_gt"] = load_ground_truth(self.dataset.gt)
+                self.__dict__["_gt"] = load_ground_truth(self.dataset.gt, source=str(self.dataset.annotations_path))
             except (DataError, ContractError) as exc:
                 raise DataError(f"annotation file {self.dataset.annotations_path}: {exc}") from exc
         return self.__dict__["_gt"]
@@ -148,6 +149,9 @@ class Gate:
     def side(self, model_name: str, target: str | None = None) -> Side:
         """Run (or load from cache) ``model`` on ``target`` (``BACKEND:PRECISION``); None = reference."""
         model = self.model(model_name)
+        if target is not None and not target.partition(":")[0]:
+            raise ConfigError(f"backend {target!r} is empty; name a backend such as {model.reference_backend!r} "
+                              "(or BACKEND:PRECISION), or leave it out for the reference")
         if target is None or ":" not in target:
             backend, precision = (target or model.reference_backend), None
             formats = getattr(get_backend(backend), "original_formats", ())
@@ -168,6 +172,7 @@ class Gate:
         available = backend.availability()
         if not available.ok:
             raise BackendUnavailable(backend_name, available.reason)
+        preflight(model)
         ctx = self.build_context()
         identity = self._identity(model, backend, precision, ctx)
         inputs = {
@@ -204,6 +209,7 @@ class Gate:
             run = _detect()
             detections, timings = run.detections, run.timings_ms
             cache_key = None
+        _class_space_hint(model, detections)
         per_image = self._per_image(detections)
         side = Side(model.name, backend_name, precision, detections, per_image.metrics, timings, identity,
                     from_cache=not fresh, per_image=per_image, cache_key=cache_key)
@@ -235,13 +241,16 @@ class Gate:
         return ident
 
     def _write_side(self, model: ModelSpec, side: Side) -> Path:
-        d = self.side_dir or self.run_dir / model.name / side.target.replace(":", "-")
+        d = self.side_dir or self.case_dir(model.name, side.target)
         # half-written files of killed runs (once per process; `eval --out DIR` is the user's: only DIR itself)
         sweep(self.side_dir or self.reports_dir, max_depth=0 if self.side_dir else 4)
-        write_bytes_atomic(d / "detections.json", orjson.dumps(side.detections))
+        data = orjson.dumps(side.detections)
+        write_bytes_atomic(d / "detections.json", data)
         fault_point("report")
         metrics = side.metrics.to_dict()
         metrics.update({
+            # what a stored reference is checked against before it is trusted (`compare --ref DIR`)
+            "detections_sha256": sha256_bytes(data), "detections_count": len(side.detections),
             "model": model.name, "backend": side.backend, "precision": side.precision or "original",
             "identity": side.identity, "contract": contract(model), "contract_hash": contract_hash(model),
             "timings_ms_per_image": side.timings_ms, "detections_from_cache": side.from_cache,
@@ -263,12 +272,23 @@ class Gate:
             raise DataError(f"stored reference {detections_json}: needs detections.json and metrics.json side by side "
                             "(as written by `mapgate eval --out DIR`)")
         try:
-            meta = json.loads(meta_path.read_text())
-            detections = json.loads(detections_json.read_text())
-        except json.JSONDecodeError as exc:
+            meta = json.loads(meta_path.read_bytes())
+            raw = detections_json.read_bytes()
+            detections = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"stored reference {detections_json.parent}: malformed JSON ({exc})") from exc
         if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), dict):
             raise DataError(f"stored reference {meta_path}: not a mapgate metrics.json (no 'dataset' object)")
+        want_sha, want_n = meta.get("detections_sha256"), meta.get("detections_count")
+        if not isinstance(want_sha, str) or type(want_n) is not int:
+            raise DataError(f"stored reference {meta_path}: no 'detections_sha256'/'detections_count' record, so "
+                            f"{detections_json.name} cannot be checked; re-run `mapgate eval --out DIR` to store it again")
+        if sha256_bytes(raw) != want_sha or not isinstance(detections, list) or len(detections) != want_n:
+            got = len(detections) if isinstance(detections, list) else type(detections).__name__
+            raise DataError(f"stored reference {detections_json}: its content (sha256 {sha256_bytes(raw)[:12]}..., "
+                            f"{got} detections) is not what {meta_path.name} records (sha256 {want_sha[:12]}..., "
+                            f"{want_n} detections): the file was changed after `mapgate eval` wrote it. "
+                            "Re-run the reference, or restore the file")
         if meta.get("contract_hash") != contract_hash(model):
             raise ConfigError(f"stored reference {meta_path}: its contract hash {meta.get('contract_hash')} differs "
                               f"from model {model_name!r}'s {contract_hash(model)} (model files or pre/post-processing "
@@ -291,10 +311,17 @@ class Gate:
                 tolerance: float | None = None) -> Verdict:
         model = self.model(model_name)
         _, precision = parse_target(opt_target)  # a bad target fails before minutes of reference inference
-        if ref is not None and (str(ref).endswith(".json") or "/" in str(ref) or Path(ref).exists()):
+        if ref is not None and not is_backend_ref(str(ref)):
             ref_side = self.stored_side(model_name, Path(ref))
         else:
             ref_side = self.side(model_name, None if ref is None else str(ref))
+        if len(ref_side.detections) == 0:
+            # both sides detecting nothing would "agree 0/0 (100%)" and pass: no reference, no verdict
+            # (checked before the optimized side runs, which can take minutes)
+            raise DataError(f"model {model_name!r}: the reference {ref_side.target} made no detections on "
+                            f"{self.dataset.label}, so there is nothing to compare {opt_target} against. Check the "
+                            f"model's preprocessing and postprocessing in {model.manifest_path} (scale, class_space, "
+                            "score_threshold) and its files")
         opt_side = self.side(model_name, opt_target)
         if tolerance is not None:
             tol, source = tolerance, "command line"
@@ -318,7 +345,7 @@ class Gate:
 
     def case_dir(self, model_name: str, target: str) -> Path:
         """The folder of one comparison's artifacts (``:`` of a target becomes ``-``)."""
-        return self.run_dir / model_name / target.replace(":", "-")
+        return self.run_dir / safe_component(model_name, "model name") / target_component(target)
 
     def _bootstrap(self, ref: Side, opt: Side) -> dict[str, Any]:
         """The paired bootstrap CI, cached by the content keys of both detection sets (it is a pure
@@ -345,6 +372,46 @@ class Gate:
         path = self.run_dir / "env.json"
         write_json_atomic(path, environment())
         return path
+
+
+def is_backend_ref(ref: str) -> bool:
+    """``compare --ref``: a known backend name (or BACKEND:PRECISION) is always a backend, even if a
+    file of that name exists here; anything else is a stored detections.json or its folder."""
+    from mapgate.backends import all_backends
+
+    return ref.partition(":")[0] in all_backends()
+
+
+def preflight(model: ModelSpec) -> None:
+    """Checks of a model's files that no backend makes before running them: a Darknet .weights file
+    of the wrong size for its .cfg (OpenCV runs it and reports AP 0), and class_space = "coco90"
+    on an 80-class Darknet model (AP near 0 without a word)."""
+    if model.format != "darknet":
+        return
+    from mapgate import darknet_cfg
+    from mapgate.files import resolve_role
+
+    cfg, weights = resolve_role(model, "cfg"), resolve_role(model, "weights")
+    darknet_cfg.check_weights_size(cfg, weights, model.input_size)
+    classes = {h.num_classes for h in darknet_cfg.yolo_heads(darknet_cfg.parse_cfg(cfg), model.input_size)}
+    if model.postprocess.class_space == "coco90" and classes == {80}:
+        raise ConfigError(f"{model.manifest_path}: model {model.name!r}, field 'postprocess.class_space': \"coco90\" "
+                          f"but {cfg.name} has 80 classes: class indices would map to the wrong COCO ids (AP near 0). "
+                          "Use class_space = \"coco80\"")
+
+
+def _class_space_hint(model: ModelSpec, detections: list[dict[str, Any]]) -> None:
+    """A warning, not an error: a 90-way model may legitimately never emit the last ten ids on a small
+    image set, but an 80-class model read as coco90 shifts every id past 11 and scores near 0."""
+    if model.postprocess.class_space != "coco90" or not detections:
+        return
+    top = max(d["category_id"] for d in detections)
+    if top <= 80:
+        import warnings
+
+        warnings.warn(f"model {model.name!r} ({model.manifest_path}): class_space = \"coco90\" but no detection has a "
+                      f"COCO id above {top}; an 80-class model needs class_space = \"coco80\" (else ids past 11 are "
+                      "shifted and AP is near 0)", UserWarning, stacklevel=3)
 
 
 RUN_ID_ENV = "MAPGATE_RUN_ID"

@@ -12,11 +12,14 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10 (JetPack 6's system Python)
     import tomli as tomllib  # type: ignore[no-redef]
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mapgate.errors import ConfigError
+from mapgate.paths import safe_component
 
 DEFAULT_TOLERANCES = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # AP points
 VERDICTS = ("pass", "fail", "inconclusive")  # the non-inferiority test's outcomes (mapgate.compare)
@@ -44,6 +47,7 @@ class FileRef:
     path: Path | None = None
     url: str | None = None
     member: str | None = None  # file inside a downloaded .tar.gz
+    archive_sha256: str | None = None  # of the downloaded .tar.gz itself, checked before it is opened
 
     @property
     def display(self) -> str:
@@ -109,6 +113,10 @@ class ModelSpec:
     description: str = ""
     manifest_path: Path = Path()
 
+    def __post_init__(self) -> None:
+        # the name becomes a folder under engines/ and reports/: refused here, however the spec was made
+        safe_component(self.name, "model name", str(self.manifest_path) if self.manifest_path != Path() else "")
+
     def tolerance(self, precision: str) -> float:
         return self.tolerances.get(precision, DEFAULT_TOLERANCES[precision])
 
@@ -119,12 +127,22 @@ class ModelSpec:
 def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
     """Parse and validate a manifest; returns models by name (manifest order)."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"model manifest {path} is a folder; give the TOML file itself (e.g. {path}/models.toml)")
     if not path.is_file():
         raise ConfigError(f"model manifest {path} does not exist")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"model manifest {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                          "TOML files must be UTF-8: re-save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"model manifest {path} cannot be read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"model manifest {path} is not valid TOML: {exc}") from exc
+    _reject_non_finite(path, data, "")
     models = data.get("models")
     if models is None and data.get("include"):  # a manifest that only includes others
         return {}
@@ -167,6 +185,20 @@ def load_header(path: str | Path) -> ManifestHeader:
     if root is not None and (not isinstance(root, str) or not root):
         raise ConfigError(f"model manifest {path}: field 'dataset.coco_root' must be a folder path, got {root!r}")
     return ManifestHeader(path, tuple(path.parent / i for i in include), path.parent / root if root else None)
+
+
+def _reject_non_finite(path: Path, value: Any, where: str) -> None:
+    """TOML allows nan and inf; no manifest number means either (a nan scale makes both sides
+    detect nothing and agree perfectly), so any of them anywhere is an error naming its key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        model, _, fld = where.removeprefix("models.").partition(".")
+        raise ConfigError(f"{path}: model {model!r}, field '{fld or where}': must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _reject_non_finite(path, v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _reject_non_finite(path, v, f"{where}[{i}]")
 
 
 def load_manifests(paths: list[Path]) -> dict[str, ModelSpec]:
@@ -226,16 +258,57 @@ def _parse_file(entry: _Entry, role: str, value: Any) -> FileRef:
     url = f.get("url", str, None)
     sha = f.get("sha256", str, None)
     member = f.get("member", str, None)
+    archive_sha = f.get("archive_sha256", str, None)
     f.reject_unknown()
     if (rel is None) == (url is None):
         raise f.error("path", "give exactly one of 'path' (relative to the manifest) or 'url'")
-    if sha is not None and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
-        raise f.error("sha256", f"must be 64 lowercase hex digits, got {sha!r}")
+    for key, digest in (("sha256", sha), ("archive_sha256", archive_sha)):
+        if digest is not None and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+            raise f.error(key, f"must be 64 lowercase hex digits, got {digest!r}")
+    if url is not None:
+        _check_url(f, url)
+    if archive_sha is not None and member is None:
+        raise f.error("archive_sha256", "only applies to a tarball 'member'")
+    if rel is not None:
+        _check_inside(f, rel)
+    if url is not None and member is not None:
+        # a tarball member is joined under the extraction folder: the same rules as any path part
+        if member.startswith("/") or "\\" in member or any(p in ("", ".", "..") for p in member.split("/")):
+            raise f.error("member", f"{member!r} must be a relative path inside the archive without '..'")
     if rel is not None and sha is None:
         raise f.error("sha256", "is required for bundled files (compute it with `sha256sum FILE`, or for a folder "
                                 "such as a SavedModel: python -c \"from mapgate.fsutil import sha256_path; "
                                 "print(sha256_path('DIR'))\")")
-    return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel) if rel else None, url=url, member=member)
+    # resolved: a folder symlinked beside the manifest names the same files (and cache entries) as the original
+    return FileRef(role=role, sha256=sha, path=(entry.path.parent / rel).resolve() if rel else None, url=url,
+                   member=member,
+                   archive_sha256=archive_sha)
+
+
+def _check_url(f: "_Entry", url: str) -> None:
+    """Only web downloads (https; http is refused at download time unless MAPGATE_ALLOW_HTTP=1), and a
+    last path component that is a safe file name: it names the file in the mirror and the cache."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise f.error("url", f"{url!r} is not an https:// URL (file://, ftp:// and other schemes are refused; "
+                             "give a local file as 'path' relative to the manifest)")
+    try:
+        safe_component(parts.path.rstrip("/").rsplit("/", 1)[-1], "the URL's file name")
+    except ConfigError as exc:
+        raise f.error("url", f"{url!r}: {exc}") from None
+
+
+def _check_inside(f: "_Entry", rel: str) -> None:
+    """A bundled path must stay inside the manifest's folder (checked lexically: a symlink placed
+    there is the owner's choice). A manifest from a pull request must not read ~/.ssh or /etc,
+    and the message never shows the file's content."""
+    base = os.path.normpath(f.path.parent.absolute())
+    full = os.path.normpath(os.path.join(base, rel))
+    if "\0" in rel or os.path.commonpath([base, full]) != base:
+        raise f.error("path", f"{rel!r} points outside the manifest's folder {base}; model files must live in or "
+                              "below the folder of their manifest (copy or symlink them there)")
 
 
 def _target(entry: _Entry, fld: str, key: object) -> str:
@@ -251,10 +324,12 @@ def _target(entry: _Entry, fld: str, key: object) -> str:
 def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: model {name!r} must be a table")
+    safe_component(name, "model name", f"{path}: [models.{name}]")
     e = _Entry(path, name, table)
     family = e.get("family", str, choices=_family_names())
     fmt = e.get("format", str, choices=tuple(FORMATS))
     reference = e.get("reference_backend", str)
+    _known_backend(e, "reference_backend", reference)
     description = e.get("description", str, "")
     size = e.get("input_size", list)
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
@@ -280,7 +355,10 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         interpolation=pe.get("interpolation", str, "linear", INTERPOLATIONS),
     )
     pe.reject_unknown()
+    if not all(v > 0 for v in pre.std):
+        raise pe.error("std", f"must be positive (pixels are divided by it), got {list(pre.std)}")
 
+    output_names = tuple(_strings(e, "output_names"))
     qe = e.sub("postprocess")
     post = Postprocess(
         class_space=qe.get("class_space", str, "coco80", CLASS_SPACES),
@@ -291,7 +369,7 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         multi_label=qe.get("multi_label", bool, True),
         max_detections=qe.get("max_detections", int, 100),
         pre_nms_top_k=qe.get("pre_nms_top_k", int, 0),
-        decoder=_decoder(qe, family),
+        decoder=_decoder(qe, family, output_names),
     )
     qe.reject_unknown()
     _check_nms_site(qe, family, post.nms)
@@ -316,7 +394,6 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     ve = e.sub("expected_verdicts")
     expected = {_target(ve, "", k): ve.get(k, str, choices=VERDICTS) for k in list(ve.table)}
     input_name = e.get("input_name", str, None)
-    output_names = tuple(_strings(e, "output_names"))
     ce = e.sub("convert")
     convert = ConvertOptions(
         resize_loop_output=ce.get("resize_loop_output", str, None),
@@ -345,6 +422,14 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     )
 
 
+def _known_backend(e: _Entry, fld: str, backend: str) -> None:
+    from mapgate.backends import all_backends  # lazily: backends import this module
+
+    known = all_backends()
+    if backend not in known:
+        raise e.error(fld, f"unknown backend {backend!r}; known backends: {', '.join(sorted(known))}")
+
+
 def _strings(e: _Entry, fld: str) -> list[str]:
     values = e.get(fld, list, [])
     if not all(isinstance(v, str) for v in values):
@@ -368,12 +453,19 @@ def _family_names() -> tuple[str, ...]:
     return family_names()
 
 
-def _decoder(qe: _Entry, family: str) -> dict[str, Any]:
+def _decoder(qe: _Entry, family: str, outputs: tuple[str, ...]) -> dict[str, Any]:
     """``postprocess.decoder`` checked against the family's declared settings, defaults filled in."""
     from mapgate.postprocess.family import REQUIRED, all_families
 
     declared = all_families()[family][0].decoder
     de = qe.sub("decoder")
+    required = [k for k, s in declared.items() if s.default is REQUIRED]
+    missing = [k for k in required if k not in de.table]
+    if missing:  # the required settings name network outputs: a family that does not fit fails here
+        raise de.error(missing[0], f"is required: family {family!r} reads the network outputs named by decoder keys "
+                                   f"{', '.join(required)} (missing: {', '.join(missing)})"
+                                   + (f"; this model's output_names are {list(outputs)}" if outputs else "")
+                                   + ". Is 'family' right for this model?")
     out: dict[str, Any] = {}
     for key, s in declared.items():
         value = de.get(key, s.kind, s.default, None if s.kind is list else s.choices)

@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from mapgate.argtypes import csv_list, positive_int
+from mapgate.argtypes import coco_root, csv_list, existing_dir, existing_file, output_dir, positive_int
 from mapgate.manifest import DEFAULT_TOLERANCES
 
 MANIFEST_NAME = "mapgate.toml"
@@ -50,20 +50,20 @@ def _backend_list(text: str) -> list[str]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("mapgate", "mapgate accuracy gate")
-    g.addoption("--mapgate-manifest", type=Path, action="append", default=[], metavar="FILE",
+    g.addoption("--mapgate-manifest", type=existing_file, action="append", default=[], metavar="FILE",
                 help=f"a model manifest to collect as gate cases (repeatable; default: {MANIFEST_NAME} at the rootdir)")
     g.addoption("--models", type=csv_list, metavar="NAMES", help="comma-separated model names (default: all in the manifests)")
     g.addoption("--backends", type=_backend_list, metavar="TARGETS",
                 help="comma-separated optimized targets, BACKEND or BACKEND:PRECISION (default: each model's list)")
-    g.addoption("--coco-root", type=Path, metavar="DIR",
+    g.addoption("--coco-root", type=coco_root, metavar="DIR",
                 help="a COCO layout (overrides a manifest's [dataset] coco_root; default: the bundled val2017-mini)")
     g.addoption("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
-    g.addoption("--reports-dir", type=Path, metavar="DIR", help="where run artifacts go (default: <rootdir>/reports)")
-    g.addoption("--engines-dir", type=Path, metavar="DIR",
+    g.addoption("--reports-dir", type=output_dir, metavar="DIR", help="where run artifacts go (default: <rootdir>/reports)")
+    g.addoption("--engines-dir", type=output_dir, metavar="DIR",
                 help="conversion/engine/detection cache (default: <rootdir>/engines)")
-    g.addoption("--models-file", type=Path, action="append", default=[], metavar="FILE",
+    g.addoption("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
                 help="the same as --mapgate-manifest (kept for existing command lines)")
-    g.addoption("--calib-dir", type=Path, metavar="DIR",
+    g.addoption("--calib-dir", type=existing_dir, metavar="DIR",
                 help="INT8 calibration images (default: the bundled calib-val2017; must not overlap the evaluated set)")
     g.addoption("--update-baselines", action="store_true",
                 help="rewrite mapgate-baselines.json beside each manifest with this run's AP/AP50 (prints old and new)")

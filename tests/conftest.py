@@ -34,8 +34,8 @@ def require_backend():
 
 
 def _manifest_copy(dest: Path, model: str, replace: dict[str, str] | None = None) -> Path:
-    """Write one model's tables of fixtures/models.toml to ``dest`` with absolute file paths
-    (so the copy points at the real fixture files) and ``replace`` applied as text substitutions."""
+    """Write one model's tables of fixtures/models.toml to ``dest`` (a ``models`` symlink beside it
+    points at the real fixture files) and ``replace`` applied as text substitutions."""
     text = MANIFEST.read_text(encoding="utf-8")
     header = re.compile(r'^\[models\.(?:"([^"]+)"|([^.\]]+))')
     keep, lines = False, []
@@ -47,7 +47,9 @@ def _manifest_copy(dest: Path, model: str, replace: dict[str, str] | None = None
             lines.append(line)
     assert lines, f"model {model!r} not found in {MANIFEST}"
     out = "\n".join(lines) + "\n"
-    out = out.replace('path = "models/', f'path = "{FIXTURES}/models/')
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if not (dest.parent / "models").exists():  # the entry's relative paths reach the fixtures through a symlink
+        (dest.parent / "models").symlink_to(FIXTURES / "models")
     for old, new in (replace or {}).items():
         assert old in out, f"{old!r} not in the {model} entry"
         out = out.replace(old, new)

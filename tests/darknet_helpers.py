@@ -10,6 +10,7 @@ import numpy as np
 
 from mapgate.fsutil import sha256_file
 from mapgate.manifest import ModelSpec, load_manifest
+from manifest_helpers import link_into
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "fixtures" / "models"
@@ -29,10 +30,10 @@ format = "darknet"
 reference_backend = "opencv"
 input_size = [{size[0]}, {size[1]}]
 [models.{name}.files.cfg]
-path = "{cfg}"
+path = "{link_into(tmp_path, cfg)}"
 sha256 = "{sha256_file(cfg)}"
 [models.{name}.files.weights]
-path = "{weights}"
+path = "{link_into(tmp_path, weights)}"
 sha256 = "{sha256_file(weights)}"
 [models.{name}.preprocess]
 scale = {1 / 255!r}

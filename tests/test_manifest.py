@@ -18,7 +18,8 @@ from mapgate.manifest import DEFAULT_TOLERANCES, FileRef, load_manifest, load_ma
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "fixtures" / "models.toml"
 TRT_DEMOS = ROOT / "fixtures" / "models-tensorrt-demos.toml"
-YOLOX_ONNX = ROOT / "fixtures" / "models" / "yolox-nano" / "yolox_nano.onnx"
+# relative to the test manifest's folder, where write() links fixtures/models (paths must stay inside it)
+YOLOX_ONNX = "models/yolox-nano/yolox_nano.onnx"
 YOLOX_SHA = "695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14"
 
 BUNDLED_NAMES = ["ssdlite_mobilenet_v2_coco", "ssd_mobilenet_v1_quant_coco", "yolov3-tiny-416",
@@ -37,6 +38,8 @@ optimized = ["onnxruntime:fp32"]
 
 
 def write(tmp_path: Path, text: str, name: str = "models.toml") -> Path:
+    if not (tmp_path / "models").exists():
+        (tmp_path / "models").symlink_to(ROOT / "fixtures" / "models")
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path

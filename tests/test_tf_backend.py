@@ -18,6 +18,7 @@ from mapgate.fsutil import sha256_path
 from mapgate.manifest import load_manifest
 from mapgate.postprocess import postprocess
 from mapgate.preprocess import preprocess
+from manifest_helpers import link_into
 
 BOXES = np.array([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.3, 0.3, 0.4, 0.4]], np.float32)
 SCORES = np.array([0.9, 0.4, 0.01], np.float32)
@@ -43,7 +44,7 @@ format = "{fmt}"
 reference_backend = "tf"
 input_size = [64, 64]
 {extra}
-files.{role} = {{ path = "{path}"{sha} }}
+files.{role} = {{ path = "{link_into(tmp, path)}"{sha} }}
 [models.tiny.preprocess]
 layout = "NHWC"
 dtype = "uint8"
