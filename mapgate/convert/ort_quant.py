@@ -20,8 +20,10 @@ QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear needs the 'axis' attribute of
 # Measured on val2017-mini: quantizing every op type (MinMax) cost SSDLite 6.8 AP points; quantizing
 # only convolutions and keeping the output tail (decode, sigmoid, concat after the last conv) in float
 # costs it 1.1 and YOLOv3-tiny 0.6. Element-wise ops gain little speed from INT8 on CPU anyway.
-SETTINGS = {"format": "QDQ", "activations": "QUInt8", "weights": "QInt8", "per_channel": True, "method": "MinMax",
-            "op_types": ["Conv"], "float_tail": True}
+# TensorRT's explicit-quantization form (int8, zero point 0, symmetric, per-channel weights), so the
+# file onnxruntime:int8 evaluates is the one TensorRT's strongly typed INT8 engine is built from.
+SETTINGS = {"format": "QDQ", "activations": "QInt8", "weights": "QInt8", "per_channel": True, "method": "MinMax",
+            "op_types": ["Conv"], "float_tail": True, "symmetric": True}
 _COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -64,8 +66,9 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
 
         q.quantize_static(
             proto, str(out), Reader(), nodes_to_exclude=keep_float, op_types_to_quantize=SETTINGS["op_types"], quant_format=q.QuantFormat.QDQ,
-            activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8, per_channel=True,
+            activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, per_channel=True,
             calibrate_method=q.CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
         )
         return {"source": str(source), "kept_float_nodes": len(keep_float), "calibration_image_names": [p.name for p in images]}
 
