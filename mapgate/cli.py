@@ -148,7 +148,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
             expect = f", expected verdict {m.expected_verdicts[target]}" if target in m.expected_verdicts else ""
             print(f"{'':30}   -> {target:18} {how:9} {state_of(target.split(':')[0])}{expect}")
     for name, reason in sorted(missing.items()):
-        print(f"\n{name} is unavailable: {reason}")
+        describe = getattr(backends[name], "describe", None)  # e.g. TensorRT's build mode, said even without a GPU
+        print(f"\n{describe()}" if describe else f"\n{name} is unavailable: {reason}")
+    for name in sorted(set(backends) - set(missing)):
+        describe = getattr(backends[name], "describe", None)
+        if describe is not None:
+            print(f"\n{describe()}")
     return EXIT_OK
 
 

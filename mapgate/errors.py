@@ -38,3 +38,7 @@ class GateFailure(MapgateError):
     def __init__(self, message: str, verdict: object | None = None) -> None:
         super().__init__(message)
         self.verdict = verdict
+
+
+class InferenceError(MapgateError):
+    """Running an already built/loaded model failed (not a conversion or build problem)."""

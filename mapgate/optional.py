@@ -44,6 +44,7 @@ _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
     "ai_edge_litert": ("ai-edge-litert",),
     "faster_coco_eval": ("faster-coco-eval",),
+    "tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt_libs"),
 }
 
 
@@ -58,6 +59,6 @@ def version_of(module: str) -> str | None:
             continue
     try:
         mod = importlib.import_module(module)
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a framework that fails to import (NumPy ABI) must not break every run
         return None
     return str(getattr(mod, "__version__", "unknown"))
