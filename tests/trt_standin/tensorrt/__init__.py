@@ -411,7 +411,7 @@ class IHostMemory(bytes):
 if _WEAK:
     class IInt8Calibrator(_Strict):
         def __init__(self) -> None:
-            _call("IInt8Calibrator.__init__", cls=type(self).__mro__[1].__name__)
+            _call("IInt8Calibrator.__init__", cls=next(c.__name__ for c in type(self).__mro__ if c.__name__.startswith("IInt8")))
 
     class IInt8LegacyCalibrator(IInt8Calibrator):
         pass
