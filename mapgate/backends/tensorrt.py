@@ -416,16 +416,27 @@ def probe_device_info(trt_version: str, ordinal: int = 0) -> DeviceInfo:
 # ---------------------------------------------------------------------------------------------
 # TensorRT-facing helpers
 # ---------------------------------------------------------------------------------------------
+def numpy_dtype_name(poly_dtype: Any) -> str:
+    """A Polygraphy DataType -> numpy dtype name; a type numpy cannot hold (bfloat16, fp8, int4 ...)
+    is refused. Polygraphy 0.53 raises for those, older releases returned None, and
+    ``np.dtype(None)`` is float64: the silent wrong answer this check exists to prevent."""
+    from polygraphy.datatype import DataType
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        np_type = DataType.to_dtype(poly_dtype, "numpy")
+    except PolygraphyException:
+        np_type = None
+    if np_type is None:
+        raise ConfigError(f"the engine has an IO tensor of type {poly_dtype}, which numpy cannot hold; export the "
+                          "ONNX with float32/float16/int32/int64/uint8/bool inputs and outputs")
+    return np.dtype(np_type).name
+
+
 def _trt_dtype_name(trt_dtype: "tensorrt.DataType") -> str:
-    """tensorrt.DataType -> numpy dtype name, through Polygraphy's DataType tables; a type numpy
-    cannot hold (bfloat16, fp8, int4 ...) is refused instead of silently becoming float64."""
     from polygraphy.datatype import DataType
 
-    np_type = DataType.to_dtype(DataType.from_dtype(trt_dtype, source_module="tensorrt"), "numpy")
-    if np_type is None:
-        raise ConfigError(f"the engine has an IO tensor of TensorRT type {trt_dtype}, which numpy cannot hold; "
-                          "export the ONNX with float32/float16/int32/uint8 inputs and outputs")
-    return np.dtype(np_type).name
+    return numpy_dtype_name(DataType.from_dtype(trt_dtype, source_module="tensorrt"))
 
 
 def describe_engine_io(engine: "tensorrt.ICudaEngine") -> list[TensorDesc]:
