@@ -1005,6 +1005,30 @@ def test_runner_builds_once_reuses_and_returns_outputs_by_name(fake_trt_stack: S
     assert all(not r.is_active for r in FakeTrtRunner.instances)
 
 
+def test_tf_output_names_come_back_canonical_as_the_e2e_test_expects(fake_trt_stack: SimpleNamespace,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import polygraphy.backend.trt as ptrt
+    from test_tensorrt_e2e import expected_output_names
+
+    io = [trt_backend.TensorDesc("images", True, (1, 3, 32, 32), "float32"),
+          trt_backend.TensorDesc("Postprocessor/Slice:0", False, (1, 10, 4), "float32"),
+          trt_backend.TensorDesc("Postprocessor/ExpandDims_1:0", False, (1, 10, 80), "float32")]
+    monkeypatch.setattr(ptrt, "EngineFromBytes", lambda data, runtime: (lambda: NamedTensorEngine(io, "INPUT")))
+
+    class TfNames(FakeTrtRunner):
+        def infer(self, feed: dict[str, np.ndarray]) -> OrderedDict:
+            return OrderedDict((t.name, np.zeros(t.shape, np.float32)) for t in io[1:])
+
+    monkeypatch.setattr(ptrt, "TrtRunner", TfNames)
+    monkeypatch.setattr(trt_backend, "describe_engine_io", lambda engine: [
+        dataclasses.replace(t, is_input=t.name == "images") for t in io])
+    model = make_model(output_names=("Postprocessor/Slice:0", "Postprocessor/ExpandDims_1:0"))
+    with trt_backend.BACKEND.runner(model, "fp32", fake_trt_stack.ctx) as runner:
+        outputs = runner.infer(np.zeros((1, 3, 32, 32), np.float32))
+    assert list(outputs) == expected_output_names(model) == ["Postprocessor/Slice", "Postprocessor/ExpandDims_1"]
+    assert list(outputs) != list(model.output_names)  # what the e2e test compared before: failed for every TF model
+
+
 def test_identity_for_the_gate(fake_trt_stack: SimpleNamespace) -> None:
     model = make_model()
     before = trt_backend.BACKEND.identity(model, "fp16", fake_trt_stack.ctx)

@@ -439,6 +439,11 @@ def _trt_dtype_name(trt_dtype: "tensorrt.DataType") -> str:
     return numpy_dtype_name(DataType.from_dtype(trt_dtype, source_module="tensorrt"))
 
 
+def _dims(dims: "tensorrt.Dims") -> tuple[int, ...]:
+    # tensorrt.Dims is a sequence (__len__/__getitem__), not declared Iterable in the stubs
+    return tuple(int(dims[j]) for j in range(len(dims)))
+
+
 def describe_engine_io(engine: "tensorrt.ICudaEngine") -> list[TensorDesc]:
     """The engine's IO tensors through the named-tensor API (TensorRT >= 8.5, the only one in 10+)."""
     import tensorrt as trt
@@ -447,7 +452,7 @@ def describe_engine_io(engine: "tensorrt.ICudaEngine") -> list[TensorDesc]:
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         out.append(TensorDesc(name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
-                              tuple(engine.get_tensor_shape(name)), _trt_dtype_name(engine.get_tensor_dtype(name))))
+                              _dims(engine.get_tensor_shape(name)), _trt_dtype_name(engine.get_tensor_dtype(name))))
     return out
 
 
@@ -581,7 +586,7 @@ def _build_engine(model: "ModelSpec", onnx_path: Path, job: BuildJob, images: Se
     except PolygraphyException as exc:
         raise ConversionError(f"{where}: TensorRT's ONNX parser rejected the model ({exc}); the parser errors "
                               "are logged above (often an unsupported op or opset)") from exc
-    inputs = [(network.get_input(i).name, tuple(network.get_input(i).shape)) for i in range(network.num_inputs)]
+    inputs = [(network.get_input(i).name, _dims(network.get_input(i).shape)) for i in range(network.num_inputs)]
     plan = plan_network_input(inputs, spec.input_shape, model.input_name, where)
     shape = tuple(spec.input_shape)
     profiles = [Profile().add(plan.name, min=shape, opt=shape, max=shape)] if plan.dynamic else None
