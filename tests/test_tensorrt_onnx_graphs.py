@@ -89,7 +89,7 @@ def _qdq_pairs(proto) -> list[tuple[str, int, np.ndarray]]:  # noqa: ANN001
 @pytest.mark.parametrize("model_name", [YOLO])
 def test_int8_onnx_is_in_tensorrt_qdq_form(require_backend, bundled_models, tmp_path: Path, model_name: str) -> None:  # noqa: ANN001
     require_backend("onnxruntime")
-    from mapgate.convert import artifact_for
+    from mapgate.convert import artifact_for, onnx_for
     from mapgate.convert.ort_quant import float_tail
 
     ctx = _ctx(tmp_path)
@@ -105,6 +105,38 @@ def test_int8_onnx_is_in_tensorrt_qdq_form(require_backend, bundled_models, tmp_
     scales = {i.name: i for i in proto.graph.initializer}
     assert weight_dq and all(len(scales[n.input[1]].dims) == 1 and scales[n.input[1]].dims[0] > 1
                              for n in weight_dq), "weights must be quantized per output channel"
-    quantized_consumers = {c.name for c in proto.graph.node
-                           if any(i.endswith("_DequantizeLinear_Output") for i in c.input)}
-    assert not quantized_consumers & float_tail(proto), "the output tail must stay float"
+    source_tail = float_tail(onnx.load(str(onnx_for(bundled_models[model_name], ctx))))
+    tail_outputs = {o for n in proto.graph.node if n.name in source_tail for o in n.output}
+    requantized = [n.name for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in tail_outputs]
+    assert source_tail and not requantized, f"the output tail must compute in float: {requantized}"
+
+
+@pytest.mark.slow
+def test_fp16_mixed_precision_onnx_keeps_io_and_tail_in_float32(require_backend, bundled_models,  # noqa: ANN001
+                                                                 tmp_path: Path) -> None:
+    require_backend("onnxruntime")
+    pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed: pip install 'mapgate[trt]'")
+    import onnxruntime as ort
+
+    from mapgate.calibration import calibration_images
+    from mapgate.convert import onnx_for
+    from mapgate.convert.trt_onnx import build_fp16, keep_float_nodes
+    from mapgate.dataset import read_image
+    from mapgate.preprocess import preprocess
+
+    model = bundled_models[YOLO]
+    ctx = _ctx(tmp_path)
+    fp32_path, fp16_path = onnx_for(model, ctx), build_fp16(model, ctx)
+    assert build_fp16(model, ctx) == fp16_path  # a cached conversion
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(fp16_path)))
+    g = proto.graph
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in [*g.input, *g.output])
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.output]}
+    halves = [n for n in g.node if any(types.get(o) == onnx.TensorProto.FLOAT16 for o in n.output)]
+    assert len(halves) > len(g.node) // 3, "most of the network should compute in FP16"
+    kept = set(keep_float_nodes(onnx.load(str(fp32_path)), model.convert.int8_keep_float))
+    assert kept and all(types.get(o) == onnx.TensorProto.FLOAT for n in g.node if n.name in kept for o in n.output)
+    batch, _ = preprocess(read_image(calibration_images()[0]), model)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {g.input[0].name: batch})  # noqa: E731
+    for a, b in zip(run(fp32_path), run(fp16_path)):
+        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)

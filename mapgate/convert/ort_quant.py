@@ -23,7 +23,7 @@ QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear needs the 'axis' attribute of
 # TensorRT's explicit-quantization form (int8, zero point 0, symmetric, per-channel weights), so the
 # file onnxruntime:int8 evaluates is the one TensorRT's strongly typed INT8 engine is built from.
 SETTINGS = {"format": "QDQ", "activations": "QInt8", "weights": "QInt8", "per_channel": True, "method": "MinMax",
-            "op_types": ["Conv"], "float_tail": True, "symmetric": True}
+            "op_types": ["Conv"], "float_tail": True, "symmetric": True, "quantize_bias": False}
 _COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
@@ -68,7 +68,8 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
             proto, str(out), Reader(), nodes_to_exclude=keep_float, op_types_to_quantize=SETTINGS["op_types"], quant_format=q.QuantFormat.QDQ,
             activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, per_channel=True,
             calibrate_method=q.CalibrationMethod.MinMax,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            # QuantizeBias False: TensorRT refuses an int32 bias DequantizeLinear (NVIDIA/TensorRT#3360)
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
         )
         return {"source": str(source), "kept_float_nodes": len(keep_float), "calibration_image_names": [p.name for p in images]}
 

@@ -26,7 +26,7 @@ from mapgate.files import verified_sha256
 from mapgate.manifest import ModelSpec
 from mapgate.optional import require, version_of
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: FP32 graph outputs restored after onnxconverter-common
 
 
 def fp16_converter() -> str | None:
@@ -55,6 +55,22 @@ def _ensure_node_names(proto: Any) -> None:
     for i, node in enumerate(proto.graph.node):
         if not node.name:
             node.name = f"mapgate_node_{i}"
+
+
+def _restore_fp32_outputs(proto: Any) -> Any:
+    """onnxconverter-common 1.16 with keep_io_types turns a graph output made by a blocked (FP32)
+    node into FP16 (a trailing Cast to FLOAT16); retarget those Casts to FLOAT32, as asked."""
+    from onnx import TensorProto
+
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    for out in proto.graph.output:
+        node = producers.get(out.name)
+        if out.type.tensor_type.elem_type == TensorProto.FLOAT16 and node is not None and node.op_type == "Cast":
+            for attr in node.attribute:
+                if attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                    attr.i = TensorProto.FLOAT
+                    out.type.tensor_type.elem_type = TensorProto.FLOAT
+    return proto
 
 
 def build_fp16(model: ModelSpec, ctx: BuildContext) -> Path:
@@ -95,10 +111,16 @@ def build_fp16(model: ModelSpec, ctx: BuildContext) -> Path:
             else:
                 from onnxconverter_common import float16
 
-                mixed = float16.convert_float_to_float16(proto, keep_io_types=True, node_block_list=blocked)
+                mixed = _restore_fp32_outputs(float16.convert_float_to_float16(proto, keep_io_types=True,
+                                                                                node_block_list=blocked))
         except Exception as exc:  # both converters raise assorted errors from deep inside
             raise ConversionError(f"FP16 mixed-precision conversion of {source} (model {model.name!r}) with "
                                   f"{converter} failed: {exc}") from exc
+        not_fp32 = [v.name for v in [*mixed.graph.input, *mixed.graph.output]
+                    if v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT]
+        if not_fp32:
+            raise ConversionError(f"FP16 conversion of {source} (model {model.name!r}) with {converter} left graph "
+                                  f"inputs/outputs {not_fp32} not float32; every backend feeds and reads float32")
         onnx.save(mixed, str(out))
         return {"source": str(source), "fp16_converter": converter, "kept_float_nodes": blocked}
 
