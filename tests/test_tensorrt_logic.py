@@ -655,9 +655,9 @@ def test_cuda_probe_checks_every_driver_status(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(trt_backend, "_libcuda", lambda: FakeLibcuda())
     assert trt_backend.cuda_device_count() == (1, "")
     assert trt_backend.probe_device_info("10.3.0") == DeviceInfo("10.3.0", "Orin", "8.7")
-    monkeypatch.setattr(trt_backend, "_libcuda", lambda: FakeLibcuda(cuInit=35))
+    monkeypatch.setattr(trt_backend, "_libcuda", lambda: FakeLibcuda(cuInit=803))
     count, why = trt_backend.cuda_device_count()
-    assert count == 0 and "cuInit failed with CUDA error 35" in why and "INSUFFICIENT_DRIVER" in why
+    assert count == 0 and "cuInit failed with CUDA error 803" in why and "DRIVER_MISMATCH" in why
     monkeypatch.setattr(trt_backend, "_libcuda", lambda: FakeLibcuda(cuDeviceGet=101))
     with pytest.raises(BackendUnavailable, match=r"cuDeviceGet\(0\) failed with CUDA error 101"):
         trt_backend.probe_device_info("10.3.0")

@@ -81,13 +81,15 @@ TRT_INSTALL_HINT = (
     f"an NVIDIA GPU: {NVIDIA_PIP_HINT}"
 )
 
-# CUresult values worth naming (cuda.h); the driver API uses the same numbers as cudaError_t here.
+# CUresult values worth naming (cuda.h; numbers checked against numba/cuda/cudadrv/enums.py).
 _CUDA_ERRORS = {
     3: "CUDA_ERROR_NOT_INITIALIZED",
     34: "CUDA_ERROR_STUB_LIBRARY (only the CUDA stub library is present, no driver)",
-    35: "CUDA_ERROR_INSUFFICIENT_DRIVER: the NVIDIA driver is older than this CUDA",
+    46: "CUDA_ERROR_DEVICE_UNAVAILABLE (the GPU is busy or in exclusive mode)",
     100: "CUDA_ERROR_NO_DEVICE (no CUDA-capable device is visible)",
     101: "CUDA_ERROR_INVALID_DEVICE",
+    803: "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: the kernel driver and libcuda differ in version",
+    804: "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
     999: "CUDA_ERROR_UNKNOWN",
 }
 _CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
