@@ -71,7 +71,7 @@ DEFAULT_WORKSPACE_MB = 1024
 WEAK, STRONG = "weakly typed", "strongly typed"
 # Bump when the build settings below change in a way the key fields would not show.
 RECIPE_VERSION = 2
-EXPLICIT_QDQ = "explicit Q/DQ (onnxruntime.quantization MinMax)"
+EXPLICIT_QDQ = "explicit Q/DQ ONNX (mapgate.convert.ort_quant)"  # the recipe is in the ONNX hash
 # Distributions that install the `tensorrt` module (pip); apt's python3-libnvinfer has none.
 TRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt_libs")
 NVIDIA_PIP_HINT = "`pip install tensorrt-cu12` (or `tensorrt` for the newest, 11.x)"
