@@ -704,9 +704,9 @@ class TensorRTRunner(Runner):
         the CUDA device, not a build."""
         from mapgate.files import verified_sha256
 
-        trt_version, _ = installed_version()
+        trt_version, why = installed_version()
         if trt_version is None:
-            raise BackendUnavailable(NAME, _)
+            raise BackendUnavailable(NAME, why)
         mode = select_mode(parse_version(trt_version))
         onnx_path = _onnx_for(self.model, self.ctx, self.precision, mode)
         calibration, images = self._calibration(mode) if self.precision == "int8" else (None, [])
