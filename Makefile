@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mapgate-installed
 EXTRAS ?= all
 
-.PHONY: install accuracy test benchmark clean-cache
+.PHONY: install accuracy test benchmark typecheck clean-cache
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ accuracy: $(STAMP)
 # The whole test suite (everything except the full benchmark matrix, which is `make benchmark`).
 test: $(STAMP)
 	$(BIN)/pytest
+
+# mapgate's TensorRT code against TensorRT's published type stubs plus the documented fixes in
+# typings/build_tensorrt_stubs.py. The stubs go to their own folder, not site-packages: a stubs-only
+# `tensorrt` package there would be importable and shadow the missing bindings.
+TENSORRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
+TYPECHECK := $(VENV)/typecheck
+TYPECHECKED := mapgate/backends/tensorrt.py mapgate/convert/trt_onnx.py mapgate/convert/tf_onnx.py mapgate/calibration.py
+
+typecheck: $(STAMP)
+	$(BIN)/python -m pip install --quiet 'mypy>=1.10'
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(TYPECHECK)/site '$(TENSORRT_STUBS)'
+	$(BIN)/python typings/build_tensorrt_stubs.py $(TYPECHECK)/site $(TYPECHECK)/stubs
+	MYPYPATH=$(TYPECHECK)/stubs $(BIN)/mypy --config-file typings/mypy.ini $(TYPECHECKED)
 
 benchmark: $(STAMP)
 	$(BIN)/pytest -m benchmark --benchmark-autosave

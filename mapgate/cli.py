@@ -208,7 +208,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             line += f"; {describe()}"
         print(line)
     for name, reason in sorted(missing.items()):
-        print(f"\n{name} is unavailable: {reason}")
+        describe = getattr(backends[name], "describe", None)  # e.g. TensorRT's build mode, said even without a GPU
+        print(f"\n{describe()}" if describe else f"\n{name} is unavailable: {reason}")
     _print_families()
     return EXIT_OK
 

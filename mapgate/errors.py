@@ -43,3 +43,7 @@ class GateFailure(MapgateError):
 class StorageError(MapgateError):
     """A folder cannot take a file (read-only, full disk, not a folder, a link in the way, a lock
     held too long); the message names the path and the fix."""
+
+
+class InferenceError(MapgateError):
+    """Running an already built/loaded model failed (not a conversion or build problem)."""

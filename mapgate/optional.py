@@ -65,6 +65,6 @@ def version_of(module: str) -> str | None:
             continue
     try:
         mod = importlib.import_module(module)
-    except ImportError:
+    except Exception:  # noqa: BLE001 - a framework that fails to import (NumPy ABI) must not break every run
         return None
     return str(getattr(mod, "__version__", "unknown"))

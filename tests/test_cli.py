@@ -205,7 +205,7 @@ def test_models_says_tensorrt_is_unavailable_with_a_reason(capsys: pytest.Captur
         pytest.skip("tensorrt is available on this machine, so `mapgate models` has nothing to explain")
     code, out, _ = run(capsys, "models")
     assert code == 0
-    assert f"tensorrt is unavailable: {available.reason}" in out
+    assert f"unavailable here: {available.reason}" in out  # the backend's describe() line, mode included when known
     assert len(available.reason) > 20 and "tensorrt" in available.reason
     assert "-> tensorrt:fp16" in out and "unavailable (tensorrt: see below)" in out
 

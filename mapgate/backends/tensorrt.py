@@ -1,25 +1,27 @@
 """TensorRT (FP32 / FP16 / INT8) through Polygraphy: build or reuse an engine, then run it.
 
-The ONNX comes from :func:`mapgate.convert.onnx_for`; the engine is built with Polygraphy's
-loaders (``NetworkFromOnnxPath`` -> ``CreateConfig`` -> ``EngineBytesFromNetwork``), cached
-by :mod:`mapgate.cache` (via ``_tensorrt_engine``), deserialized with ``EngineFromBytes`` and run by Polygraphy's
-``TrtRunner`` (device buffers allocated once and reused, H2D -> ``execute_async_v3`` -> D2H
-on one stream, stream synchronized before ``infer`` returns).
+Two build modes, chosen from the installed TensorRT (:func:`select_mode`):
 
-Build settings and why:
+* **weakly typed** (TensorRT 8.5 to 10.x, JetPack 6): the FP32 ONNX with builder flags.
+  ``fp16`` = BuilderFlag.FP16; ``int8`` = BuilderFlag.INT8 + FP16 fallback with an
+  ``IInt8EntropyCalibrator2`` fed by the calibration images through the model's own
+  preprocessing. In both, the output tail after the last conv and the manifest's
+  ``convert.int8_keep_float`` nodes are pinned to FP32 through layer precisions (with
+  OBEY_PRECISION_CONSTRAINTS), the same float rules as the ONNX Runtime INT8 recipe.
+* **strongly typed** (TensorRT 11 always, 10.12+ with ``MAPGATE_TRT_TYPING=strong``): precision
+  lives in the ONNX graph (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, no precision flags,
+  no calibrator). ``fp16`` builds the mixed-precision ONNX of :mod:`mapgate.convert.trt_onnx`;
+  ``int8`` builds the Q/DQ ONNX that ``onnxruntime:int8`` evaluates (explicit quantization).
 
-* explicit batch with the manifest's fixed input shape (batch 1 by default); when the ONNX
-  input has a dynamic dimension, one optimization profile with min = opt = max = that shape;
-* TF32 off, so "fp32" is strict IEEE FP32 on Ampere/Orin (TensorRT enables TF32 by default);
-* ``fp16``: BuilderFlag.FP16;
-* ``int8``: BuilderFlag.INT8 with an ``IInt8EntropyCalibrator2`` fed by the calibration images
-  through the model's own preprocessing, *and* BuilderFlag.FP16, as usual for INT8 builds,
-  so layers without an INT8 kernel fall back to FP16 rather than FP32;
-* workspace memory pool limit: ``MAPGATE_TRT_WORKSPACE_MB`` or the ``workspace_mb`` argument
-  (default 1024 MB).
+Common settings: the manifest's fixed input shape (one min = opt = max profile when the ONNX
+input is dynamic); TF32 off, so "fp32" is strict IEEE FP32 on Ampere/Orin; workspace limit
+``MAPGATE_TRT_WORKSPACE_MB`` (default 1024 MB). Engines are cached by :mod:`mapgate.cache` (through ``_tensorrt_engine``)
+under a key that also holds the build mode, the Polygraphy version and the FP32-pinned layer set,
+deserialized with ``EngineFromBytes`` and run by Polygraphy's ``TrtRunner``.
 
-Nothing imports ``tensorrt`` or ``polygraphy`` at module import; both go through
-:func:`mapgate.optional.require` inside functions.
+Nothing imports ``tensorrt`` or ``polygraphy`` at module import, and every import of
+``tensorrt`` is guarded (:func:`_import_tensorrt`): a broken TensorRT makes this backend
+unavailable with the reason, never any other backend.
 """
 
 from __future__ import annotations
@@ -28,10 +30,9 @@ import ctypes
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,38 +49,51 @@ from mapgate.backends._tensorrt_engine import (
     EngineSpec,
     calibration_set_digest,
 )
-from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
+from mapgate.errors import BackendUnavailable, ConfigError, ConversionError, InferenceError
 from mapgate.fsutil import sha256_json
-from mapgate.optional import require
 
 if TYPE_CHECKING:
+    import tensorrt
+
     from mapgate.manifest import ModelSpec
 
 log = logging.getLogger(__name__)
 
 NAME = "tensorrt"
 MIN_TRT_VERSION = (8, 5)  # first release with the named-tensor API Polygraphy's TrtRunner needs
+STRONG_OPT_IN_VERSION = (10, 12)  # strong typing complete from 10.12 (weak typing deprecated there)
+STRONG_ONLY_VERSION = (11, 0)  # TensorRT 11 removed weak typing (BuilderFlag.FP16/INT8, calibrators)
+# 0.49.10: the Calibrator forces calibration inputs to FP32; 0.49.13: no np.unicode_ (NumPy 2).
+MIN_POLYGRAPHY_VERSION = (0, 49, 13)
 WORKSPACE_ENV = "MAPGATE_TRT_WORKSPACE_MB"
+TYPING_ENV = "MAPGATE_TRT_TYPING"  # "strong" or "weak"; unset: the installed TensorRT's default
 DEFAULT_WORKSPACE_MB = 1024
+WEAK, STRONG = "weakly typed", "strongly typed"
 # Bump when the build settings below change in a way the key fields would not show.
-RECIPE_VERSION = 1
-
+RECIPE_VERSION = 2
+EXPLICIT_QDQ = "explicit Q/DQ ONNX (mapgate.convert.ort_quant)"  # the recipe is in the ONNX hash
+# Distributions that install the `tensorrt` module (pip); apt's python3-libnvinfer has none.
+TRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt_libs")
+NVIDIA_PIP_HINT = "`pip install tensorrt-cu12` (or `tensorrt` for the newest, 11.x)"
 TRT_INSTALL_HINT = (
-    "on a Jetson the bindings come with JetPack for the system python3, so create the venv with "
-    "`python3 -m venv --system-site-packages` to see them (docs/jetson.md); on x86 use NVIDIA's pip index: "
-    "`pip install tensorrt --extra-index-url <NVIDIA's pip index>`"
+    "on a Jetson the bindings come with JetPack 6 for the system python3 (`sudo apt install python3-libnvinfer`), "
+    "so create the venv with `python3 -m venv --system-site-packages` to see them (docs/jetson.md); on x86 with "
+    f"an NVIDIA GPU: {NVIDIA_PIP_HINT}"
 )
 
-# cudaError_t values worth naming (cuda_runtime_api driver_types.h).
+# CUresult values worth naming (cuda.h; numbers checked against numba/cuda/cudadrv/enums.py).
 _CUDA_ERRORS = {
-    3: "cudaErrorInitializationError",
-    34: "cudaErrorStubLibrary (only the CUDA stub library is present, no driver)",
-    35: "cudaErrorInsufficientDriver: no NVIDIA driver is loaded, or it is older than this CUDA runtime",
-    100: "cudaErrorNoDevice (no CUDA-capable device is visible)",
-    999: "cudaErrorUnknown",
+    3: "CUDA_ERROR_NOT_INITIALIZED",
+    34: "CUDA_ERROR_STUB_LIBRARY (only the CUDA stub library is present, no driver)",
+    46: "CUDA_ERROR_DEVICE_UNAVAILABLE (the GPU is busy or in exclusive mode)",
+    100: "CUDA_ERROR_NO_DEVICE (no CUDA-capable device is visible)",
+    101: "CUDA_ERROR_INVALID_DEVICE",
+    803: "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH: the kernel driver and libcuda differ in version",
+    804: "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE",
+    999: "CUDA_ERROR_UNKNOWN",
 }
-_CUDA_DEV_ATTR_CC_MAJOR = 75  # cudaDevAttrComputeCapabilityMajor
-_CUDA_DEV_ATTR_CC_MINOR = 76  # cudaDevAttrComputeCapabilityMinor
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
+_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,119 +254,207 @@ def map_outputs(raw: Mapping[str, Any], layout: BindingLayout, where: str = "") 
                               f"missing {missing}")
     return {n: np.array(raw[n], copy=True) for n in layout.output_names}
 
+def select_mode(version: Sequence[int], environ: Mapping[str, str] | None = None) -> str:
+    """The build mode for a TensorRT version: strongly typed on 11+, weakly typed before 10.12,
+    and on 10.12-10.x weakly typed unless ``MAPGATE_TRT_TYPING=strong`` asks otherwise."""
+    env = os.environ if environ is None else environ
+    asked = env.get(TYPING_ENV, "").strip().lower()
+    if asked not in ("", "strong", "weak"):
+        raise ConfigError(f"environment variable {TYPING_ENV}={asked!r} must be 'strong' or 'weak' (or unset)")
+    v, shown = tuple(version)[:2], ".".join(map(str, version))
+    if v >= STRONG_ONLY_VERSION:
+        if asked == "weak":
+            raise ConfigError(f"{TYPING_ENV}=weak: TensorRT {shown} removed weakly typed builds "
+                              "(BuilderFlag.FP16/INT8, INT8 calibrators, layer precisions); unset it")
+        return STRONG
+    if asked == "strong":
+        if v < STRONG_OPT_IN_VERSION:
+            raise ConfigError(f"{TYPING_ENV}=strong needs TensorRT >= 10.12, this is {shown}; "
+                              "unset it for weakly typed builds")
+        return STRONG
+    return WEAK
 
-def build_recipe(precision: str) -> dict[str, Any]:
-    """Builder settings that change the engine beyond the key's explicit fields."""
-    flags_by_precision: dict[str, list[str]] = {"fp32": [], "fp16": ["fp16"], "int8": ["int8", "fp16"]}
-    if precision not in flags_by_precision:
-        raise ConfigError(f"backend 'tensorrt' builds {', '.join(flags_by_precision)}, not {precision!r}")
-    flags = flags_by_precision[precision]
-    return {"version": RECIPE_VERSION, "flags": flags, "tf32": False, "explicit_batch": True,
-            "profile": "min=opt=max=input_shape"}
+
+def build_recipe(precision: str, mode: str = WEAK, fp32_layers: Sequence[str] = ()) -> dict[str, Any]:
+    """Builder settings that change the engine beyond the key's explicit fields.
+
+    ``fp32_layers``: the ONNX nodes pinned to FP32 in a weakly typed FP16/INT8 build; their
+    names are hashed into the recipe, so a changed ``int8_keep_float`` rebuilds the engine.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"backend 'tensorrt' builds {', '.join(PRECISIONS)}, not {precision!r}")
+    if mode == STRONG:
+        flags: list[str] = []
+        source = {"fp32": "fp32 onnx", "fp16": "fp16 mixed-precision onnx", "int8": "q/dq onnx"}[precision]
+    else:
+        flags = {"fp32": [], "fp16": ["fp16"], "int8": ["int8", "fp16"]}[precision]
+        source = "fp32 onnx"
+    pinned = sorted(fp32_layers) if mode == WEAK and precision != "fp32" else []
+    return {"version": RECIPE_VERSION, "mode": mode, "onnx": source, "flags": flags, "tf32": False,
+            "explicit_batch": True, "profile": "min=opt=max=input_shape",
+            "precision_constraints": "obey" if pinned else None, "fp32_layers": len(pinned),
+            "fp32_layers_sha256": sha256_json(pinned) if pinned else None}
+
+
+def layers_to_pin(layers: Sequence[tuple[str, Sequence[str]]], keep_nodes: Sequence[str],
+                  keep_outputs: Sequence[str], prefixes: Sequence[str]) -> list[str]:
+    """Names of the network layers (name, output tensor names) that run an FP32-kept ONNX node.
+
+    TensorRT's ONNX parser names a node's layer after the node and its output tensor after the
+    ONNX tensor; a node lowered to several layers is caught by either its output name or the
+    manifest's name prefixes.
+    """
+    nodes, outs, pre = set(keep_nodes), set(keep_outputs), tuple(prefixes)
+    return [name for name, outputs in layers
+            if name in nodes or (pre and name.startswith(pre)) or any(o in outs for o in outputs)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Probes (small, monkeypatchable; the only places that touch tensorrt / CUDA for availability)
 # ---------------------------------------------------------------------------------------------
-def _import_tensorrt() -> ModuleType:
+def installed_version() -> tuple[str | None, str]:
+    """(TensorRT version, where it came from) without importing ``tensorrt`` when pip metadata
+    tells; else a guarded import (apt's bindings have no metadata). (None, why) when unusable."""
+    from importlib import metadata
+
+    for dist in TRT_DISTRIBUTIONS:
+        try:
+            return metadata.version(dist), f"distribution {dist}"
+        except metadata.PackageNotFoundError:
+            continue
     try:
-        return require("tensorrt", NAME)
+        trt = _import_tensorrt()
     except BackendUnavailable as exc:
-        # optional.py's generic hint cannot say the Jetson venv detail, so the fix is ours.
-        cause = exc.__cause__ if exc.__cause__ is not None else exc.reason
-        raise BackendUnavailable(NAME, f"Python module 'tensorrt' is not installed ({cause}); "
+        return None, exc.reason
+    return str(trt.__version__), f"module {getattr(trt, '__file__', '?')}"
+
+
+def _import_tensorrt() -> Any:
+    """``import tensorrt``, or BackendUnavailable saying why: not installed, raising on import (a
+    NumPy ABI mismatch raises ValueError/AttributeError, not ImportError), or no ``__version__``
+    (a stubs-only package such as tensorrt-stubs, or a broken install)."""
+    import importlib
+
+    try:
+        trt = importlib.import_module("tensorrt")
+    except ImportError as exc:
+        raise BackendUnavailable(NAME, f"Python module 'tensorrt' is not installed ({exc}); "
                                        f"fix: {TRT_INSTALL_HINT}") from exc
+    except Exception as exc:  # noqa: BLE001 - any import failure makes only this backend unavailable
+        raise BackendUnavailable(NAME, f"importing 'tensorrt' failed: {type(exc).__name__}: {exc}. The bindings "
+                                       "do not match this Python/NumPy (JetPack 6.0's TensorRT 8.6 needs "
+                                       f"numpy<2); fix the install: {TRT_INSTALL_HINT}") from exc
+    if not isinstance(getattr(trt, "__version__", None), str):
+        where = getattr(trt, "__file__", None) or list(getattr(trt, "__path__", []))
+        raise BackendUnavailable(NAME, f"the 'tensorrt' module found at {where} has no __version__: it is not "
+                                       "TensorRT's bindings (type stubs such as tensorrt-stubs install a package "
+                                       f"of that name) or a broken install; fix: {TRT_INSTALL_HINT}")
+    return trt
 
 
-def _import_polygraphy() -> ModuleType:
-    return require("polygraphy", NAME)
+def _polygraphy_version() -> str:
+    """Polygraphy's version; BackendUnavailable when missing or older than the tested minimum."""
+    from mapgate.optional import require
+
+    polygraphy = require("polygraphy", NAME)
+    version = str(getattr(polygraphy, "__version__", "0"))
+    if parse_version(version) < MIN_POLYGRAPHY_VERSION:
+        raise BackendUnavailable(NAME, f"Polygraphy {version} is installed but mapgate needs >= 0.49.13 (older "
+                                       "ones feed non-FP32 INT8 calibration data or crash under NumPy 2); fix: "
+                                       "pip install 'mapgate[trt]'")
+    return version
 
 
-def _tensorrt_version(trt: ModuleType) -> str:
-    return str(getattr(trt, "__version__", "unknown"))
+def _libcuda() -> Any:
+    """The CUDA driver library. The driver, not a libcudart: there is one per system and every
+    CUDA runtime (TensorRT's, Polygraphy's) goes through it, so the probe cannot disagree with them."""
+    return ctypes.CDLL("libcuda.so.1")
 
 
-def _cudart() -> Any:
-    """libcudart through Polygraphy's loader: it searches LD_LIBRARY_PATH, /usr/local/cuda/lib64
-    (where JetPack puts it) and pip's nvidia-cuda-runtime wheels, with no pycuda needed."""
-    from polygraphy import cuda
-
-    return cuda.wrapper().handle
+def _cuda_status(status: int, call: str) -> str:
+    return f"{call} failed with CUDA error {status} ({_CUDA_ERRORS.get(status, 'see CUresult in cuda.h')})"
 
 
 def cuda_device_count() -> tuple[int, str]:
-    """(number of CUDA devices, why zero) via ``cudaGetDeviceCount`` in libcudart."""
-    from polygraphy.exception import PolygraphyException
-
+    """(number of CUDA devices, why zero) via ``cuInit`` + ``cuDeviceGetCount``."""
     try:
-        lib = _cudart()
-    except (OSError, PolygraphyException) as exc:
-        return 0, f"the CUDA runtime library libcudart cannot be loaded ({exc})"
-    count = ctypes.c_int(0)
-    status = int(lib.cudaGetDeviceCount(ctypes.byref(count)))
+        lib = _libcuda()
+    except OSError as exc:
+        return 0, f"the NVIDIA driver library libcuda.so.1 cannot be loaded ({exc})"
+    status = int(lib.cuInit(ctypes.c_uint(0)))
     if status != 0:
-        return 0, f"cudaGetDeviceCount failed with CUDA error {status} ({_CUDA_ERRORS.get(status, 'see cudaError_t')})"
+        return 0, _cuda_status(status, "cuInit")
+    count = ctypes.c_int(0)
+    status = int(lib.cuDeviceGetCount(ctypes.byref(count)))
+    if status != 0:
+        return 0, _cuda_status(status, "cuDeviceGetCount")
     if count.value < 1:
-        return 0, "cudaGetDeviceCount reports 0 devices"
+        return 0, "cuDeviceGetCount reports 0 devices"
     return count.value, ""
 
 
-def probe_device_info(trt: ModuleType) -> DeviceInfo:
-    """TensorRT version, GPU name and compute capability of the current CUDA device."""
-    lib = _cudart()
-    device = ctypes.c_int(0)
-    lib.cudaGetDevice(ctypes.byref(device))
+def probe_device_info(trt_version: str, ordinal: int = 0) -> DeviceInfo:
+    """GPU name and compute capability of CUDA device ``ordinal`` (the one a fresh process's
+    TrtRunner uses: device 0 of those CUDA_VISIBLE_DEVICES exposes). Every status is checked."""
+    lib = _libcuda()
+    device = ctypes.c_int(-1)
+    status = int(lib.cuDeviceGet(ctypes.byref(device), ctypes.c_int(ordinal)))
+    if status != 0:
+        raise BackendUnavailable(NAME, _cuda_status(status, f"cuDeviceGet({ordinal})") + "; check the NVIDIA driver")
     major, minor = ctypes.c_int(-1), ctypes.c_int(-1)
-    s1 = int(lib.cudaDeviceGetAttribute(ctypes.byref(major), ctypes.c_int(_CUDA_DEV_ATTR_CC_MAJOR), device))
-    s2 = int(lib.cudaDeviceGetAttribute(ctypes.byref(minor), ctypes.c_int(_CUDA_DEV_ATTR_CC_MINOR), device))
+    s1 = int(lib.cuDeviceGetAttribute(ctypes.byref(major), ctypes.c_int(_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+                                      device))
+    s2 = int(lib.cuDeviceGetAttribute(ctypes.byref(minor), ctypes.c_int(_CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+                                      device))
     if s1 or s2:
-        raise BackendUnavailable(NAME, f"cannot read the GPU's compute capability (CUDA errors {s1}, {s2}); "
-                                       "check the NVIDIA driver")
-    return DeviceInfo(trt_version=_tensorrt_version(trt), gpu_name=_gpu_name(lib, device),
+        raise BackendUnavailable(NAME, _cuda_status(s1 or s2, "cuDeviceGetAttribute(compute capability)"))
+    name = ctypes.create_string_buffer(256)
+    status = int(lib.cuDeviceGetName(name, ctypes.c_int(len(name)), device))
+    gpu = name.value.decode(errors="replace").strip() if status == 0 else ""
+    return DeviceInfo(trt_version=trt_version, gpu_name=gpu or "unknown",
                       compute_capability=f"{major.value}.{minor.value}")
-
-
-def _gpu_name(lib: Any, device: ctypes.c_int) -> str:
-    # cudaDeviceProp's first member is `char name[256]` in every CUDA version; its total size
-    # differs between versions, so a generous buffer is passed and only the name is read.
-    # CUDA 12 exports the current struct as cudaGetDeviceProperties_v2.
-    fn = getattr(lib, "cudaGetDeviceProperties_v2", None) or getattr(lib, "cudaGetDeviceProperties", None)
-    if fn is None:
-        return "unknown"
-    buf = ctypes.create_string_buffer(16384)
-    if int(fn(buf, device)) != 0:
-        return "unknown"
-    return buf.raw[:256].split(b"\0", 1)[0].decode(errors="replace").strip() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------
 # TensorRT-facing helpers
 # ---------------------------------------------------------------------------------------------
-def _trt_dtype_name(trt_dtype: Any) -> str:
-    """tensorrt.DataType -> numpy dtype name, through Polygraphy's DataType tables."""
+def numpy_dtype_name(poly_dtype: Any) -> str:
+    """A Polygraphy DataType -> numpy dtype name; a type numpy cannot hold (bfloat16, fp8, int4 ...)
+    is refused. Polygraphy 0.53 raises for those, older releases returned None, and
+    ``np.dtype(None)`` is float64: the silent wrong answer this check exists to prevent."""
+    from polygraphy.datatype import DataType
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        np_type = DataType.to_dtype(poly_dtype, "numpy")
+    except PolygraphyException:
+        np_type = None
+    if np_type is None:
+        raise ConfigError(f"the engine has an IO tensor of type {poly_dtype}, which numpy cannot hold; export the "
+                          "ONNX with float32/float16/int32/int64/uint8/bool inputs and outputs")
+    return np.dtype(np_type).name
+
+
+def _trt_dtype_name(trt_dtype: "tensorrt.DataType") -> str:
     from polygraphy.datatype import DataType
 
-    return np.dtype(DataType.to_dtype(DataType.from_dtype(trt_dtype, source_module="tensorrt"), "numpy")).name
+    return numpy_dtype_name(DataType.from_dtype(trt_dtype, source_module="tensorrt"))
 
 
-def describe_engine_io(trt: ModuleType, engine: Any, dtype_name: Callable[[Any], str] | None = None
-                       ) -> list[TensorDesc]:
-    """The engine's IO tensors, with TensorRT 8.x and 10.x APIs."""
-    np_name = dtype_name or _trt_dtype_name
+def _dims(dims: "tensorrt.Dims") -> tuple[int, ...]:
+    # tensorrt.Dims is a sequence (__len__/__getitem__), not declared Iterable in the stubs
+    return tuple(int(dims[j]) for j in range(len(dims)))
+
+
+def describe_engine_io(engine: "tensorrt.ICudaEngine") -> list[TensorDesc]:
+    """The engine's IO tensors through the named-tensor API (TensorRT >= 8.5, the only one in 10+)."""
+    import tensorrt as trt
+
     out: list[TensorDesc] = []
-    if hasattr(engine, "num_io_tensors"):
-        # Named-tensor API: TensorRT >= 8.5, and the only one in 10.x.
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            is_input = engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            out.append(TensorDesc(name, is_input, tuple(engine.get_tensor_shape(name)),
-                                  np_name(engine.get_tensor_dtype(name))))
-    else:
-        # Binding-index API: TensorRT 8.0-8.4 (deprecated in 8.5, removed in 10.0). Kept for
-        # describing such engines; availability() refuses to *run* on TensorRT < 8.5.
-        for i in range(engine.num_bindings):
-            out.append(TensorDesc(engine.get_binding_name(i), bool(engine.binding_is_input(i)),
-                                  tuple(engine.get_binding_shape(i)), np_name(engine.get_binding_dtype(i))))
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        out.append(TensorDesc(name, engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT,
+                              _dims(engine.get_tensor_shape(name)), _trt_dtype_name(engine.get_tensor_dtype(name))))
     return out
 
 
@@ -360,8 +462,8 @@ class CalibrationFeed:
     """Re-iterable calibration data loader for Polygraphy's ``Calibrator``.
 
     Each pass yields ``{input_name: float32 batch}`` from :func:`calibration_batches` (the
-    model's own preprocessing). Float32 because TensorRT's calibrator takes float inputs
-    (Polygraphy's Calibrator overrides the expected dtype to float32). Errors are recorded
+    model's own preprocessing). Float32 because TensorRT calibrates on float inputs (Polygraphy
+    >= 0.49.10 overrides the expected dtype to float32 and checks it). Errors are recorded
     rather than raised, and the build raises them once TensorRT returns.
     """
 
@@ -370,6 +472,10 @@ class CalibrationFeed:
         self.error: Exception | None = None
         self.batches_fed = 0
         self.input_metadata: Any = None  # Polygraphy sets this; kept so the attribute exists
+
+    @property
+    def expected_batches(self) -> int:
+        return len(self.images) // self.batch_size
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         from mapgate.calibration import calibration_batches
@@ -385,51 +491,130 @@ class CalibrationFeed:
             self.error = exc
 
 
-def _onnx_for(model: "ModelSpec", ctx: BuildContext) -> Path:
-    try:
-        from mapgate.convert import onnx_for
-    except ImportError as exc:
-        raise ConversionError(f"model {model.name!r}: mapgate.convert.onnx_for is not available ({exc}); "
-                              "the TensorRT backend builds from the ONNX it returns") from exc
-    path = Path(onnx_for(model, ctx))
+def counting_calibrator(calibrator: Any) -> Any:
+    """A copy of Polygraphy's calibrator that counts the batches it hands TensorRT.
+
+    Polygraphy's ``get_batch`` turns a rejected batch (wrong dtype/shape) into "no more data", so
+    calibration would end early without an error; counting accepted batches exposes that.
+    """
+    base = type(calibrator)
+
+    class CountingCalibrator(base):  # type: ignore[misc,valid-type]
+        accepted = 0
+
+        def get_batch(self, names: Sequence[str]) -> Any:
+            ptrs = super().get_batch(names)
+            if ptrs is not None:
+                type(self).accepted += 1
+            return ptrs
+
+    return CountingCalibrator()
+
+
+def _onnx_for(model: "ModelSpec", ctx: BuildContext, precision: str = "fp32", mode: str = WEAK) -> Path:
+    """The ONNX the engine is built from: the FP32 model, or in strongly typed mode the FP16
+    mixed-precision / INT8 Q/DQ conversion of it."""
+    from mapgate.convert import onnx_for
+    from mapgate.convert.trt_onnx import build_fp16, build_int8
+
+    if mode == STRONG and precision == "fp16":
+        path = build_fp16(model, ctx)
+    elif mode == STRONG and precision == "int8":
+        path = build_int8(model, ctx)
+    else:
+        path = Path(onnx_for(model, ctx))
     if not path.is_file():
-        raise ConversionError(f"model {model.name!r}: onnx_for returned {path}, which is not a file")
+        raise ConversionError(f"model {model.name!r}: the ONNX for tensorrt:{precision} is not a file: {path}")
     return path
 
 
-def _build_engine(trt: ModuleType, model: "ModelSpec", onnx_path: Path, job: BuildJob,
-                  images: Sequence[Path]) -> bytes:
+def fp32_nodes(model: "ModelSpec", onnx_path: Path) -> tuple[list[str], list[str]]:
+    """(node names, their output tensor names) a weakly typed FP16/INT8 build pins to FP32."""
+    from mapgate.convert.trt_onnx import keep_float_nodes
+    from mapgate.optional import require
+
+    onnx = require("onnx", NAME)
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    keep = set(keep_float_nodes(proto, model.convert.int8_keep_float))
+    outputs = sorted({o for n in proto.graph.node if n.name in keep for o in n.output})
+    return sorted(keep), outputs
+
+
+def pin_layers_fp32(network: "tensorrt.INetworkDefinition", names: Sequence[str]) -> list[str]:
+    """Set precision and output types FP32 on the named float layers; returns what it pinned."""
+    import tensorrt as trt
+
+    wanted, pinned = set(names), []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.name not in wanted:
+            continue
+        floats = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+        if len(floats) != layer.num_outputs:
+            continue  # shape/index layers: precision constraints do not apply
+        layer.precision = trt.float32
+        for j in floats:
+            layer.set_output_type(j, trt.float32)
+        pinned.append(layer.name)
+    return pinned
+
+
+def _layers_of(network: "tensorrt.INetworkDefinition") -> list[tuple[str, list[str]]]:
+    out = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        out.append((layer.name, [layer.get_output(j).name for j in range(layer.num_outputs)]))
+    return out
+
+
+def _looks_like_oom(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("out of memory", "workspace", "memory", "cudaerrormemoryallocation"))
+
+
+def _build_engine(model: "ModelSpec", onnx_path: Path, job: BuildJob, images: Sequence[Path],
+                  mode: str = WEAK, fp32_layers: tuple[Sequence[str], Sequence[str]] = ((), ())) -> bytes:
+    import tensorrt as trt
     from polygraphy.backend.trt import Calibrator, CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
     from polygraphy.exception import PolygraphyException
 
     spec = job.spec
-    where = f"model {model.name!r} ({model.manifest_path}), ONNX {onnx_path}"
+    strong = mode == STRONG
+    where = f"model {model.name!r} ({model.manifest_path}), ONNX {onnx_path}, {mode}"
     try:
-        # Polygraphy creates the network with EXPLICIT_BATCH on TensorRT < 10 and without it
-        # on 10.x, where the flag is deprecated and every network is explicit-batch.
-        builder, network, parser = NetworkFromOnnxPath(str(onnx_path))()
+        # Polygraphy adds EXPLICIT_BATCH on TensorRT < 10 (every 10+ network is explicit-batch)
+        # and STRONGLY_TYPED when asked (accepted, and the only mode, on TensorRT 11).
+        builder, network, parser = NetworkFromOnnxPath(str(onnx_path), strongly_typed=strong)()
     except PolygraphyException as exc:
         raise ConversionError(f"{where}: TensorRT's ONNX parser rejected the model ({exc}); the parser errors "
                               "are logged above (often an unsupported op or opset)") from exc
-    inputs = [(network.get_input(i).name, tuple(network.get_input(i).shape)) for i in range(network.num_inputs)]
+    inputs = [(network.get_input(i).name, _dims(network.get_input(i).shape)) for i in range(network.num_inputs)]
     plan = plan_network_input(inputs, spec.input_shape, model.input_name, where)
     shape = tuple(spec.input_shape)
     profiles = [Profile().add(plan.name, min=shape, opt=shape, max=shape)] if plan.dynamic else None
 
+    pinned: list[str] = []
+    if not strong and spec.precision != "fp32":
+        nodes, outputs = fp32_layers
+        pinned = pin_layers_fp32(network, layers_to_pin(_layers_of(network), nodes, outputs,
+                                                        model.convert.int8_keep_float))
+        log.info("%s: %d layers pinned to FP32 (output tail and int8_keep_float)", where, len(pinned))
     feed: CalibrationFeed | None = None
     calibrator = None
-    if spec.precision == "int8":
+    if spec.precision == "int8" and not strong:
         if job.calibration_cache is None:
             raise ConversionError(f"{where}: INT8 build without a calibration cache path (engine cache bug)")
         feed = CalibrationFeed(model, images, plan.name, batch_size=shape[0])
-        calibrator = Calibrator(data_loader=feed, cache=str(job.calibration_cache),
-                                BaseClass=trt.IInt8EntropyCalibrator2)
+        calibrator = counting_calibrator(Calibrator(data_loader=feed, cache=str(job.calibration_cache),
+                                                    BaseClass=trt.IInt8EntropyCalibrator2))
     config = CreateConfig(
         tf32=False,
-        fp16=spec.precision in ("fp16", "int8"),  # FP16 is the fallback for layers with no INT8 kernel
-        int8=spec.precision == "int8",
+        # weakly typed: FP16 is also the fallback for layers with no INT8 kernel; strongly typed: no flags
+        fp16=not strong and spec.precision in ("fp16", "int8"),
+        int8=not strong and spec.precision == "int8",
         calibrator=calibrator,
         profiles=profiles,
+        precision_constraints="obey" if pinned else None,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: spec.workspace_mb * (1 << 20)},
     )
     try:
@@ -438,17 +623,32 @@ def _build_engine(trt: ModuleType, model: "ModelSpec", onnx_path: Path, job: Bui
     except PolygraphyException as exc:
         if feed is not None and feed.error is not None:  # the real cause: calibration data could not be made
             raise ConversionError(f"{where}: INT8 calibration input failed: {feed.error}") from feed.error
-        raise ConversionError(f"{where}: building the {spec.precision} engine failed ({exc}); see the TensorRT "
-                              f"log above. If it ran out of memory, lower {WORKSPACE_ENV}") from exc
-    if feed is not None and feed.error is not None:
-        # Calibration stopped early: the engine's scales come from part of the set; never cache it.
-        raise ConversionError(f"{where}: INT8 calibration input failed: {feed.error}") from feed.error
-    if feed is not None and not job.calibration_reused and feed.batches_fed == 0 and images:
-        log.warning("%s: TensorRT consumed no calibration batches (explicitly quantized network?)", where)
+        hint = (f"it looks like memory ran out: lower {WORKSPACE_ENV} (now {spec.workspace_mb} MB) or close "
+                "other GPU users" if _looks_like_oom(exc) else "the failing layer and reason are in the TensorRT "
+                "log above")
+        if pinned:
+            hint += f"; {len(pinned)} layers were pinned to FP32 with OBEY_PRECISION_CONSTRAINTS"
+        raise ConversionError(f"{where}: building the {spec.precision} engine failed ({exc}); {hint}") from exc
+    if feed is not None:
+        _check_calibration(where, feed, int(getattr(calibrator, "accepted", 0)), job.calibration_reused)
     return bytes(serialized)
 
 
-def _deserialize(runtime: Any, data: bytes) -> Any:
+def _check_calibration(where: str, feed: CalibrationFeed, accepted: int, reused: bool) -> None:
+    """Refuse an engine whose scales come from part of the calibration set (never cache it)."""
+    if feed.error is not None:
+        raise ConversionError(f"{where}: INT8 calibration input failed: {feed.error}") from feed.error
+    if reused:
+        return  # TensorRT read the cached table and asked for no batches
+    if accepted != feed.expected_batches:
+        raise ConversionError(
+            f"{where}: TensorRT accepted {accepted} of {feed.expected_batches} calibration batches "
+            f"({feed.batches_fed} were made); Polygraphy rejected the rest (its log above says why: input dtype "
+            "or shape). The engine was not cached."
+        )
+
+
+def _deserialize(runtime: "tensorrt.Runtime", data: bytes) -> "tensorrt.ICudaEngine":
     from polygraphy.backend.trt import EngineFromBytes
     from polygraphy.exception import PolygraphyException
 
@@ -482,7 +682,7 @@ class TensorRTRunner(Runner):
         self._runtime: Any = None
         self._input_dtype: np.dtype | None = None
 
-    def _calibration(self) -> tuple[CalibrationInfo, list[Path]]:
+    def _calibration(self, mode: str = WEAK) -> tuple[CalibrationInfo, list[Path]]:
         from mapgate.calibration import check_disjoint, image_ids_of
 
         images = sorted(self.ctx.calib_images, key=lambda p: p.name)[: self.ctx.max_calib_images]
@@ -493,56 +693,62 @@ class TensorRTRunner(Runner):
                        where=f"{self.where} calibration")
         digest = calibration_set_digest(images)
         info = CalibrationInfo(set_sha256=digest.sha256, count=digest.count,
-                               preprocess_sha256=preprocess_sha256(self.model), algorithm=ENTROPY_CALIBRATOR_2,
+                               preprocess_sha256=preprocess_sha256(self.model),
+                               algorithm=EXPLICIT_QDQ if mode == STRONG else ENTROPY_CALIBRATOR_2,
                                batch_size=self.input_shape[0])
         return info, images
 
-    def engine_spec(self, trt: ModuleType) -> tuple[EngineSpec, list[Path]]:
-        """The cache key inputs of this runner's engine (and the calibration images for INT8).
-
-        Needs the ONNX (``onnx_for`` may convert, cached) and the CUDA device, not a build.
-        """
+    def engine_spec(self) -> tuple[EngineSpec, list[Path], str, tuple[list[str], list[str]]]:
+        """The cache key inputs of this runner's engine, the calibration images (weakly typed
+        INT8), the build mode and the FP32-pinned nodes. Needs the ONNX (converted, cached) and
+        the CUDA device, not a build."""
         from mapgate.files import verified_sha256
 
-        onnx_path = _onnx_for(self.model, self.ctx)
-        calibration, images = self._calibration() if self.precision == "int8" else (None, [])
+        trt_version, why = installed_version()
+        if trt_version is None:
+            raise BackendUnavailable(NAME, why)
+        mode = select_mode(parse_version(trt_version))
+        onnx_path = _onnx_for(self.model, self.ctx, self.precision, mode)
+        calibration, images = self._calibration(mode) if self.precision == "int8" else (None, [])
+        pinned = fp32_nodes(self.model, onnx_path) if mode == WEAK and self.precision != "fp32" else ([], [])
         spec = EngineSpec(
             model=self.model.name, onnx_path=onnx_path, onnx_sha256=verified_sha256(onnx_path),
             precision=self.precision, input_shape=self.input_shape, workspace_mb=self.workspace_mb,
-            device=probe_device_info(trt), calibration=calibration, recipe=build_recipe(self.precision),
+            device=probe_device_info(trt_version), calibration=calibration,
+            recipe={**build_recipe(self.precision, mode, pinned[0]), **engine_key_extras()},
         )
-        return spec, images
+        return spec, images if mode == WEAK else [], mode, pinned
 
     def activate_impl(self) -> None:
-        trt = _import_tensorrt()
-        status = BACKEND.availability()
+        status = BACKEND.precision_availability(self.precision)
         if not status.ok:
             raise BackendUnavailable(NAME, status.reason)
+        import tensorrt as trt
         from polygraphy.backend.trt import TrtRunner, get_trt_logger
         from polygraphy.exception import PolygraphyException
 
-        spec, images = self.engine_spec(trt)
+        spec, images, mode, pinned = self.engine_spec()
         onnx_path = spec.onnx_path
         # The engine must not outlive the runtime that deserialized it, so the runner owns both.
         self._runtime = trt.Runtime(get_trt_logger())
         runtime = self._runtime
         result = EngineCache(self.ctx.engines_dir).get_or_build(
             spec,
-            build=lambda job: _build_engine(trt, self.model, onnx_path, job, images),
+            build=lambda job: _build_engine(self.model, onnx_path, job, images, mode, pinned),
             load=lambda data: _deserialize(runtime, data),
         )
         if result.built:
             log.info("%s: built %s (%s)", self.where, result.engine_path, result.reason)
         self.cache_result = result
-        self.layout = binding_layout(describe_engine_io(trt, result.value), self.input_shape, self.model.input_name,
+        self.layout = binding_layout(describe_engine_io(result.value), self.input_shape, self.model.input_name,
                                      self.model.output_names, where=f"{self.where}, engine {result.engine_path}")
         self._input_dtype = np.dtype(self.layout.input_dtype)
         self._trt_runner = TrtRunner(result.value, name=f"mapgate-{self.model.name}-{self.precision}")
         try:
             self._trt_runner.activate()
         except PolygraphyException as exc:
-            raise ConversionError(f"{self.where}: cannot create a TensorRT execution context for "
-                                  f"{result.engine_path} ({exc})") from exc
+            raise InferenceError(f"{self.where}: cannot create a TensorRT execution context for "
+                                 f"{result.engine_path} ({exc})") from exc
         self.artifact = result.engine_path
         self.artifact_sha256 = str(result.provenance["file"]["sha256"])
 
@@ -566,7 +772,7 @@ class TensorRTRunner(Runner):
             # stream, and stream.synchronize() before returning, so timings read after are real.
             raw = self._trt_runner.infer({layout.input_name: np.ascontiguousarray(batch)})
         except PolygraphyException as exc:
-            raise ConversionError(f"{self.where}: TensorRT inference failed ({exc})") from exc
+            raise InferenceError(f"{self.where}: TensorRT inference failed ({exc})") from exc
         return map_outputs(raw, layout, self.where)
 
     def deactivate_impl(self) -> None:
@@ -577,6 +783,13 @@ class TensorRTRunner(Runner):
         self._runtime = None
 
 
+def engine_key_extras() -> dict[str, Any]:
+    """Engine key fields beyond EngineSpec's own: Polygraphy's defaults shape the engine too."""
+    from mapgate.optional import version_of
+
+    return {"polygraphy": version_of("polygraphy")}
+
+
 class TensorRTBackend:
     name = NAME
     precisions: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -584,25 +797,32 @@ class TensorRTBackend:
     facts = BackendFacts(name=name, precisions=precisions, original_formats=original_formats,
                          modules=("tensorrt", "polygraphy"), extra="trt", install_hint=TRT_INSTALL_HINT,
                          module_hints={"polygraphy": "pip install 'mapgate[trt]'  (polygraphy)"},
+                         distributions={"tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11",
+                                                     "tensorrt_libs")},
                          builds_from_onnx=True, marker_help="needs TensorRT and a CUDA device")
 
-    def availability(self) -> Availability:
-        """Whether TensorRT can run here; when not, the exact reason and fix."""
-        try:
-            trt = _import_tensorrt()
-        except BackendUnavailable as exc:
-            return Availability.no(exc.reason)
-        version = _tensorrt_version(trt)
+    def _installed(self) -> tuple[str, str] | Availability:
+        """(version, mode) of a usable TensorRT + Polygraphy, or why not."""
+        version, why = installed_version()
+        if version is None:
+            return Availability.no(why)
         if not trt_version_supported(version):
             return Availability.no(
                 f"TensorRT {version} is installed but mapgate needs TensorRT >= 8.5 (the named-tensor API that "
-                "Polygraphy's TrtRunner uses); fix: JetPack 5.1 or newer, or on x86 "
-                "`pip install 'tensorrt>=8.5' --extra-index-url <NVIDIA's pip index>`"
+                f"Polygraphy's TrtRunner uses); fix: JetPack 6 (TensorRT 8.6 / 10.3), or on x86 {NVIDIA_PIP_HINT}"
             )
         try:
-            _import_polygraphy()
-        except BackendUnavailable as exc:
-            return Availability.no(exc.reason)
+            mode = select_mode(parse_version(version))
+            _polygraphy_version()
+        except (BackendUnavailable, ConfigError) as exc:
+            return Availability.no(getattr(exc, "reason", str(exc)))
+        return version, mode
+
+    def availability(self) -> Availability:
+        """Whether TensorRT can run here (any precision); when not, the exact reason and fix."""
+        installed = self._installed()
+        if isinstance(installed, Availability):
+            return installed
         count, why = cuda_device_count()
         if count < 1:
             return Availability.no(
@@ -610,6 +830,42 @@ class TensorRTBackend:
                 "(`nvidia-smi` on x86; on a Jetson run on the device itself, as a user in the 'video' group)"
             )
         return Availability.yes()
+
+    def build_support(self, precision: str) -> Availability:
+        """Whether a ``precision`` engine can be built in the installed TensorRT's mode (no GPU check)."""
+        installed = self._installed()
+        if isinstance(installed, Availability):
+            return installed
+        _, mode = installed
+        if mode == STRONG and precision == "fp16":
+            from mapgate.convert.trt_onnx import FP16_INSTALL_HINT, fp16_converter
+
+            if fp16_converter() is None:
+                return Availability.no("strongly typed FP16 needs a mixed-precision ONNX converter; "
+                                       f"fix: {FP16_INSTALL_HINT}")
+        if mode == STRONG and precision == "int8":
+            return Availability.probe(NAME, "onnx", "onnxruntime")  # the Q/DQ ONNX comes from ORT's quantizer
+        return Availability.yes()
+
+    def precision_availability(self, precision: str) -> Availability:
+        support = self.build_support(precision)
+        return support if not support.ok else self.availability()
+
+    def describe(self) -> str:
+        """One line for ``mapgate models``: version, build mode, what each precision can do here."""
+        installed = self._installed()
+        if isinstance(installed, Availability):
+            return f"{NAME}: unavailable here: {installed.reason}"
+        version, mode = installed
+        how = ("precision from the ONNX graph: fp16 = mixed-precision ONNX, int8 = Q/DQ ONNX shared with "
+               "onnxruntime:int8" if mode == STRONG else
+               "builder flags: fp16 = FP16 flag, int8 = INT8 flag + entropy calibration; output tail and "
+               "int8_keep_float pinned FP32")
+        per = ", ".join(f"{p} {'yes' if s.ok else 'no (' + s.reason + ')'}"
+                        for p, s in ((p, self.build_support(p)) for p in self.precisions))
+        status = self.availability()
+        here = "available here" if status.ok else f"unavailable here: {status.reason}"
+        return f"{NAME} {version}: {mode} builds ({how}); buildable: {per}; {here}"
 
     def runner(self, model: "ModelSpec", precision: str, ctx: BuildContext, *, workspace_mb: int | None = None,
                batch_size: int = 1) -> TensorRTRunner:
@@ -624,8 +880,11 @@ class TensorRTBackend:
         When a valid engine is cached, its sha256 is included; when not, the next run builds
         one and its detections are marked not cacheable (the build's bytes are unknown yet).
         """
+        status = self.precision_availability(precision)
+        if not status.ok:
+            raise BackendUnavailable(NAME, status.reason)
         runner = TensorRTRunner(model, precision, ctx, workspace_mb=workspace_mb, batch_size=batch_size)
-        spec, _ = runner.engine_spec(_import_tensorrt())
+        spec, _, _, _ = runner.engine_spec()
         cache = EngineCache(ctx.engines_dir)
         ident: dict[str, Any] = {"engine_key": spec.key(), "engine_key_fields": spec.key_fields(),
                                  "onnx": str(spec.onnx_path), "onnx_sha256": spec.onnx_sha256}

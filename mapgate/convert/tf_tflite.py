@@ -10,7 +10,7 @@ from typing import Any
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
 from mapgate.cache import cached_artifact
-from mapgate.convert.tf_onnx import input_shape
+from mapgate.convert.tf_onnx import bypassed_graph, input_shape
 from mapgate.errors import ConversionError
 from mapgate.files import resolve_role, verified_sha256
 from mapgate.manifest import ModelSpec
@@ -64,13 +64,6 @@ def _converter(tf: Any, model: ModelSpec, graph: Path, input_name: str, outputs:
     if model.convert.resize_loop_output is None:
         return tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
             str(graph), input_arrays=[input_name], output_arrays=outputs, input_shapes={input_name: input_shape(model)})
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString(graph.read_bytes())
-    g = tf.Graph()
-    with g.as_default():
-        image = tf.compat.v1.placeholder(tf.uint8, input_shape(model), name=input_name)
-        fetched = tf.compat.v1.import_graph_def(
-            graph_def, input_map={model.convert.resize_loop_output: tf.cast(image, tf.float32)},
-            return_elements=[f"{o}:0" for o in outputs], name="")
+    g, image, fetched = bypassed_graph(tf, model, graph, input_name, outputs)
     sess = tf.compat.v1.Session(graph=g)
     return tf.compat.v1.lite.TFLiteConverter.from_session(sess, [image], fetched)

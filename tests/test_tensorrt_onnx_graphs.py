@@ -1,0 +1,142 @@
+"""The ONNX files TensorRT builds from, on the real bundled models (no GPU needed).
+
+* the ssdlite ONNX holds no TensorArray resize ``Loop`` (the same bypass as the TFLite route), and
+  ONNX Runtime on it still matches TensorFlow exactly;
+* the INT8 Q/DQ ONNX (the one file ``onnxruntime:int8`` evaluates and TensorRT's strongly typed
+  INT8 builds) is in TensorRT's form: every Q/DQ pair int8 with zero point 0, per-channel weights;
+* the FP16 mixed-precision ONNX keeps float32 graph IO, and its decode tail and
+  ``int8_keep_float`` nodes in float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mapgate.backends.base import BuildContext
+from mapgate.manifest import ModelSpec
+
+SSD = "ssdlite_mobilenet_v2_coco"
+YOLO = "yolov3-tiny-416"
+
+onnx = pytest.importorskip("onnx", reason="onnx is not installed: pip install 'mapgate[onnx]'")
+
+
+@pytest.fixture(scope="module")
+def shared_engines(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("engines")
+
+
+def _ctx(engines: Path) -> BuildContext:
+    from mapgate.calibration import calibration_images, image_ids_of
+    from mapgate.dataset import CocoDataset
+
+    calib = calibration_images()
+    return BuildContext(engines_dir=engines, calib_images=calib, calib_image_ids=frozenset(image_ids_of(calib)),
+                        evaluated_image_ids=frozenset(CocoDataset().image_ids), progress=False)
+
+
+def _ssd_onnx(require_backend, bundled_models: dict[str, ModelSpec], engines: Path) -> Path:  # noqa: ANN001
+    require_backend("tf")
+    pytest.importorskip("tf2onnx", reason="tf2onnx is not installed: pip install 'mapgate[tf]'")
+    from mapgate.convert import onnx_for
+
+    return onnx_for(bundled_models[SSD], _ctx(engines))
+
+
+@pytest.mark.slow
+def test_ssdlite_onnx_has_no_resize_loop(require_backend, bundled_models, shared_engines: Path) -> None:  # noqa: ANN001
+    proto = onnx.load(str(_ssd_onnx(require_backend, bundled_models, shared_engines)))
+    ops = {n.op_type for n in proto.graph.node}
+    assert "Loop" not in ops and "Scan" not in ops
+    (inp,) = proto.graph.input
+    assert inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8  # the cast image still enters as uint8
+
+
+@pytest.mark.slow
+def test_ssdlite_onnx_still_matches_tensorflow(require_backend, bundled_models, shared_engines: Path,  # noqa: ANN001
+                                               tmp_path: Path) -> None:
+    require_backend("onnxruntime")
+    _ssd_onnx(require_backend, bundled_models, shared_engines)
+    from mapgate.dataset import CocoDataset
+    from mapgate.gate import Gate
+
+    gate = Gate(models={SSD: bundled_models[SSD]}, dataset=CocoDataset.open(None, 30), engines_dir=shared_engines,
+                reports_dir=tmp_path, use_cache=False, progress=False)
+    verdict = gate.compare(SSD, "onnxruntime:fp32", ref="tf")
+    assert abs(verdict.deltas["AP"]) < 0.005, verdict.deltas  # dAP 0.00 points
+
+
+def _qdq_pairs(proto) -> list[tuple[str, int, np.ndarray]]:  # noqa: ANN001
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    consts = {o: numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node if n.op_type == "Constant"
+              for o in n.output}
+    values = {**consts, **inits}
+    out = []
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            assert len(node.input) == 3, f"{node.name}: no zero point given (TensorRT needs an explicit int8 0)"
+            zp = values[node.input[2]]
+            out.append((node.name, int(onnx.helper.np_dtype_to_tensor_dtype(zp.dtype)), zp))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", [YOLO])
+def test_int8_onnx_is_in_tensorrt_qdq_form(require_backend, bundled_models, tmp_path: Path, model_name: str) -> None:  # noqa: ANN001
+    require_backend("onnxruntime")
+    from mapgate.convert import artifact_for, onnx_for
+    from mapgate.convert.ort_quant import float_tail
+
+    ctx = _ctx(tmp_path)
+    ctx.calib_images = ctx.calib_images[:8]  # the form does not depend on how many images calibrate
+    proto = onnx.load(str(artifact_for(bundled_models[model_name], "onnxruntime:int8", ctx)))
+    pairs = _qdq_pairs(proto)
+    assert pairs, "no Q/DQ nodes: nothing was quantized"
+    for name, dtype, zp in pairs:
+        assert dtype == onnx.TensorProto.INT8, f"{name}: zero point dtype {dtype}, TensorRT needs int8"
+        assert not zp.any(), f"{name}: zero point {zp}, TensorRT needs 0 (symmetric)"
+    weight_dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"
+                 and any(i.name == n.input[0] for i in proto.graph.initializer)]
+    scales = {i.name: i for i in proto.graph.initializer}
+    assert weight_dq and all(len(scales[n.input[1]].dims) == 1 and scales[n.input[1]].dims[0] > 1
+                             for n in weight_dq), "weights must be quantized per output channel"
+    source_tail = float_tail(onnx.load(str(onnx_for(bundled_models[model_name], ctx))))
+    tail_outputs = {o for n in proto.graph.node if n.name in source_tail for o in n.output}
+    requantized = [n.name for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in tail_outputs]
+    assert source_tail and not requantized, f"the output tail must compute in float: {requantized}"
+
+
+@pytest.mark.slow
+def test_fp16_mixed_precision_onnx_keeps_io_and_tail_in_float32(require_backend, bundled_models,  # noqa: ANN001
+                                                                 tmp_path: Path) -> None:
+    require_backend("onnxruntime")
+    pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed: pip install 'mapgate[trt]'")
+    import onnxruntime as ort
+
+    from mapgate.calibration import calibration_images
+    from mapgate.convert import onnx_for
+    from mapgate.convert.trt_onnx import build_fp16, keep_float_nodes
+    from mapgate.dataset import read_image
+    from mapgate.preprocess import preprocess
+
+    model = bundled_models[YOLO]
+    ctx = _ctx(tmp_path)
+    fp32_path, fp16_path = onnx_for(model, ctx), build_fp16(model, ctx)
+    assert build_fp16(model, ctx) == fp16_path  # a cached conversion
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(fp16_path)))
+    g = proto.graph
+    assert all(v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for v in [*g.input, *g.output])
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.output]}
+    halves = [n for n in g.node if any(types.get(o) == onnx.TensorProto.FLOAT16 for o in n.output)]
+    assert len(halves) > len(g.node) // 3, "most of the network should compute in FP16"
+    kept = set(keep_float_nodes(onnx.load(str(fp32_path)), model.convert.int8_keep_float))
+    assert kept and all(types.get(o) == onnx.TensorProto.FLOAT for n in g.node if n.name in kept for o in n.output)
+    batch, _ = preprocess(read_image(calibration_images()[0]), model)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {g.input[0].name: batch})  # noqa: E731
+    for a, b in zip(run(fp32_path), run(fp16_path)):
+        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
