@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import subprocess
 import sys
 from collections import OrderedDict
@@ -22,7 +23,7 @@ import pytest
 import mapgate.backends.tensorrt as trt_backend
 from engine_helpers import CALIB, DEVICE, make_spec
 from mapgate.backends.base import BuildContext
-from mapgate.backends.tensorrt import BuildJob, calibration_set_digest
+from mapgate.backends.tensorrt import BuildJob, DeviceInfo, calibration_set_digest
 from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
 from mapgate.manifest import ModelSpec, Postprocess, Preprocess
 

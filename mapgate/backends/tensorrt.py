@@ -796,7 +796,9 @@ class TensorRTBackend:
     original_formats: tuple[str, ...] = ()  # engines are always built from an ONNX
     facts = BackendFacts(name=name, precisions=precisions, original_formats=original_formats,
                          modules=("tensorrt", "polygraphy"), extra="trt", install_hint=TRT_INSTALL_HINT,
-                         module_hints={"polygraphy": "pip install 'mapgate[trt]'  (polygraphy)"},
+                         module_hints={"polygraphy": "pip install 'mapgate[trt]'  (polygraphy)",
+                                       "onnx": "pip install 'mapgate[onnx]'  (onnx)",
+                                       "onnxruntime": "pip install 'mapgate[onnx]'  (onnxruntime)"},
                          distributions={"tensorrt": ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11",
                                                      "tensorrt_libs")},
                          builds_from_onnx=True, marker_help="needs TensorRT and a CUDA device")
@@ -844,7 +846,7 @@ class TensorRTBackend:
                 return Availability.no("strongly typed FP16 needs a mixed-precision ONNX converter; "
                                        f"fix: {FP16_INSTALL_HINT}")
         if mode == STRONG and precision == "int8":
-            return Availability.probe(NAME, "onnx", "onnxruntime")  # the Q/DQ ONNX comes from ORT's quantizer
+            return Availability.probe(self.facts, ("onnx", "onnxruntime"))  # the Q/DQ ONNX comes from ORT's quantizer
         return Availability.yes()
 
     def precision_availability(self, precision: str) -> Availability:
