@@ -28,7 +28,7 @@ from mapgate.convert.cache import cached_artifact, provenance_path
 from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
 from mapgate.files import verified_sha256
-from mapgate.fsutil import sha256_json, write_bytes_atomic, write_json_atomic
+from mapgate.fsutil import sha256_bytes, sha256_json, write_bytes_atomic, write_json_atomic
 from mapgate.manifest import DEFAULT_TOLERANCES, ModelSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -111,6 +111,8 @@ class Gate:
     bootstrap_seed: int = BOOTSTRAP_SEED
     calib_dir: Path | None = None  # INT8 calibration images (default: the bundled calib-val2017)
     side_dir: Path | None = None  # write a side's detections/metrics here instead of the run tree (`eval --out`)
+    workers: int | None = None  # decode/preprocess threads of the detection loop (None: per core, 0: sequential)
+    batch_size: int = 1  # images per infer() where the engine takes a batch
     _sides: dict[tuple[str, str], Side] = field(default_factory=dict)
 
     @property
@@ -171,6 +173,8 @@ class Gate:
             "identity": identity, "images": self.dataset.fingerprint, "mapgate": __version__,
             "code": code_fingerprint(), "frameworks": framework_versions(),
         }
+        if self.batch_size > 1:  # a batched engine may differ from batch 1 by its own numeric noise
+            inputs["batch_size"] = self.batch_size
         fresh: list[Any] = []  # the DetectionRun, when detections were computed (not loaded) here
 
         def _detect() -> Any:
@@ -178,7 +182,8 @@ class Gate:
 
             with backend.runner(model, precision, ctx) as runner:
                 run = run_detections(model, runner, self.dataset, progress=self.progress,
-                                     desc=f"{model.name} [{backend_name}:{precision or 'original'}]")
+                                     desc=f"{model.name} [{backend_name}:{precision or 'original'}]",
+                                     workers=self.workers, batch_size=self.batch_size)
                 if runner.artifact is not None:
                     identity.setdefault("artifact", str(runner.artifact))
             fresh.append(run)
@@ -230,7 +235,8 @@ class Gate:
 
     def _write_side(self, model: ModelSpec, side: Side) -> Path:
         d = self.side_dir or self.run_dir / model.name / side.target.replace(":", "-")
-        write_bytes_atomic(d / "detections.json", orjson.dumps(side.detections))
+        data = orjson.dumps(side.detections)
+        write_bytes_atomic(d / "detections.json", data)
         metrics = side.metrics.to_dict()
         metrics.update({
             "model": model.name, "backend": side.backend, "precision": side.precision or "original",
@@ -238,6 +244,9 @@ class Gate:
             "timings_ms_per_image": side.timings_ms, "detections_from_cache": side.from_cache,
             "mapgate_version": __version__,
         })
+        shard = getattr(self.dataset, "shard_info", None)
+        if shard is not None:  # what `mapgate merge` checks before joining shards
+            metrics["shard"] = {**shard, "detections_sha256": sha256_bytes(data)}
         write_json_atomic(d / "metrics.json", metrics)
         return d
 
