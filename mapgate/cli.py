@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mapgate import __version__
-from mapgate.argtypes import non_negative_float, positive_int
+from mapgate.argtypes import non_negative_float, non_negative_int, positive_int, shard_spec
 from mapgate.errors import MapgateError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -28,6 +28,17 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                         "with --coco-root on the full val2017 give images from outside the evaluated set)")
     p.add_argument("--no-cache", action="store_true", help="recompute detections even if a cached run matches")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_loop_options(p)
+
+
+def _add_loop_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=non_negative_int, metavar="N",
+                   help="threads decoding and preprocessing images ahead of the engine (default: one per core; "
+                        "0 = the sequential loop); the detections are the same bytes either way")
+    p.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                   help="images per engine call where the engine has a batch dimension (else 1); default 1")
+    p.add_argument("--shard", type=shard_spec, metavar="I/N",
+                   help="run only shard I of N of the image ids (round-robin); join shards with `mapgate merge`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR", help="reports folder (default reports/); a run-id subfolder is made")
     p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     _add_data_options(p)
+
+    p = sub.add_parser("merge", help="join shard runs (--shard I/N) and gate the union, exit 0 pass / 1 fail",
+                       description="Check that the shard run folders (each a `mapgate compare --shard I/N` run folder, "
+                                   "or a folder holding several) are of the same model, targets, contract and data set, "
+                                   "with disjoint image sets that together are the whole set; then evaluate and gate the "
+                                   "union exactly as an unsharded run would (same stats, bootstrap CI and verdict). "
+                                   "Writes a new run folder with both sides, comparison.json, summary.md and merge.json.")
+    p.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="shard run folders (or folders holding them)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="reports folder (default reports/); a run-id subfolder is made")
+    p.add_argument("--coco-root", type=Path, metavar="DIR",
+                   help="the COCO layout the shards ran on (default: the bundled val2017-mini); checked by content")
+    p.add_argument("--models-file", type=Path, action="append", default=[], metavar="FILE",
+                   help="an extra TOML model manifest (repeatable), as given to the shard runs")
 
     p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",
                        description="Read pytest-benchmark runs saved with --benchmark-autosave and show images/s and "
@@ -160,10 +184,13 @@ def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN20
 
     if args.mirror:
         os.environ["MAPGATE_MIRROR"] = str(args.mirror)
-    return Gate(models=load_models(args.models_file),
-                dataset=CocoDataset.open(args.coco_root, args.max_images),
+    dataset = CocoDataset.open(args.coco_root, args.max_images)
+    if args.shard:
+        dataset = dataset.shard(*args.shard)
+    return Gate(models=load_models(args.models_file), dataset=dataset,
                 engines_dir=args.engines_dir or DEFAULT_ENGINES, reports_dir=reports or DEFAULT_REPORTS,
-                use_cache=not args.no_cache, progress=not args.no_progress, calib_dir=args.calib_dir)
+                use_cache=not args.no_cache, progress=not args.no_progress, calib_dir=args.calib_dir,
+                workers=args.workers, batch_size=args.batch_size)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -189,6 +216,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK if verdict.passed else EXIT_FAIL
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from mapgate.merge import merge_shards
+
+    gate, verdicts = merge_shards(args.dirs, reports_dir=args.out, coco_root=args.coco_root,
+                                  manifest_files=args.models_file)
+    for verdict in verdicts:
+        print(verdict.summary_markdown())
+    print(f"artifacts: {gate.run_dir}")
+    return EXIT_OK if all(v.passed for v in verdicts) else EXIT_FAIL
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     from mapgate.history import run_history
 
@@ -196,7 +234,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"evaluate": _cmd_evaluate, "models": _cmd_models, "eval": _cmd_eval, "compare": _cmd_compare,
-             "history": _cmd_history}
+             "merge": _cmd_merge, "history": _cmd_history}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -161,6 +161,13 @@ class Gate:
             self._sides[key] = self._run_side(model, backend, precision)
         return self._sides[key]
 
+    def add_side(self, side: Side) -> Side:
+        """Adopt a side evaluated elsewhere (``mapgate merge``'s union of shards): written like a run's
+        own, and used by compare() instead of running the engine."""
+        side.directory = self._write_side(self.model(side.model), side)
+        self._sides[(side.model, f"{side.backend}:{side.precision}")] = side
+        return side
+
     def _run_side(self, model: ModelSpec, backend_name: str, precision: str | None) -> Side:
         backend = get_backend(backend_name)
         available = backend.availability()
