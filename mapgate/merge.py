@@ -183,6 +183,19 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, coco_
     sides = {run: {s.key: s for s in runs[run]} for run in order}
     all_ids = list(dataset.image_ids)
     verdicts = []
+    comparisons = {}
+    for key in sorted(sides[order[0]]):
+        parts = [sides[run][key] for run in order]
+        first = _check_comparisons(parts)
+        if first is None:
+            continue
+        if key[1].endswith(":original") or (key[0], f"{first['ref']['target']}:original") not in sides[order[0]]:
+            raise _fail(parts[0].folder, f"comparison.json compares against {first['ref']['target']!r}, which is "
+                                         "not an optimized target with its reference side in every shard")
+        comparisons[key] = (first, parts[0].folder)
+    if not comparisons:
+        raise DataError(f"no comparison.json in the shards ({', '.join(map(str, order))}): merge gates `mapgate "
+                        "compare --shard` runs")
     record: dict[str, Any] = {"shards": [{"index": i + 1, "folder": str(run)} for i, run in enumerate(order)],
                               "dataset": ident, "sides": {}}
     for key in sorted(sides[order[0]]):
@@ -228,21 +241,18 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, coco_
                            per_image.metrics, timings, dict(parts[0].meta["identity"]), from_cache=True,
                            per_image=per_image))
         record["sides"][f"{model_name} {key[1]}"] = [p.shard["detections_sha256"] for p in parts]
-    for key in sorted(sides[order[0]]):
-        parts = [sides[run][key] for run in order]
-        if parts[0].comparison is not None:
-            verdicts.append(_gate_union(gate, key, parts))
-    if not verdicts:
-        raise DataError(f"no comparison.json in the shards ({', '.join(map(str, order))}): merge gates `mapgate "
-                        "compare --shard` runs")
+    for key, (first, where) in comparisons.items():
+        verdicts.append(_gate_union(gate, key, first, where))
     write_json_atomic(gate.run_dir / "merge.json", record)
     gate.write_env()
     return gate, verdicts
 
 
-def _gate_union(gate: Any, key: tuple[str, str], parts: list[ShardSide]) -> Any:
-    """compare() on the merged sides, with the shards' own tolerance, reference and bootstrap settings."""
+def _check_comparisons(parts: list[ShardSide]) -> dict[str, Any] | None:
+    """The shards' comparison.json agree on what the gate needs (checked before anything is written)."""
     comps = [p.comparison for p in parts]
+    if all(c is None for c in comps):
+        return None
     for p, c in zip(parts, comps):
         if c is None:
             raise _fail(p.folder, f"has no comparison.json, but {parts[0].folder} has one")
@@ -250,23 +260,32 @@ def _gate_union(gate: Any, key: tuple[str, str], parts: list[ShardSide]) -> Any:
             if c.get(field) != comps[0].get(field):
                 raise _fail(p.folder, f"comparison.json {field} {c.get(field)!r} differs from {parts[0].folder}'s "
                                       f"{comps[0].get(field)!r}")
-        if c["ci"].get("n_resamples") != comps[0]["ci"].get("n_resamples") or c["ref"].get("target") != \
-                comps[0]["ref"].get("target"):
-            raise _fail(p.folder, "comparison.json: bootstrap resamples or reference differ from the other shards'")
+        if not isinstance(c.get("ci"), dict) or not isinstance(c.get("ref"), dict) or \
+                [c["ci"].get("n_resamples"), c["ci"].get("seed"), c["ref"].get("target")] != \
+                [comps[0]["ci"].get("n_resamples"), comps[0]["ci"].get("seed"), comps[0]["ref"].get("target")]:
+            raise _fail(p.folder, "comparison.json: bootstrap resamples/seed or reference differ from the other shards'")
     first = comps[0]
-    resamples, ref = first["ci"].get("n_resamples"), first["ref"].get("target")
+    resamples, ref, seed = first["ci"].get("n_resamples"), first["ref"].get("target"), first["ci"].get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise _fail(parts[0].folder, f"comparison.json: ci.seed must be a whole number >= 0, got {seed!r}")
     if not isinstance(resamples, int) or resamples < 1 or not isinstance(ref, str) or ref.startswith("stored:"):
         raise _fail(parts[0].folder, "comparison.json: needs a positive ci.n_resamples and a reference backend "
                                      "(merging stored references is not supported)")
     tolerance = first.get("tolerance")
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or tolerance < 0:
         raise _fail(parts[0].folder, f"comparison.json: tolerance must be a number >= 0, got {tolerance!r}")
-    gate.bootstrap_resamples = resamples
+    return first
+
+
+def _gate_union(gate: Any, key: tuple[str, str], first: dict[str, Any], where: Path) -> Any:
+    """compare() on the merged sides, with the shards' own tolerance, reference and bootstrap settings."""
+    resamples, ref, tolerance = first["ci"]["n_resamples"], first["ref"]["target"], first["tolerance"]
+    gate.bootstrap_resamples, gate.bootstrap_seed = resamples, first["ci"]["seed"]
     model_name, target = key
     verdict = gate.compare(model_name, target, ref=ref,
                            tolerance=tolerance if first.get("tolerance_source") == "command line" else None)
     if verdict.tolerance != tolerance:
-        raise ConfigError(f"shard {parts[0].folder}: gated with tolerance {tolerance}, the manifest here says "
+        raise ConfigError(f"shard {where}: gated with tolerance {tolerance}, the manifest here says "
                           f"{verdict.tolerance} ({verdict.tolerance_source}); use the manifest the shards used")
     return verdict
 
