@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mapgate.argtypes import csv_list, positive_int
+from mapgate.argtypes import csv_list, non_negative_int, positive_int, shard_spec
 from mapgate.manifest import DEFAULT_TOLERANCES
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--update-baselines", action="store_true",
                 help="rewrite fixtures/baselines.json with this run's AP/AP50 (prints old and new)")
     g.addoption("--no-detection-cache", action="store_true", help="recompute detections even when cached")
+    g.addoption("--workers", type=non_negative_int, metavar="N",
+                help="threads decoding/preprocessing ahead of the engine (default: one per core; 0 = sequential)")
+    g.addoption("--batch-size", type=positive_int, default=1, metavar="N",
+                help="images per engine call where the engine has a batch dimension (default 1)")
+    g.addoption("--shard", type=shard_spec, metavar="I/N",
+                help="gate only shard I of N of the image ids; join the shards' reports with `mapgate merge`")
 
 
 @dataclass
@@ -73,9 +79,13 @@ class MapgateSession:
         from mapgate.dataset import CocoDataset
         from mapgate.gate import Gate
 
-        gate = Gate(models=self.models, dataset=CocoDataset.open(self.option("coco_root"), self.option("max_images")),
+        dataset = CocoDataset.open(self.option("coco_root"), self.option("max_images"))
+        if self.option("shard"):
+            dataset = dataset.shard(*self.option("shard"))
+        gate = Gate(models=self.models, dataset=dataset,
                     engines_dir=self.option("engines_dir"), reports_dir=self.option("reports_dir"),
-                    use_cache=not self.option("no_detection_cache"), calib_dir=self.option("calib_dir"))
+                    use_cache=not self.option("no_detection_cache"), calib_dir=self.option("calib_dir"),
+                    workers=self.option("workers"), batch_size=self.option("batch_size"))
         gate.write_env()
         return gate
 
@@ -142,8 +152,52 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         params = []
         for model, target in session.matrix():
             marks = [pytest.mark.tensorrt] if target.startswith("tensorrt:") else []
+            # one xdist worker per model: its reference then runs once (see pytest_xdist_make_scheduler)
+            marks.append(pytest.mark.xdist_group(name=model))
             params.append(pytest.param((model, target), id=f"{model}-{target}", marks=marks))
         metafunc.parametrize("gate_case", params)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under ``pytest -n N`` with no --dist given, distribute by model (``--dist loadgroup``): the
+    cases of a model then share its reference on one worker instead of every worker recomputing
+    it. xdist's pytest_cmdline_main has turned "no" into "load" by now; it builds the scheduler
+    from this option later, in pytest_runtestloop."""
+    config = session.config
+    if getattr(config.option, "dist", None) == "load" and not hasattr(config, "workerinput") \
+            and not _dist_given(config):
+        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """loadgroup that also groups when xdist could not suffix the group to the node ids: with
+    pytest 9.2 its suffix no longer takes (pytest-dev/pytest-xdist#1386), so grouping would
+    silently stop. A gate case's id names its model (pytest_generate_tests below)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    groups = {f"{model}-{target}": model for model, target in config.mapgate.matrix()}  # type: ignore[attr-defined]
+
+    class ModelGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            if scope != nodeid or not nodeid.endswith("]"):  # xdist's own @group suffix, or not a gate case
+                return scope
+            return groups.get(nodeid[nodeid.rfind("[") + 1 : -1], nodeid)
+
+    return ModelGroupScheduling(config, log)
+
+
+def _dist_given(config: pytest.Config) -> bool:
+    import os
+    import shlex
+
+    args = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+            *config.getini("addopts")]
+    return any(a == "--dist" or a.startswith("--dist=") or a == "-d" or a == "--distload" for a in args)
 
 
 @pytest.fixture(scope="session")
