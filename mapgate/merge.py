@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from mapgate.backends import parse_target
+from mapgate.backends.base import PRECISIONS
 from mapgate.dataset import CocoDataset
 from mapgate.errors import ConfigError, ContractError, DataError
 from mapgate.fsutil import sha256_bytes, write_json_atomic
@@ -69,13 +71,15 @@ def read_side(folder: Path) -> ShardSide:
     for key in ("model", "backend", "precision", "contract_hash", "mapgate_version"):
         if not isinstance(meta.get(key), str):
             raise _fail(folder, f"metrics.json: missing or non-string '{key}'")
+    if meta["precision"] not in ("original", *PRECISIONS):
+        raise _fail(folder, f"metrics.json: precision {meta['precision']!r} is none of original, {', '.join(PRECISIONS)}")
     for key in ("identity", "shard", "timings_ms_per_image"):
         if not isinstance(meta.get(key), dict):
             raise _fail(folder, f"metrics.json: missing or non-object '{key}'"
                         + (" (not a --shard run)" if key == "shard" else ""))
     shard = meta["shard"]
     index, count = shard.get("index"), shard.get("count")
-    if not (isinstance(index, int) and isinstance(count, int) and 1 <= index <= count):
+    if not (_int_list([index, count]) and 1 <= index <= count):
         raise _fail(folder, f"metrics.json: shard index/count must be whole numbers with 1 <= I <= N, "
                             f"got {index!r}/{count!r}")
     if not _int_list(shard.get("image_ids")) or len(set(shard["image_ids"])) != len(shard["image_ids"]):
@@ -94,8 +98,10 @@ def read_side(folder: Path) -> ShardSide:
         raise _fail(folder, f"detections.json is not JSON ({exc})") from exc
     if not isinstance(detections, list) or not all(isinstance(d, dict) for d in detections):
         raise _fail(folder, "detections.json must be a list of COCO result objects")
+    if not all(isinstance(d.get("image_id"), int) and not isinstance(d.get("image_id"), bool) for d in detections):
+        raise _fail(folder, "detections.json: every record needs a whole-number image_id")
     own = set(shard["image_ids"])
-    strays = {d.get("image_id") for d in detections} - own
+    strays = {d["image_id"] for d in detections} - own
     if strays:
         raise _fail(folder, f"detections.json has records of image ids outside this shard: {sorted(map(str, strays))[:5]}")
     comparison = None
@@ -186,16 +192,24 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, coco_
     comparisons = {}
     for key in sorted(sides[order[0]]):
         parts = [sides[run][key] for run in order]
+        if key[0] not in models:
+            raise _fail(parts[0].folder, f"model {key[0]!r} is not in the manifest here; pass its --models-file")
         first = _check_comparisons(parts)
         if first is None:
             continue
         if key[1].endswith(":original") or (key[0], f"{first['ref']['target']}:original") not in sides[order[0]]:
             raise _fail(parts[0].folder, f"comparison.json compares against {first['ref']['target']!r}, which is "
                                          "not an optimized target with its reference side in every shard")
+        parse_target(key[1])  # a known backend, before anything is written
+        precision = key[1].partition(":")[2]
+        if first.get("tolerance_source") != "command line" and first["tolerance"] != models[key[0]].tolerance(precision):
+            raise ConfigError(f"shard {parts[0].folder}: gated with tolerance {first['tolerance']}, the manifest here "
+                              f"says {models[key[0]].tolerance(precision)}; use the manifest the shards used")
         comparisons[key] = (first, parts[0].folder)
     if not comparisons:
         raise DataError(f"no comparison.json in the shards ({', '.join(map(str, order))}): merge gates `mapgate "
                         "compare --shard` runs")
+    merged: list[Any] = []
     record: dict[str, Any] = {"shards": [{"index": i + 1, "folder": str(run)} for i, run in enumerate(order)],
                               "dataset": ident, "sides": {}}
     for key in sorted(sides[order[0]]):
@@ -234,13 +248,18 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, coco_
             raise DataError(f"shards of {model_name} {key[1]} ({', '.join(str(p.folder) for p in parts)}): "
                             f"detections are not valid COCO results ({exc})") from exc
         n_total = sum(len(p.shard["image_ids"]) for p in parts)
-        timings = {stage: sum(float(p.meta["timings_ms_per_image"].get(stage, 0.0)) * len(p.shard["image_ids"])
-                              for p in parts) / n_total for stage in parts[0].meta["timings_ms_per_image"]}
+        try:  # the image-weighted mean of the shards' per-image timings
+            timings = {stage: sum(float(p.meta["timings_ms_per_image"].get(stage, 0.0)) * len(p.shard["image_ids"])
+                                  for p in parts) / n_total for stage in parts[0].meta["timings_ms_per_image"]}
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"shards of {model_name} {key[1]}: timings_ms_per_image must hold numbers ({exc})") from exc
         backend, _, precision = key[1].partition(":")
-        gate.add_side(Side(model_name, backend, None if precision == "original" else precision, detections,
+        merged.append(Side(model_name, backend, None if precision == "original" else precision, detections,
                            per_image.metrics, timings, dict(parts[0].meta["identity"]), from_cache=True,
                            per_image=per_image))
         record["sides"][f"{model_name} {key[1]}"] = [p.shard["detections_sha256"] for p in parts]
+    for side in merged:  # written only once every shard has passed every check
+        gate.add_side(side)
     for key, (first, where) in comparisons.items():
         verdicts.append(_gate_union(gate, key, first, where))
     write_json_atomic(gate.run_dir / "merge.json", record)

@@ -142,6 +142,20 @@ def test_malformed_shard_metrics_are_errors_naming_the_folder(runs, tmp_path: Pa
     assert str(meta_path.parent) in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("tolerance", 0.7, "tolerance"), ("ci", {"n_resamples": 10, "seed": 0}, "resamples"),
+    ("ref", {"target": "tf"}, "reference")])
+def test_shards_that_gated_differently_are_refused(runs, tmp_path: Path, capsys, field, value, message) -> None:
+    shards = _copy(runs, tmp_path)
+    path = shards[3] / MODEL / OPT.replace(":", "-") / "comparison.json"
+    comparison = json.loads(path.read_text())
+    comparison[field] = value
+    path.write_text(json.dumps(comparison))
+    err = _merge_error(capsys, tmp_path / "out", *shards)
+    assert str(path.parent) in err and message in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_without_shards_is_refused(tmp_path: Path, capsys) -> None:
     (tmp_path / "empty").mkdir()
     err = _merge_error(capsys, tmp_path / "out", tmp_path / "empty")
