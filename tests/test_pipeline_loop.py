@@ -117,3 +117,34 @@ def test_a_broken_image_in_a_worker_is_an_error_naming_the_file(tmp_path: Path, 
 def test_negative_workers_are_refused(bundled_models) -> None:
     with pytest.raises(ValueError, match="workers"):
         run_detections(bundled_models["yolo-fastest-1.1-320"], None, CocoDataset(max_images=1), workers=-1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("argv", [["--workers", "-1"], ["--workers", "two"], ["--batch-size", "0"]])
+def test_bad_loop_options_are_usage_errors_at_parse_time(argv: list[str], capsys) -> None:
+    from mapgate.cli import EXIT_USAGE, main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", "yolo-fastest-1.1-320", "--backend", "opencv", *argv])
+    assert exc.value.code == EXIT_USAGE and argv[0] in capsys.readouterr().err
+
+
+def test_eval_with_workers_and_batches_writes_the_sequential_bytes(tmp_path: Path, require_backend) -> None:
+    require_backend("opencv")
+    from mapgate.cli import main
+
+    base = ["eval", "--model", "yolo-fastest-1.1-320", "--backend", "opencv", "--max-images", "6", "--no-cache",
+            "--no-progress"]
+    assert main([*base, "--workers", "0", "--out", str(tmp_path / "seq")]) == 0
+    assert main([*base, "--workers", "2", "--batch-size", "4", "--out", str(tmp_path / "piped")]) == 0
+    assert (tmp_path / "piped" / "detections.json").read_bytes() == (tmp_path / "seq" / "detections.json").read_bytes()
+
+
+@pytest.mark.parametrize("option", ["--workers=-1", "--batch-size=0", "--shard=5/4"])
+def test_bad_loop_options_are_refused_by_pytest_at_parse_time(option: str) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "pytest", option, "--collect-only", "-q", "-p", "no:cacheprovider"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 4 and option.split("=")[0] in done.stderr  # pytest's usage-error exit
