@@ -45,14 +45,20 @@ STAGES = ("preprocess", "inference", "postprocess")
 QUEUE_PER_WORKER = 2  # prepared inputs in flight per decode thread: enough to hide a slow JPEG
 
 
-def default_workers() -> int:
-    """Decode/preprocess threads: one per core this process may use (the engine thread shares
-    them; more threads than cores only adds contention)."""
+def cores_per_process() -> int:
+    """The cores this process may use, shared evenly with its pytest-xdist siblings."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+    siblings = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")
+    return max(1, cores // max(1, int(siblings) if siblings.isdigit() else 1))
+
+
+def default_workers() -> int:
+    """Decode/preprocess threads: one per core this process may use (the engine thread shares
+    them; more threads than cores only adds contention)."""
+    return min(cores_per_process(), 8)
 
 
 @dataclass

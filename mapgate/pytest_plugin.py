@@ -79,6 +79,8 @@ class MapgateSession:
         from mapgate.dataset import CocoDataset
         from mapgate.gate import Gate
 
+        if hasattr(self.config, "workerinput"):
+            _share_cores()
         dataset = CocoDataset.open(self.option("coco_root"), self.option("max_images"))
         if self.option("shard"):
             dataset = dataset.shard(*self.option("shard"))
@@ -189,6 +191,21 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return groups.get(nodeid[nodeid.rfind("[") + 1 : -1], nodeid)
 
     return ModelGroupScheduling(config, log)
+
+
+def _share_cores() -> None:
+    """An xdist worker's engines get its share of the cores: N workers each running engines with a
+    thread per core oversubscribe the machine (ORT's spinning threads then burn each other's time)."""
+    import os
+
+    import cv2
+
+    from mapgate.detections import cores_per_process
+
+    share = cores_per_process()
+    for var in ("MAPGATE_ORT_THREADS", "MAPGATE_TFLITE_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(var, str(share))
+    cv2.setNumThreads(share)  # OpenCV DNN and resize
 
 
 def _dist_given(config: pytest.Config) -> bool:
