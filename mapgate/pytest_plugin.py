@@ -144,7 +144,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.mapgate = MapgateSession(config)  # type: ignore[attr-defined]
     for line in ("accuracy: the accuracy gate (original vs optimized, per model and backend)",
                  "benchmark: the full throughput benchmark matrix",
-                 "tensorrt: needs TensorRT and a CUDA device"):
+                 "tensorrt: needs TensorRT and a CUDA device",
+                 "xdist_group(name): cases that share a worker under pytest -n (pytest-xdist's mark)"):
         config.addinivalue_line("markers", line)
 
 
