@@ -79,8 +79,6 @@ class MapgateSession:
         from mapgate.dataset import CocoDataset
         from mapgate.gate import Gate
 
-        if hasattr(self.config, "workerinput"):
-            _share_cores()
         dataset = CocoDataset.open(self.option("coco_root"), self.option("max_images"))
         if self.option("shard"):
             dataset = dataset.shard(*self.option("shard"))
@@ -177,12 +175,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """loadgroup that also groups when xdist could not suffix the group to the node ids: with
     pytest 9.2 its suffix no longer takes (pytest-dev/pytest-xdist#1386), so grouping would
-    silently stop. A gate case's id names its model (pytest_generate_tests below)."""
+    silently stop. A gate case's id names its model (pytest_generate_tests below); other accuracy
+    tests parametrized by a model name or the same MODEL-TARGET ids join that model's group, so
+    they reuse its reference too."""
     if config.getvalue("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadGroupScheduling
 
-    groups = {f"{model}-{target}": model for model, target in config.mapgate.matrix()}  # type: ignore[attr-defined]
+    session = config.mapgate  # type: ignore[attr-defined]
+    groups = {f"{model}-{target}": model for model, target in session.matrix()}
+    groups.update({model: model for model in session.models})
 
     class ModelGroupScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
@@ -192,21 +194,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return groups.get(nodeid[nodeid.rfind("[") + 1 : -1], nodeid)
 
     return ModelGroupScheduling(config, log)
-
-
-def _share_cores() -> None:
-    """An xdist worker's engines get its share of the cores: N workers each running engines with a
-    thread per core oversubscribe the machine (ORT's spinning threads then burn each other's time)."""
-    import os
-
-    import cv2
-
-    from mapgate.detections import cores_per_process
-
-    share = cores_per_process()
-    for var in ("MAPGATE_ORT_THREADS", "MAPGATE_TFLITE_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-        os.environ.setdefault(var, str(share))
-    cv2.setNumThreads(share)  # OpenCV DNN and resize
 
 
 def _dist_given(config: pytest.Config) -> bool:

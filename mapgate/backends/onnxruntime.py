@@ -3,8 +3,6 @@ static-QDQ INT8 models from onnxruntime.quantization."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from mapgate.backends.base import Availability, BuildContext, Runner
@@ -28,7 +26,6 @@ class OrtRunner(Runner):
         self.artifact = artifact_for(self.model, None if self.is_reference else f"onnxruntime:{self.precision}",
                                      self.ctx)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(os.environ.get("MAPGATE_ORT_THREADS", "0"))  # 0: ORT's default, per core
         self.session = ort.InferenceSession(str(self.artifact), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
