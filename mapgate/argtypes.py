@@ -149,3 +149,25 @@ def check_model_selection(models: list[str] | None, manifest_files: list[Path] |
     unknown = [m for m in models or [] if m not in known]
     if unknown:
         raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    """``I/N``: shard I (1-based) of N."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 2/4, got {text!r}") from None
+    if not sep or not 1 <= i <= n:
+        raise argparse.ArgumentTypeError(f"expected I/N with 1 <= I <= N, got {text!r}")
+    return i, n

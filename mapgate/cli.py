@@ -13,9 +13,11 @@ from mapgate.argtypes import (
     existing_file,
     non_empty,
     non_negative_float,
+    non_negative_int,
     output_dir,
     output_file,
     positive_int,
+    shard_spec,
     target,
 )
 from mapgate.errors import MapgateError
@@ -39,6 +41,17 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                         "with --coco-root on the full val2017 give images from outside the evaluated set)")
     p.add_argument("--no-cache", action="store_true", help="recompute detections even if a cached run matches")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_loop_options(p)
+
+
+def _add_loop_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=non_negative_int, metavar="N",
+                   help="threads decoding and preprocessing images ahead of the engine (default: one per core; "
+                        "0 = the sequential loop); the detections are the same bytes either way")
+    p.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                   help="images per engine call where the engine has a batch dimension (else 1); default 1")
+    p.add_argument("--shard", type=shard_spec, metavar="I/N",
+                   help="run only shard I of N of the image ids (round-robin); join shards with `mapgate merge`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,6 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "fail = 1, pass = 0 (default: fail when the CI environment variable is set, else a "
                         "warning and 0)")
     _add_data_options(p)
+
+    p = sub.add_parser("merge", help="join shard runs (--shard I/N) and gate the union, exit 0 pass / 1 fail",
+                       description="Check that the shard run folders (each a `mapgate compare --shard I/N` run folder, "
+                                   "or a folder holding several) are of the same model, targets, contract and data set, "
+                                   "with disjoint image sets that together are the whole set; then evaluate and gate the "
+                                   "union exactly as an unsharded run would (same stats, bootstrap CI and verdict). "
+                                   "Writes a new run folder with both sides, comparison.json, summary.md and merge.json.")
+    p.add_argument("dirs", nargs="+", type=existing_dir, metavar="DIR", help="shard run folders (or folders holding them)")
+    p.add_argument("--inconclusive", choices=("fail", "pass"),
+                   help="exit code of an inconclusive verdict, as for `mapgate compare`")
+    p.add_argument("--out", type=output_dir, metavar="DIR", help="reports folder (default reports/); a run-id subfolder is made")
+    p.add_argument("--coco-root", type=coco_root, metavar="DIR",
+                   help="the COCO layout the shards ran on (default: the bundled val2017-mini); checked by content")
+    p.add_argument("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
+                   help="an extra TOML model manifest (repeatable), as given to the shard runs")
 
     p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",
                        description="Read pytest-benchmark runs saved with --benchmark-autosave and show images/s and "
@@ -232,11 +260,14 @@ def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN20
 
     if args.mirror:
         os.environ["MAPGATE_MIRROR"] = str(args.mirror)
-    return Gate(models=load_models(args.models_file),
-                dataset=CocoDataset.open(args.coco_root, args.max_images),
+    dataset = CocoDataset.open(args.coco_root, args.max_images)
+    if args.shard:
+        dataset = dataset.shard(*args.shard)
+    return Gate(models=load_models(args.models_file), dataset=dataset,
                 engines_dir=args.engines_dir or DEFAULT_ENGINES, reports_dir=reports or DEFAULT_REPORTS,
                 use_cache=not args.no_cache, calib_dir=args.calib_dir,
-                progress=not args.no_progress and sys.stderr.isatty())  # bars only on a terminal
+                progress=not args.no_progress and sys.stderr.isatty(),  # bars only on a terminal
+                workers=args.workers, batch_size=args.batch_size)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -269,6 +300,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_FAIL if result == "fail" else EXIT_OK
 
 
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from mapgate.merge import merge_shards
+
+    gate, verdicts = merge_shards(args.dirs, reports_dir=args.out, coco_root=args.coco_root,
+                                  manifest_files=args.models_file)
+    from mapgate.compare import outcome
+    from mapgate.report import case_text
+
+    results = []
+    for verdict in verdicts:  # judged as `mapgate compare` judges one: every verdict is expected to pass
+        results.append(outcome(verdict, args.inconclusive, expected="pass"))
+        print(case_text(verdict, gate.case_dir(verdict.model, verdict.opt["target"]), results[-1]))
+    print(f"artifacts: {gate.run_dir}")
+    return EXIT_FAIL if "fail" in results else EXIT_OK
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     from mapgate.history import run_history
 
@@ -276,7 +323,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"evaluate": _cmd_evaluate, "models": _cmd_models, "eval": _cmd_eval, "compare": _cmd_compare,
-             "history": _cmd_history}
+             "merge": _cmd_merge, "history": _cmd_history}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -7,6 +7,8 @@ annotation says is an error naming the file.
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -127,6 +129,42 @@ class CocoDataset:
         return sha256_json({"annotations": _content_hash(self.annotations_path, "annotation file"),
                             "images": [[i, self.images[i]["file_name"], _content_hash(self.path_of(i), "image")]
                                        for i in self.image_ids]})
+
+    shard_info: dict[str, Any] | None = None  # set on the slice shard() returns
+
+    def shard(self, index: int, count: int) -> "CocoDataset":
+        """Shard ``index`` of ``count`` (1-based): every ``count``-th image id of this set, starting
+        with the ``index``-th (round-robin over sorted ids, so shards get similar images and sizes).
+
+        The shards of one set are disjoint and together are the set; ``shard_info`` records which
+        slice of which set this is, for ``mapgate merge``.
+        """
+        if not 1 <= index <= count:
+            raise DataError(f"--shard {index}/{count}: expected I/N with 1 <= I <= N")
+        if count > len(self):
+            raise DataError(f"--shard {index}/{count}: {self.label} has only {len(self)} images for {count} shards")
+        part = copy.copy(self)
+        part.__dict__ = {k: v for k, v in self.__dict__.items() if k not in ("image_ids", "images", "gt")}
+        ids = self.image_ids[index - 1 :: count]
+        keep = set(ids)
+        part.__dict__["image_ids"] = ids
+        part.__dict__["images"] = {i: self.images[i] for i in ids}
+        gt = {k: v for k, v in self.full_gt.items() if k not in ("images", "annotations")}
+        gt["images"] = [self.images[i] for i in ids]
+        gt["annotations"] = [a for a in self.full_gt["annotations"] if int(a["image_id"]) in keep]
+        part.__dict__["gt"] = gt
+        part._name = f"{self.label}, shard {index}/{count}"
+        part.shard_info = {"index": index, "count": count, "image_ids": ids, "of": self.content_identity()}
+        return part
+
+    def content_identity(self) -> dict[str, Any]:
+        """What makes two copies of this image set the same set wherever they live (another
+        Jetson's folder, a CI runner's checkout): the annotation file's bytes, the evaluated ids
+        and file names, and the label. Paths and mtimes are left out on purpose."""
+        from mapgate.fsutil import sha256_file
+
+        return {"label": self.label, "n_images": len(self.image_ids), "annotations_sha256": sha256_file(self.annotations_path),
+                "images_sha256": sha256_json([[i, self.images[i]["file_name"]] for i in self.image_ids])}
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -116,6 +116,8 @@ class Gate:
     bootstrap_seed: int = BOOTSTRAP_SEED
     calib_dir: Path | None = None  # INT8 calibration images (default: the bundled calib-val2017)
     side_dir: Path | None = None  # write a side's detections/metrics here instead of the run tree (`eval --out`)
+    workers: int | None = None  # decode/preprocess threads of the detection loop (None: per core, 0: sequential)
+    batch_size: int = 1  # images per infer() where the engine takes a batch
     _sides: dict[tuple[str, str], Side] = field(default_factory=dict)
 
     @property
@@ -167,6 +169,13 @@ class Gate:
             self._sides[key] = self._run_side(model, backend, precision)
         return self._sides[key]
 
+    def add_side(self, side: Side) -> Side:
+        """Adopt a side evaluated elsewhere (``mapgate merge``'s union of shards): written like a run's
+        own, and used by compare() instead of running the engine."""
+        side.directory = self._write_side(self.model(side.model), side)
+        self._sides[(side.model, f"{side.backend}:{side.precision}")] = side
+        return side
+
     def _run_side(self, model: ModelSpec, backend_name: str, precision: str | None) -> Side:
         backend = get_backend(backend_name)
         available = backend.availability()
@@ -180,6 +189,8 @@ class Gate:
             "identity": without_paths(identity), "images": self.images_fingerprint(), "mapgate": __version__,
             "code": code_fingerprint(), "frameworks": framework_versions(),
         }
+        if self.batch_size > 1:  # a batched engine may differ from batch 1 by its own numeric noise
+            inputs["batch_size"] = self.batch_size
         fresh: list[Any] = []  # the DetectionRun, when detections were computed (not loaded) here
 
         def _detect() -> Any:
@@ -188,7 +199,8 @@ class Gate:
             with backend.runner(model, precision, ctx) as runner:
                 fault_point("infer")
                 run = run_detections(model, runner, self.dataset, progress=self.progress,
-                                     desc=f"{model.name} [{backend_name}:{precision or 'original'}]")
+                                     desc=f"{model.name} [{backend_name}:{precision or 'original'}]",
+                                     workers=self.workers, batch_size=self.batch_size)
                 if runner.artifact is not None:
                     identity.setdefault("artifact", str(runner.artifact))
             fresh.append(run)
@@ -256,6 +268,9 @@ class Gate:
             "timings_ms_per_image": side.timings_ms, "detections_from_cache": side.from_cache,
             "mapgate_version": __version__,
         })
+        shard = getattr(self.dataset, "shard_info", None)
+        if shard is not None:  # what `mapgate merge` checks before joining shards
+            metrics["shard"] = {**shard, "detections_sha256": sha256_bytes(data)}
         write_json_atomic(d / "metrics.json", metrics)
         return d
 

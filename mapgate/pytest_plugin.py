@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from mapgate.argtypes import coco_root, csv_list, existing_dir, existing_file, output_dir, positive_int
+from mapgate.argtypes import coco_root, csv_list, existing_dir, existing_file, non_negative_int, output_dir, positive_int, shard_spec
 from mapgate.manifest import DEFAULT_TOLERANCES
 
 MANIFEST_NAME = "mapgate.toml"
@@ -71,6 +71,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--inconclusive", choices=("fail", "pass"), metavar="fail|pass",
                 help="what an inconclusive verdict does to the run: fail or pass (default: fail when the CI "
                      "environment variable is set, else a warning and the case passes)")
+    g.addoption("--workers", type=non_negative_int, metavar="N",
+                help="threads decoding/preprocessing ahead of the engine (default: one per core; 0 = sequential)")
+    g.addoption("--batch-size", type=positive_int, default=1, metavar="N",
+                help="images per engine call where the engine has a batch dimension (default 1)")
+    g.addoption("--shard", type=shard_spec, metavar="I/N",
+                help="gate only shard I of N of the image ids; join the shards' reports with `mapgate merge`")
 
 
 # --------------------------------------------------------------------------------- session
@@ -151,10 +157,13 @@ class MapgateSession:
 
         # Progress bars only where someone watches them: a terminal, with capture off (-s).
         progress = self.option("capture") == "no" and sys.stderr.isatty()
-        gate = Gate(models=self.models, dataset=CocoDataset.open(self.coco_root, self.option("max_images")),
+        dataset = CocoDataset.open(self.coco_root, self.option("max_images"))
+        if self.option("shard"):
+            dataset = dataset.shard(*self.option("shard"))
+        gate = Gate(models=self.models, dataset=dataset,
                     engines_dir=self.option("engines_dir"), reports_dir=self.option("reports_dir"),
                     use_cache=not self.option("no_detection_cache"), calib_dir=self.option("calib_dir"),
-                    progress=progress)
+                    progress=progress, workers=self.option("workers"), batch_size=self.option("batch_size"))
         gate.write_env()
         return gate
 
@@ -464,6 +473,57 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         rep.mapgate_row = row  # extra report attributes travel from xdist workers to the controller
         rep.mapgate_baselines = item.mapgate_baselines
     return rep
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under ``pytest -n N`` with no --dist given, distribute by model (``--dist loadgroup``): the
+    cases of a model then share its reference on one worker instead of every worker recomputing
+    it. xdist's pytest_cmdline_main has turned "no" into "load" by now; it builds the scheduler
+    from this option later, in pytest_runtestloop."""
+    config = session.config
+    if getattr(config.option, "dist", None) == "load" and not hasattr(config, "workerinput") \
+            and not _dist_given(config):
+        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """loadgroup that also groups when xdist could not suffix the group to the node ids: with
+    pytest 9.2 its suffix no longer takes (pytest-dev/pytest-xdist#1386), so grouping would
+    silently stop. A gate case's id names its model (``MANIFEST::MODEL::TARGET``); tests
+    parametrized by a model name (``[MODEL]`` or ``[MODEL-TARGET]``) join that model's group, so
+    they reuse its reference too."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    session = _session(config)
+    models = set(session.models)
+    groups = {f"{model}-{target}": model for model, target in session.matrix()}
+    groups.update({model: model for model in models})
+
+    class ModelGroupScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            if scope != nodeid:  # xdist's own @group suffix took
+                return scope
+            parts = nodeid.split("::")
+            if len(parts) == 3 and parts[1] in models:  # a collected gate case
+                return parts[1]
+            if nodeid.endswith("]"):
+                return groups.get(nodeid[nodeid.rfind("[") + 1 : -1], nodeid)
+            return scope
+
+    return ModelGroupScheduling(config, log)
+
+
+def _dist_given(config: pytest.Config) -> bool:
+    import shlex
+
+    args = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+            *config.getini("addopts")]
+    return any(a == "--dist" or a.startswith("--dist=") or a == "-d" or a == "--distload" for a in args)
 
 
 @pytest.fixture(scope="session")

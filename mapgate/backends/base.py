@@ -167,6 +167,14 @@ class Runner(abc.ABC):
     def deactivate_impl(self) -> None:  # most runners only drop references
         pass
 
+    def supports_batch(self, n: int) -> bool:
+        """Whether one ``infer`` (after ``activate``) takes every batch of 1 to ``n`` images,
+        returning outputs whose first dimension is that batch. Default: batch 1 only; runners whose
+        engine has a dynamic batch dimension override it (a fixed-batch TensorRT profile would need
+        padding of the last batch: h/i10's hook). ``infer`` must return fresh arrays: the detection
+        loop postprocesses a batch while the engine runs the next."""
+        return n == 1
+
     def activate(self) -> None:
         if not self.is_active:
             self.activate_impl()

@@ -35,6 +35,11 @@ class OrtRunner(Runner):
         values = self.session.run(self.output_names, {self.input_name: batch})
         return dict(zip(self.output_names, values))
 
+    def supports_batch(self, n: int) -> bool:
+        assert self.session is not None
+        dim = self.session.get_inputs()[0].shape[0]
+        return n == 1 or not isinstance(dim, int) or dim <= 0  # a named/None dim is dynamic
+
     def deactivate_impl(self) -> None:
         self.session = None
 

@@ -108,6 +108,9 @@ class OpenCVDarknetRunner(Runner):
         # OpenCV 4.x hands back fresh arrays (checked: a later forward() leaves them unchanged)
         return {head.name: np.asarray(o, dtype=np.float32) for head, o in zip(self._heads, outs)}
 
+    def supports_batch(self, n: int) -> bool:
+        return True  # OpenCV DNN runs an N-image blob (as cv2.dnn.blobFromImages makes) through any net
+
     def deactivate_impl(self) -> None:
         self._net = None
 

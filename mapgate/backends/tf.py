@@ -58,6 +58,10 @@ class TfRunner(Runner):
         out = self.signature(tf.constant(batch))
         return {k: v.numpy() for k, v in out.items()}
 
+    def supports_batch(self, n: int) -> bool:
+        shape = self.feed.shape if self.model.format == "tf_frozen" else self.signature.inputs[0].shape
+        return n == 1 or shape.rank is None or shape[0] is None  # a None leading dim feeds any batch
+
     def deactivate_impl(self) -> None:
         if self.model.format == "tf_frozen":
             self.session.close()

@@ -31,7 +31,32 @@ class TfliteRunner(Runner):
         self.input = self.interpreter.get_input_details()[0]
         self.outputs = self.interpreter.get_output_details()
 
+    def supports_batch(self, n: int) -> bool:
+        """TFLite batches by resize_tensor_input; kept only if every output then leads with n
+        (graphs with TFLite_Detection_PostProcess, for one, do not)."""
+        if n == 1:
+            return True
+        ok = False
+        try:
+            self._resize(n)
+            ok = all(int(o["shape"][0]) == n for o in self.interpreter.get_output_details())
+        except (RuntimeError, ValueError):  # the interpreter refuses the shape
+            ok = False
+        self._resize(1)
+        return ok
+
+    def _resize(self, n: int) -> None:
+        if int(self.input["shape"][0]) != n:
+            shape = [n, *map(int, self.input["shape"][1:])]
+            try:
+                self.interpreter.resize_tensor_input(self.input["index"], shape, strict=False)
+                self.interpreter.allocate_tensors()
+            finally:  # what the interpreter now holds, even when allocation refused the shape
+                self.input = self.interpreter.get_input_details()[0]
+                self.outputs = self.interpreter.get_output_details()
+
     def infer_impl(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        self._resize(int(batch.shape[0]))
         self.interpreter.set_tensor(self.input["index"], _quantize(batch, self.input))
         self.interpreter.invoke()
         return {o["name"]: _dequantize(self.interpreter.get_tensor(o["index"]), o) for o in self.outputs}
