@@ -115,5 +115,5 @@ def test_engine_builds_then_is_reused(tensorrt_ready: None, request: pytest.Fixt
         assert second.cache_result.provenance["built_at"] == prov["built_at"]
         assert second.artifact == first.artifact and second.artifact_sha256 == first.artifact_sha256
 
-# The dAP-vs-original assertion for tensorrt:* targets is tests/test_accuracy.py::test_gate
+# The dAP-vs-original assertion for tensorrt:* targets is the collected gate cases (mapgate.toml::MODEL::tensorrt:*)
 # (the manifest lists them in `optimized`), which also checks the baselines.

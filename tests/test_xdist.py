@@ -14,13 +14,13 @@ import pytest
 pytest.importorskip("xdist")
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = "yolo-fastest-1.1-320,yolov3-tiny-416"
-CASE = re.compile(r"(?:\[(gw\d+)\].*?)?(PASSED|FAILED|SKIPPED|ERROR) tests/test_accuracy\.py::test_gate\[([^\]]+)\]"
-                  r"|tests/test_accuracy\.py::test_gate\[([^\]]+)\] (PASSED|FAILED|SKIPPED|ERROR)")
+CASE = re.compile(r"(?:\[(gw\d+)\].*?)?(PASSED|FAILED|SKIPPED|ERROR) mapgate\.toml::(\S+::\S+)"
+                  r"|mapgate\.toml::(\S+::\S+) (PASSED|FAILED|SKIPPED|ERROR)")
 
 
 def _gate_run(reports: Path, *extra: str) -> tuple[dict[str, tuple[str | None, str]], dict[str, dict]]:
     """Run the accuracy gate in a subprocess; (case id -> (worker, outcome)), (case -> comparison.json)."""
-    cmd = [sys.executable, "-m", "pytest", "tests/test_accuracy.py", "-m", "accuracy", "-p", "no:cacheprovider", "-v",
+    cmd = [sys.executable, "-m", "pytest", "mapgate.toml", "-m", "accuracy", "-p", "no:cacheprovider", "-v",
            "--models", MODELS, "--backends", "onnxruntime", "--max-images", "10", "--no-detection-cache",
            "--reports-dir", str(reports), *extra]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900).stdout
@@ -42,7 +42,7 @@ def test_two_workers_group_cases_by_model_and_match_one_process(tmp_path: Path, 
     assert {c: o for c, (_, o) in parallel_cases.items()} == {c: o for c, (_, o) in serial_cases.items()}
     workers = {}
     for case, (worker, _) in parallel_cases.items():
-        workers.setdefault(case.rsplit("-", 1)[0], set()).add(worker)
+        workers.setdefault(case.split("::")[0], set()).add(worker)
     assert all(len(w) == 1 for w in workers.values()), workers  # one worker per model: one reference run
     assert len(set().union(*workers.values())) == 2  # and both workers had work
     assert parallel == serial and len(serial) == 4  # every number of every comparison.json
@@ -51,7 +51,7 @@ def test_two_workers_group_cases_by_model_and_match_one_process(tmp_path: Path, 
 def test_an_explicit_dist_is_left_alone(tmp_path: Path, require_backend) -> None:
     require_backend("opencv")
     require_backend("onnxruntime")
-    out = subprocess.run([sys.executable, "-m", "pytest", "tests/test_accuracy.py", "-m", "accuracy", "-p",
+    out = subprocess.run([sys.executable, "-m", "pytest", "mapgate.toml", "-m", "accuracy", "-p",
                           "no:cacheprovider", "--models", "yolo-fastest-1.1-320", "--backends", "onnxruntime:fp32",
                           "--max-images", "2", "--no-detection-cache", "--reports-dir", str(tmp_path), "-n", "2",
                           "--dist", "each", "-q"], cwd=ROOT, capture_output=True, text=True, timeout=600).stdout
