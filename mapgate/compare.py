@@ -94,6 +94,7 @@ class Verdict:
     tolerance: float  # AP points allowed to be lost
     tolerance_source: str
     expected: str = "pass"  # manifest expected verdict (known-bad canaries expect "fail")
+    attribution: dict[str, Any] | None = None  # mapgate.attribution.attribute(): where the points went (TIDE)
     verdict: str = field(init=False)
     reason: str = field(init=False)
 
@@ -155,12 +156,16 @@ class Verdict:
             f"- **verdict: {self.verdict}** (expected: {self.expected}) — {self.reason}",
             "",
         ]
+        if self.attribution:
+            from mapgate.attribution import summary_lines
+
+            rows += summary_lines(self.attribution)
         return "\n".join(rows)
 
 
 def build_verdict(*, model: str, ref: dict[str, Any], opt: dict[str, Any], dataset: str, ref_metrics: Any,
                   opt_metrics: Any, ci: dict[str, Any], agreement: Agreement, tolerance: float, tolerance_source: str,
-                  expected: str = "pass") -> Verdict:
+                  expected: str = "pass", attribution: dict[str, Any] | None = None) -> Verdict:
     """Assemble a verdict from two evaluations (mapgate.evaluate.Metrics) and the statistics."""
     rs, os_ = ref_metrics.stats, opt_metrics.stats
     deltas = {k: 100.0 * (os_[k] - rs[k]) for k in STAT_NAMES}
@@ -173,4 +178,4 @@ def build_verdict(*, model: str, ref: dict[str, Any], opt: dict[str, Any], datas
                              "delta_AP50": 100.0 * (o.ap50 - r.ap50) if has_gt else None}
     return Verdict(model=model, ref=ref, opt=opt, dataset=dataset, ref_stats=dict(rs), opt_stats=dict(os_),
                    deltas=deltas, per_category=per_cat, ci=ci, agreement=agreement, tolerance=tolerance,
-                   tolerance_source=tolerance_source, expected=expected)
+                   tolerance_source=tolerance_source, expected=expected, attribution=attribution)

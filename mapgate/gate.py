@@ -298,11 +298,19 @@ class Gate:
             ref_metrics=ref_side.metrics, opt_metrics=opt_side.metrics, ci=self._bootstrap(ref_side, opt_side),
             agreement=detection_agreement(ref_side.detections, opt_side.detections), tolerance=tol,
             tolerance_source=source, expected=model.expected_verdicts.get(opt_target, "pass"),
+            attribution=self._attribution(ref_side, opt_side),
         )
         d = self.run_dir / model_name / opt_side.target.replace(":", "-")
         write_json_atomic(d / "comparison.json", verdict.to_dict())
         write_bytes_atomic(d / "summary.md", verdict.summary_markdown().encode())
         return verdict
+
+    def _attribution(self, ref: Side, opt: Side) -> dict[str, Any]:
+        """Where the AP points went (TIDE error types, by size, worst classes): ~0.4 s on 206 images."""
+        from mapgate.attribution import attribute
+
+        return attribute(self.ground_truth, ref.detections, opt.detections, self.dataset.image_ids,
+                         ref_metrics=ref.metrics, opt_metrics=opt.metrics)
 
     def _bootstrap(self, ref: Side, opt: Side) -> dict[str, Any]:
         """The paired bootstrap CI, cached by the content keys of both detection sets (it is a pure
