@@ -10,6 +10,7 @@ names/prefixes left in float), ``convert.int8_calibration`` (minmax | percentile
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -101,7 +102,8 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     if method not in _METHOD_NAMES:
         raise ConfigError(f"INT8 calibration method {method!r} is not one of {', '.join(_METHOD_NAMES)}")
     input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    proto = proto if proto is not None else load_for_quantization(source)
+    # quantize_static rewrites the proto it is given (weights become external data): never share one
+    proto = copy.deepcopy(proto) if proto is not None else load_for_quantization(source)
     kept = keep_float_nodes(proto, keep_float)
 
     class Reader(q.CalibrationDataReader):
