@@ -272,17 +272,24 @@ def error_profile(gt: GroundTruth | Mapping[str, Any] | PathLike, dets: Sequence
 
 def _ap50(codes: np.ndarray, cats: np.ndarray, score: np.ndarray, img: np.ndarray, rank: np.ndarray,
           npig: np.ndarray, n_cat: int) -> float:
-    """COCO AP at IoU 0.5 (area all, 100 detections) of labelled detections, via mapgate's kernel."""
-    from mapgate import _coco_kernels as kern
-
+    """COCO AP at IoU 0.5 (area all, 100 detections) of labelled detections: COCOeval.accumulate's
+    numpy for one IoU threshold (one call here is ~20x cheaper than a parallel kernel launch)."""
     acc = np.lexsort((rank, img, -score, cats))
-    cat_start = np.r_[0, np.cumsum(np.bincount(cats, minlength=n_cat))].astype(np.int64)
+    c, k_sorted = codes[acc], cats[acc]
+    bounds = np.searchsorted(k_sorted, np.arange(n_cat + 1))
     precision = -np.ones((1, REC_THRS.size, n_cat, 1, 1))
-    recall = -np.ones((1, n_cat, 1, 1))
-    with kern.LOCK:
-        kern.accumulate(np.ascontiguousarray(codes[acc].reshape(-1, 1, 1)), rank[acc].astype(np.int64), cat_start,
-                        npig.astype(np.int64).reshape(-1, 1), np.array([MAX_DETS[-1]], np.int64), REC_THRS,
-                        precision, recall)
+    for k in np.flatnonzero(npig > 0):
+        seg = c[bounds[k]:bounds[k + 1]]
+        tp = np.cumsum(seg == _TP).astype(float)
+        fp = np.cumsum(seg == _FP).astype(float)
+        q = np.zeros(REC_THRS.size)
+        if tp.size:
+            rc = tp / npig[k]
+            pr = np.maximum.accumulate((tp / (fp + tp + np.spacing(1)))[::-1])[::-1]
+            inds = np.searchsorted(rc, REC_THRS, side="left")
+            ok = inds < tp.size
+            q[ok] = pr[inds[ok]]
+        precision[0, :, k, 0, 0] = q
     return _mean_valid(precision)
 
 
