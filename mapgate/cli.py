@@ -237,6 +237,7 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
             raise ConfigError(f"--methods: {', '.join(bad) or 'empty'} not in {', '.join(INT8_CALIBRATIONS)}")
         cfg.methods = methods
     gate = _gate(args)
+    gate.progress = gate.progress and sys.stderr.isatty()
     say = (lambda msg: print(f"int8-repair: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
         (lambda msg: None)
     result = repair(gate, args.model, cfg, verify=not args.no_verify, say=say)

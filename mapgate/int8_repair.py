@@ -99,6 +99,7 @@ class RepairResult:
             "latency_ms_per_image": self.latency_ms,
             "speed": _speed(self.latency_ms),
             "search_seconds": self.search_seconds,
+            "images_read": sorted(self.images_read),
             "verification": self.verification,
         }
         return out

@@ -10,8 +10,10 @@ names/prefixes left in float), ``convert.int8_calibration`` (minmax | percentile
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,12 +119,14 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     kwargs: dict[str, Any] = {}
     if calibration_cache is not None and "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
         kwargs["calibration_cache_path"] = str(calibration_cache)
-    q.quantize_static(
-        proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=SETTINGS["op_types"],
-        quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-        per_channel=per_channel, calibrate_method=getattr(q.CalibrationMethod, _METHOD_NAMES[method]),
-        extra_options=dict(EXTRA_OPTIONS), **kwargs,
-    )
+    # the histogram calibrators print() their progress; stdout belongs to mapgate's own output
+    with contextlib.redirect_stdout(io.StringIO()):
+        q.quantize_static(
+            proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=SETTINGS["op_types"],
+            quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+            per_channel=per_channel, calibrate_method=getattr(q.CalibrationMethod, _METHOD_NAMES[method]),
+            extra_options=dict(EXTRA_OPTIONS), **kwargs,
+        )
     return kept
 
 
