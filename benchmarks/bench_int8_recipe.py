@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
