@@ -255,7 +255,9 @@ def error_profile(gt: GroundTruth | Mapping[str, Any] | PathLike, dets: Sequence
                 cats[fix] = gt_cat[target[fix]]
         contrib[name] = 100.0 * max(ap50(codes, cats, npig) - base, 0.0)  # TIDE clips binning noise at 0
     npig_fixed = npig - np.bincount(gt_cat[missed], minlength=n_cat)
-    contrib["missed"] = 100.0 * max(ap50(label, det_cat, npig_fixed) - base, 0.0)
+    fixed = ap50(label, det_cat, npig_fixed)
+    # nothing left to find (every ground truth was missed): the oracle is perfect, not undefined
+    contrib["missed"] = 100.0 * max((1.0 if fixed < 0 <= base else fixed) - base, 0.0)
     no_fp = np.where(label == _FP, _IGN, label).astype(np.uint8)
     tp_per_cat = np.bincount(det_cat[label == _TP], minlength=n_cat)
     fp_gain = 100.0 * (ap50(no_fp, det_cat, npig) - base)

@@ -129,3 +129,11 @@ def test_agrees_with_tidecv_where_matching_agrees(gt, tmp_path: Path) -> None:
         assert p.counts[mine] == theirs[short], mine
         assert p.contributions[mine] == pytest.approx(main[short], abs=0.25), mine
     assert 100.0 * p.ap50 == pytest.approx(run.ap, abs=0.1)
+
+
+def test_an_engine_that_detects_nothing_lost_everything_to_missed_boxes(gt) -> None:
+    ref, _ = make_detections(gt, inject={}, background=0)
+    a = attribute(gt, ref, [])
+    assert a["delta_AP50_points"] == pytest.approx(-100.0 * error_profile(gt, ref).ap50)
+    assert a["where_points_went"][0]["error"] == "missed"
+    assert a["difference_dAP50_points"]["missed"] == pytest.approx(-a["delta_AP50_points"])
