@@ -133,6 +133,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
                    help="an extra TOML model manifest (repeatable), as given to the shard runs")
 
+    p = sub.add_parser("int8-repair", help="find an INT8 recipe that passes the gate (calibration images only)",
+                       description="When INT8 fails the gate: split the calibration images into calibrate/proxy sets, "
+                                   "try the free options (calibration method minmax/percentile/entropy, per-channel, "
+                                   "more images), then give the most sensitive convolutions back to float until a "
+                                   "proxy (agreement with the FP32 model's detections on the held-out calibration "
+                                   "images) meets its tolerance; verify once on the evaluation set and write the "
+                                   "recipe (convert.int8_keep_float, int8_calibration, int8_per_channel) with its "
+                                   "numbers to --out. The evaluated images are never read by the search.")
+    p.add_argument("--model", required=True, help="a model name from `mapgate models`")
+    p.add_argument("--target", default="onnxruntime:int8", metavar="BACKEND:int8",
+                   help="onnxruntime:int8 (default) or tensorrt:int8 (needs TensorRT for the verification)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.toml",
+                   help="where to write the recipe (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--proxy-tolerance", type=non_negative_float, metavar="POINTS",
+                   help="pseudo-AP points vs the FP32 detections the repaired model may lose on the proxy images "
+                        "(default 30)")
+    p.add_argument("--max-float-layers", type=positive_int, metavar="N", help="at most N layers back to float (default 12)")
+    p.add_argument("--max-candidates", type=positive_int, metavar="N",
+                   help="score only the first N convolutions (default: all; a quick run for CI)")
+    p.add_argument("--methods", metavar="LIST", help="calibration methods to try, comma-separated (default "
+                                                     "minmax,percentile,entropy)")
+    p.add_argument("--no-verify", action="store_true", help="skip the verification on the evaluation set")
+    p.add_argument("--json", type=Path, metavar="FILE.json", help="also write the full search record as JSON")
+    _add_data_options(p)
+
     p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",
                        description="Read pytest-benchmark runs saved with --benchmark-autosave and show images/s and "
                                    "p99 latency over time, per device fingerprint.")
@@ -316,6 +342,42 @@ def _cmd_merge(args: argparse.Namespace) -> int:
     return EXIT_FAIL if "fail" in results else EXIT_OK
 
 
+def _cmd_int8_repair(args: argparse.Namespace) -> int:
+    from mapgate.errors import ConfigError
+    from mapgate.fsutil import write_bytes_atomic, write_json_atomic
+    from mapgate.int8_repair import RepairConfig, recipe_toml, repair
+    from mapgate.manifest import INT8_CALIBRATIONS
+
+    if args.out.exists() and not args.force:
+        raise ConfigError(f"--out {args.out} exists; int8-repair never overwrites a file silently (give --force, "
+                          "or another path)")
+    cfg = RepairConfig(target=args.target)
+    if args.proxy_tolerance is not None:
+        cfg.proxy_tolerance = args.proxy_tolerance
+    if args.max_float_layers:
+        cfg.max_float_layers = args.max_float_layers
+    cfg.max_candidates = args.max_candidates
+    if args.methods:
+        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+        bad = [m for m in methods if m not in INT8_CALIBRATIONS]
+        if bad or not methods:
+            raise ConfigError(f"--methods: {', '.join(bad) or 'empty'} not in {', '.join(INT8_CALIBRATIONS)}")
+        cfg.methods = methods
+    gate = _gate(args)
+    gate.progress = gate.progress and sys.stderr.isatty()
+    say = (lambda msg: print(f"int8-repair: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
+        (lambda msg: None)
+    result = repair(gate, args.model, cfg, verify=not args.no_verify, say=say)
+    text = recipe_toml(result)
+    write_bytes_atomic(args.out, text.encode())
+    if args.json:
+        write_json_atomic(args.json, result.to_dict())
+    print(text)
+    print(f"recipe written to {args.out}")
+    v = result.verification
+    return EXIT_OK if v is None or v["passed"] else EXIT_FAIL
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     from mapgate.history import run_history
 
@@ -323,7 +385,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"evaluate": _cmd_evaluate, "models": _cmd_models, "eval": _cmd_eval, "compare": _cmd_compare,
-             "merge": _cmd_merge, "history": _cmd_history}
+             "merge": _cmd_merge, "history": _cmd_history, "int8-repair": _cmd_int8_repair}
 
 if __name__ == "__main__":
     sys.exit(main())

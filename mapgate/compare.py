@@ -190,6 +190,8 @@ class Verdict:
         out = asdict(self)
         out["delta_ap"] = self.delta_ap
         out["delta_ap50"] = self.delta_ap50
+        if "attribution" in self.extras:  # comparison.json's documented key, at the top level
+            out["attribution"] = self.extras["attribution"]
         return out
 
 

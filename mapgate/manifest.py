@@ -23,6 +23,7 @@ from mapgate.paths import safe_component
 
 DEFAULT_TOLERANCES = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # AP points
 VERDICTS = ("pass", "fail", "inconclusive")  # the non-inferiority test's outcomes (mapgate.compare)
+INT8_CALIBRATIONS = ("minmax", "percentile", "entropy")  # activation-range calibration of INT8 converters
 
 FORMATS = {
     # format -> file roles it needs
@@ -91,6 +92,9 @@ class ConvertOptions:
     # Node-name prefixes kept in float by INT8 quantizers (e.g. box decoding: 8 bits cannot hold
     # normalised box corners to a pixel).
     int8_keep_float: tuple[str, ...] = ()
+    # How INT8 activation ranges are calibrated, and per-channel weight scales (the repair's free options).
+    int8_calibration: str = "minmax"
+    int8_per_channel: bool = True
 
 
 @dataclass(frozen=True)
@@ -398,6 +402,8 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     convert = ConvertOptions(
         resize_loop_output=ce.get("resize_loop_output", str, None),
         int8_keep_float=tuple(_strings(ce, "int8_keep_float")),
+        int8_calibration=ce.get("int8_calibration", str, "minmax", INT8_CALIBRATIONS),
+        int8_per_channel=ce.get("int8_per_channel", bool, True),
     )
     ce.reject_unknown()
     e.reject_unknown()

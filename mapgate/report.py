@@ -42,7 +42,11 @@ def _extras_lines(v: Verdict) -> list[str]:
     """Analyses other modules attach to a verdict (``Verdict.extras``), one line each."""
     lines = []
     for name, value in sorted(v.extras.items()):
-        if isinstance(value, dict):
+        if name == "attribution" and isinstance(value, dict) and value.get("where_points_went") is not None:
+            rows = value["where_points_went"]
+            lines.append("where the AP50 points went (TIDE): " + ", ".join(
+                f"{r['name']} {r['points']:+.2f}" for r in rows[:4]))
+        elif isinstance(value, dict):
             body = ", ".join(f"{k} {x:+.2f}" if isinstance(x, float) else f"{k} {x}" for k, x in value.items())
         else:
             body = str(value)
@@ -78,6 +82,10 @@ def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str
         f"- **verdict: {v.verdict}** (expected: {v.expected}) — {v.reason}",
         "",
     ]
+    if v.extras.get("attribution"):
+        from mapgate.attribution import summary_lines
+
+        rows += summary_lines(v.extras["attribution"])
     rows += [f"![{p}]({p})" for p in pictures]
     return "\n".join(rows) + ("\n" if pictures else "")
 

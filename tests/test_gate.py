@@ -500,3 +500,16 @@ def test_the_committed_baselines_hold_for_the_yolox_reference(first: dict) -> No
     baselines = json.loads((Path(__file__).resolve().parent.parent / "fixtures" / "mapgate-baselines.json").read_text())
     assert {"onnxruntime", "tflite:fp16", "tflite:int8"} <= set(baselines[MODEL])  # and openvino:*
     assert baselines[MODEL]["tflite:int8"]["AP"] < baselines[MODEL]["onnxruntime"]["AP"] - 0.2
+
+
+def test_a_failing_comparison_says_where_the_points_went(first: dict) -> None:
+    """comparison.json's `attribution`: TIDE error types per side and their difference; summary.md shows it."""
+    from mapgate.attribution import ERROR_TYPES
+
+    c = json.loads((first["dir"] / "tflite-int8" / "comparison.json").read_text())
+    a = c["attribution"]
+    assert set(a["difference_dAP50_points"]) == set(ERROR_TYPES)
+    assert a["delta_AP50_points"] == pytest.approx(c["deltas"]["AP50"], abs=1e-9)
+    assert a["where_points_went"][0]["points"] > 5.0  # the squeezed boxes lose points somewhere specific
+    assert set(a["by_size"]) == {"small", "medium", "large"} and a["worst_classes"]
+    assert "Where the points went" in (first["dir"] / "tflite-int8" / "summary.md").read_text()

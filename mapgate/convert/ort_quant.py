@@ -1,9 +1,20 @@
 """ONNX -> ONNX Runtime INT8: static QDQ quantization (onnxruntime.quantization), calibrated on
-the calibration images only, through the model's own preprocessing."""
+the calibration images only, through the model's own preprocessing.
+
+The recipe is TensorRT's explicit-quantization form (signed INT8, symmetric, zero point 0,
+per-channel weights), so the ORT Q/DQ model is the model the TensorRT builder would build too:
+one INT8 recipe, whichever engine runs it. Manifest knobs: ``convert.int8_keep_float`` (node
+names/prefixes left in float), ``convert.int8_calibration`` (minmax | percentile | entropy) and
+``convert.int8_per_channel``; ``mapgate int8-repair`` searches them.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import copy
+import inspect
+import io
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +23,31 @@ import numpy as np
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
 from mapgate.cache import cached_artifact
-from mapgate.files import verified_sha256
 from mapgate.fsutil import fault_point
-from mapgate.manifest import ModelSpec
+from mapgate.errors import ConfigError
+from mapgate.files import verified_sha256
+from mapgate.manifest import INT8_CALIBRATIONS, ModelSpec
 from mapgate.optional import require, version_of
 
 QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear needs the 'axis' attribute of opset 13
 # Measured on val2017-mini: quantizing every op type (MinMax) cost SSDLite 6.8 AP points; quantizing
 # only convolutions and keeping the output tail (decode, sigmoid, concat after the last conv) in float
 # costs it 1.1 and YOLOv3-tiny 0.6. Element-wise ops gain little speed from INT8 on CPU anyway.
-# TensorRT's explicit-quantization form (int8, zero point 0, symmetric, per-channel weights, float bias), so
-# the file onnxruntime:int8 evaluates is the one TensorRT's strongly typed INT8 engine is built from.
-# Symmetric int8 activations with MinMax cost SSDLite 2.43 and YOLOv3-tiny 1.47 AP points on val2017-mini;
-# Percentile (99.999) calibration brings them to 0.94 and 0.92 (yolo-fastest 3.24 -> 1.94, expected to fail).
-SETTINGS = {"format": "QDQ", "activations": "QInt8", "weights": "QInt8", "per_channel": True, "method": "Percentile",
-            "op_types": ["Conv"], "float_tail": True, "symmetric": True, "quantize_bias": False}
+SETTINGS = {"format": "QDQ", "activations": "QInt8", "weights": "QInt8", "symmetric": True,
+            "op_types": ["Conv"], "float_tail": True}
+# zero point 0, as TensorRT requires; QuantizeBias False: TensorRT refuses an int32 bias DequantizeLinear
+# (NVIDIA/TensorRT#3360), so the bias stays float in the file both engines run
+EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+_METHOD_NAMES = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 _COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+assert set(_METHOD_NAMES) == set(INT8_CALIBRATIONS)
+
+
+def recipe_of(model: ModelSpec) -> dict[str, Any]:
+    """The model's INT8 recipe as data: what the cache key and a repair report both show."""
+    c = model.convert
+    return {"calibration": c.int8_calibration, "per_channel": c.int8_per_channel,
+            "keep_float": list(c.int8_keep_float)}
 
 
 def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
@@ -37,47 +57,81 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
     images = ctx.calib_images or calibration_images(limit=ctx.max_calib_images)
     check_disjoint(ctx.calib_image_ids or image_ids_of(images), ctx.evaluated_image_ids,
                    f"INT8 calibration of {model.name} for onnxruntime:int8")
+    recipe = recipe_of(model)
     inputs = {
         "onnx_sha256": verified_sha256(source),
         "converter": f"onnxruntime.quantization/{version_of('onnxruntime')}",
         "settings": SETTINGS,
+        "extra_options": EXTRA_OPTIONS,
         "calibration_set": calibration_set_hash(images),
         "calibration_images": len(images),
         "preprocess": repr(model.preprocess),
-        "keep_float": list(model.convert.int8_keep_float),
+        "recipe": recipe,
         "opset_min": QDQ_MIN_OPSET,
     }
 
     def _build(out: Path) -> dict[str, Any]:
-        q = require("onnxruntime.quantization", "onnxruntime")
-        ort = require("onnxruntime", "onnxruntime")
-        onnx = require("onnx", "onnxruntime")
-        input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-        proto = onnx.load(str(source))
-        if _opset(proto) < QDQ_MIN_OPSET:
-            proto = onnx.version_converter.convert_version(proto, QDQ_MIN_OPSET)
-        keep_float = sorted(float_tail(proto) | {n.name for n in proto.graph.node
-                                                 if any(n.name.startswith(p) for p in model.convert.int8_keep_float)})
-
-        class Reader(q.CalibrationDataReader):
-            def __init__(self) -> None:
-                self.batches: Iterator[np.ndarray] = calibration_batches(model, images)
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                fault_point("convert")
-                batch = next(self.batches, None)
-                return None if batch is None else {input_name: batch}
-
-        q.quantize_static(
-            proto, str(out), Reader(), nodes_to_exclude=keep_float, op_types_to_quantize=SETTINGS["op_types"], quant_format=q.QuantFormat.QDQ,
-            activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, per_channel=True,
-            calibrate_method=q.CalibrationMethod.Percentile,
-            # QuantizeBias False: TensorRT refuses an int32 bias DequantizeLinear (NVIDIA/TensorRT#3360)
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-        )
-        return {"source": str(source), "kept_float_nodes": len(keep_float), "calibration_image_names": [p.name for p in images]}
+        kept = quantize(source, out, model, images, method=recipe["calibration"], per_channel=recipe["per_channel"],
+                        keep_float=model.convert.int8_keep_float)
+        return {"source": str(source), "kept_float_nodes": len(kept), "calibration_image_names": [p.name for p in images]}
 
     return cached_artifact(ctx.engines_dir, model.name, "ort-int8", inputs, _build, ".onnx")
+
+
+def load_for_quantization(source: Path) -> Any:
+    """The FP32 ONNX at the opset Q/DQ needs."""
+    onnx = require("onnx", "onnxruntime")
+    proto = onnx.load(str(source))
+    if _opset(proto) < QDQ_MIN_OPSET:
+        proto = onnx.version_converter.convert_version(proto, QDQ_MIN_OPSET)
+    return proto
+
+
+def keep_float_nodes(proto: Any, keep_float: Iterable[str]) -> list[str]:
+    """The graph's float tail plus every node named by (or starting with) a ``keep_float`` entry."""
+    prefixes = tuple(keep_float)
+    return sorted(float_tail(proto) | {n.name for n in proto.graph.node if prefixes and n.name.startswith(prefixes)})
+
+
+def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], *, method: str = "minmax",
+             per_channel: bool = True, keep_float: Iterable[str] = (), calibration_cache: Path | None = None,
+             proto: Any = None) -> list[str]:
+    """Write the Q/DQ INT8 model of ``source`` to ``out``; returns the node names left in float.
+
+    ``calibration_cache``: a file where ONNX Runtime keeps the calibrated tensor ranges, so many
+    variants of one model (``mapgate int8-repair``) calibrate once; ignored by ORT versions
+    without it (they recalibrate each time, same result, slower).
+    """
+    q = require("onnxruntime.quantization", "onnxruntime")
+    ort = require("onnxruntime", "onnxruntime")
+    if method not in _METHOD_NAMES:
+        raise ConfigError(f"INT8 calibration method {method!r} is not one of {', '.join(_METHOD_NAMES)}")
+    input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    # quantize_static rewrites the proto it is given (weights become external data): never share one
+    proto = copy.deepcopy(proto) if proto is not None else load_for_quantization(source)
+    kept = keep_float_nodes(proto, keep_float)
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches: Iterator[np.ndarray] = calibration_batches(model, list(images))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            fault_point("convert")
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    kwargs: dict[str, Any] = {}
+    if calibration_cache is not None and "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
+        kwargs["calibration_cache_path"] = str(calibration_cache)
+    # the histogram calibrators print() their progress; stdout belongs to mapgate's own output
+    with contextlib.redirect_stdout(io.StringIO()):
+        q.quantize_static(
+            proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=SETTINGS["op_types"],
+            quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+            per_channel=per_channel, calibrate_method=getattr(q.CalibrationMethod, _METHOD_NAMES[method]),
+            extra_options=dict(EXTRA_OPTIONS), **kwargs,
+        )
+    return kept
 
 
 def _opset(proto: Any) -> int:
