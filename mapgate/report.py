@@ -46,7 +46,8 @@ def _extras_lines(v: Verdict) -> list[str]:
             rows = value["where_points_went"]
             lines.append("where the AP50 points went (TIDE): " + ", ".join(
                 f"{r['name']} {r['points']:+.2f}" for r in rows[:4]))
-        elif isinstance(value, dict):
+            continue
+        if isinstance(value, dict):
             body = ", ".join(f"{k} {x:+.2f}" if isinstance(x, float) else f"{k} {x}" for k, x in value.items())
         else:
             body = str(value)
@@ -82,7 +83,7 @@ def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str
         f"- **verdict: {v.verdict}** (expected: {v.expected}) — {v.reason}",
         "",
     ]
-    if v.extras.get("attribution"):
+    if isinstance(v.extras.get("attribution"), dict) and "where_points_went" in v.extras["attribution"]:
         from mapgate.attribution import summary_lines
 
         rows += summary_lines(v.extras["attribution"])
