@@ -37,7 +37,7 @@ def _bundled_recipe_lines() -> str:
 @pytest.fixture(scope="module")
 def reduced_search(bundled_models, require_backend):
     """A bounded search (15 calibration images, MinMax only, 2 candidate layers) with every image
-    decode in the process logged, whoever calls cv2.imread."""
+    decode in the process logged: every image mapgate reads goes through dataset.read_image."""
     require_backend("onnxruntime")
     require_backend("opencv")
     import cv2
@@ -47,10 +47,15 @@ def reduced_search(bundled_models, require_backend):
 
     model = bundled_models[MODEL]
     fp32 = onnx_for(model, BuildContext(engines_dir=DEFAULT_ENGINES))
+    import mapgate.calibration
+    import mapgate.dataset
+    import mapgate.sensitivity
+
     read: list[str] = []
-    real_imread = cv2.imread
+    real_read = mapgate.dataset.read_image
     mp = pytest.MonkeyPatch()
-    mp.setattr(cv2, "imread", lambda path, *a: (read.append(path), real_imread(path, *a))[1])
+    for module in (mapgate.dataset, mapgate.calibration, mapgate.sensitivity):
+        mp.setattr(module, "read_image", lambda path, *a: (read.append(str(path)), real_read(path, *a))[1])
     cfg = RepairConfig(methods=("minmax",), per_channel=(True,), max_candidates=2, max_float_layers=1,
                        proxy_tolerance=0.0)  # unreachable: forces the greedy steps
     try:

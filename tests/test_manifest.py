@@ -88,7 +88,8 @@ def test_bundled_entries_carry_their_contract_fields(bundled_models) -> None:
     assert ssd.convert.int8_keep_float == ("Postprocessor/",)
     assert ssd.output_names == ("Postprocessor/Slice:0", "Postprocessor/ExpandDims_1:0")
     fastest = bundled_models["yolo-fastest-1.1-320"]
-    assert fastest.expected_verdicts == {}  # its INT8 passes with the recipe int8-repair found
+    # its INT8 recipe (int8-repair) is within tolerance, but 206 images cannot prove it: inconclusive
+    assert fastest.expected_verdicts == {"onnxruntime:int8": "inconclusive"}
     assert fastest.convert.int8_calibration == "percentile" and len(fastest.convert.int8_keep_float) == 4
 
 
