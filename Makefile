@@ -21,9 +21,11 @@ install: $(STAMP)
 accuracy: $(STAMP)
 	$(BIN)/pytest -m accuracy
 
-# The whole test suite (everything except the full benchmark matrix, which is `make benchmark`).
+# The whole test suite (everything except the full benchmark matrix, which is `make benchmark`),
+# then the type check of the TensorRT code: CI runs exactly this target.
 test: $(STAMP)
 	$(BIN)/pytest
+	$(MAKE) typecheck
 
 # mapgate's TensorRT code against TensorRT's published type stubs plus the documented fixes in
 # typings/build_tensorrt_stubs.py. The stubs go to their own folder, not site-packages: a stubs-only
