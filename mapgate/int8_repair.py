@@ -55,15 +55,14 @@ class RepairConfig:
 class Recipe:
     calibration: str
     per_channel: bool
-    keep_float: list[str]
+    keep_float: list[str]  # the whole int8_keep_float: the manifest's entries, then the layers the search added
+    added: list[str] = field(default_factory=list)  # the convolutions this search gave back to float
     calibration_images: str = "all"  # the recipe calibrates on every calibration image, as the gate does
 
     def apply(self, model: ModelSpec, target: str) -> ModelSpec:
         """``model`` with this recipe and without an expected-verdict canary for ``target``."""
         convert = dataclasses.replace(model.convert, int8_calibration=self.calibration,
-                                      int8_per_channel=self.per_channel,
-                                      int8_keep_float=tuple(dict.fromkeys([*model.convert.int8_keep_float,
-                                                                           *self.keep_float])))
+                                      int8_per_channel=self.per_channel, int8_keep_float=tuple(self.keep_float))
         expected = {k: v for k, v in model.expected_verdicts.items() if k != target}
         return dataclasses.replace(model, convert=convert, expected_verdicts=expected)
 
@@ -90,7 +89,7 @@ class RepairResult:
     def to_dict(self) -> dict[str, Any]:
         out = {
             "model": self.model, "target": self.target, "recipe": dataclasses.asdict(self.recipe),
-            "float_layers": len(self.recipe.keep_float),
+            "float_layers": len(self.recipe.added),
             "proxy": {"tolerance_pseudo_ap_points_lost": self.proxy_tolerance, "met": self.proxy_met,
                       "before": self.proxy_before.to_dict(), "after": self.proxy_after.to_dict(),
                       "calibrate_images": self.n_calibrate, "proxy_images": self.n_proxy},
@@ -183,7 +182,7 @@ def search(model: ModelSpec, fp32_onnx: Path, calib_images: Sequence[Path], cfg:
             if accepted:
                 keep.append(s.node)
                 current_score = trial
-    recipe = Recipe(method, pc, keep)
+    recipe = Recipe(method, pc, list(dict.fromkeys([*base_keep, *keep])), keep)
     repaired = build([*base_keep, *keep], method, pc)
     latency["int8_repaired"] = _latency(proxy, repaired)
     latency["int8"] = _latency(proxy, unrepaired)
@@ -265,7 +264,7 @@ def recipe_toml(result: RepairResult) -> str:
               f"int8_calibration = {json.dumps(r.calibration)}",
               f"int8_per_channel = {'true' if r.per_channel else 'false'}", "",
               f"[int8_repair.{name}.{json.dumps(result.target)}]",
-              f"float_layers = {len(r.keep_float)}",
+              f"float_layers_added = {len(r.added)}",
               f"proxy_pseudo_ap_before = {result.proxy_before.pseudo_ap:.3f}",
               f"proxy_pseudo_ap_after = {result.proxy_after.pseudo_ap:.3f}",
               f"proxy_met = {'true' if result.proxy_met else 'false'}"]

@@ -38,14 +38,18 @@ def _agreement_text(v: Verdict) -> str:
             f"{a.min_iou:g} ({100 * a.matched_share:.1f}%)" + (f", mean IoU {a.mean_iou:.4f}" if a.mean_iou else ""))
 
 
+def _points_went(attribution: dict[str, Any]) -> str:
+    """One line: the four TIDE error types that cost the optimized side the most AP50 points."""
+    return "where the AP50 points went (TIDE): " + ", ".join(
+        f"{r['name']} {r['points']:+.2f}" for r in attribution["where_points_went"][:4])
+
+
 def _extras_lines(v: Verdict) -> list[str]:
     """Analyses other modules attach to a verdict (``Verdict.extras``), one line each."""
     lines = []
     for name, value in sorted(v.extras.items()):
         if name == "attribution" and isinstance(value, dict) and value.get("where_points_went") is not None:
-            rows = value["where_points_went"]
-            lines.append("where the AP50 points went (TIDE): " + ", ".join(
-                f"{r['name']} {r['points']:+.2f}" for r in rows[:4]))
+            lines.append(_points_went(value))
             continue
         if isinstance(value, dict):
             body = ", ".join(f"{k} {x:+.2f}" if isinstance(x, float) else f"{k} {x}" for k, x in value.items())
@@ -239,16 +243,20 @@ class CaseRow:
     directory: str = ""  # the case folder, relative to the run folder
     pictures: tuple[str, ...] = ()
     dataset: str = ""
+    points_went: str = ""  # the TIDE attribution line; shown under the table for cases that did not pass
 
     @classmethod
     def of(cls, v: Verdict, result: str, directory: str = "", baseline: str = "",
            pictures: tuple[str, ...] = ()) -> "CaseRow":
         ci = v.ci or {}
+        att = v.extras.get("attribution")
+        went = _points_went(att) if isinstance(att, dict) and att.get("where_points_went") is not None else ""
         return cls(model=v.model, optimized=v.opt["target"], result=result, reference=v.ref["target"],
                    ref_ap=100 * v.ref_stats["AP"], opt_ap=100 * v.opt_stats["AP"], delta_ap=v.delta_ap,
                    ci_low=ci.get("low_points"), ci_high=ci.get("high_points"), agreement=v.agreement.matched_share,
                    tolerance=v.tolerance, verdict=v.verdict, expected=v.expected, reason=v.reason, baseline=baseline,
-                   directory=directory, pictures=tuple(pictures), dataset=v.dataset)
+                   directory=directory, pictures=tuple(pictures), dataset=v.dataset,
+                   points_went=went)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -296,9 +304,12 @@ def _notes(rows: list[CaseRow]) -> list[str]:
             grouped.setdefault(f"{r.result}: {r.reason}", []).append(f"{r.model} {r.optimized}")
         if r.baseline and not r.baseline.endswith("of its baseline"):
             grouped.setdefault(f"baseline: {r.baseline.split(': ', 1)[-1]}", []).append(f"{r.model} {r.optimized}")
-    return [f"{cases[0]} ({text})" if len(cases) == 1 else
-            f"{', '.join(cases)} ({text})" if len(cases) <= 3 else
-            f"{len(cases)} cases: {cases[0]} and {len(cases) - 1} more ({text})" for text, cases in grouped.items()]
+    notes = [f"{cases[0]} ({text})" if len(cases) == 1 else
+             f"{', '.join(cases)} ({text})" if len(cases) <= 3 else
+             f"{len(cases)} cases: {cases[0]} and {len(cases) - 1} more ({text})" for text, cases in grouped.items()]
+    # a case that lost points says where they went, one line each (the numbers differ per case)
+    return notes + [f"{r.model} {r.optimized}: {r.points_went}" for r in rows
+                    if r.points_went and r.verdict in ("fail", "inconclusive")]
 
 
 def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", dataset: str = "") -> str:

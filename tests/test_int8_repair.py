@@ -78,13 +78,15 @@ def test_the_search_never_reads_an_evaluated_image(reduced_search) -> None:
 
 @pytest.mark.slow
 def test_the_search_tries_free_options_then_gives_layers_back_greedily(reduced_search) -> None:
-    _, result, _ = reduced_search
+    model, result, _ = reduced_search
     assert result.n_calibrate == 10 and result.n_proxy == 5
     assert [o["images"] for o in result.options] == [10, 5]  # all of the calibrate set, then half
     assert sum(o["won"] for o in result.options) == 1
     assert len(result.sensitivity) == 2 and 1 <= len(result.steps) <= 2
     accepted = [s["node"] for s in result.steps if s["accepted"]]
-    assert result.recipe.keep_float == accepted and len(accepted) <= 1
+    assert result.recipe.added == accepted and len(accepted) <= 1
+    # the recipe is the whole list the manifest must hold: its earlier entries, then the added layers
+    assert result.recipe.keep_float == [*model.convert.int8_keep_float, *accepted]
     if accepted:
         assert result.proxy_after.pseudo_ap > result.options[0]["pseudo_ap"]
     assert not result.proxy_met
@@ -100,7 +102,7 @@ def test_the_recipe_file_is_manifest_keys_the_loader_accepts(reduced_search, man
     data = tomllib.loads(text)
     convert = data["models"][MODEL]["convert"]
     assert convert["int8_keep_float"] == result.recipe.keep_float
-    assert data["int8_repair"][MODEL]["onnxruntime:int8"]["float_layers"] == len(result.recipe.keep_float)
+    assert data["int8_repair"][MODEL]["onnxruntime:int8"]["float_layers_added"] == len(result.recipe.added)
     keys = "\n".join(f"convert.{k} = {v}" for k, v in (line.split(" = ", 1) for line in text.splitlines()
                                                          if line.startswith("int8_")))
     path = manifest_copy(tmp_path / "m.toml", MODEL, {_bundled_recipe_lines(): keys})

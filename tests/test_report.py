@@ -46,3 +46,16 @@ def test_the_run_table_links_every_case_and_explains_what_did_not_pass() -> None
     assert table[0].split() == ["model", "reference", "optimized", "ref", "AP", "opt", "AP", "dAP", "95%", "CI",
                                 "agreement", "tolerance", "verdict", "result"]
     assert table[2].split()[-2:] == ["pass", "passed"] and "inconclusive" in table[3]
+
+
+def test_a_case_that_lost_points_says_where_they_went_under_the_run_table() -> None:
+    lost, kept = verdict(-1.0), verdict(0.0)
+    for v in (lost, kept):
+        v.extras["attribution"] = {"where_points_went": [
+            {"error": "missed", "name": "missed", "points": -0.9}, {"error": "loc", "name": "localization", "points": -0.3}]}
+    rows = [report.CaseRow.from_dict(report.CaseRow.of(v, r, f"m/{i}").to_dict())
+            for i, (v, r) in enumerate([(lost, "failed"), (kept, "passed")])]
+    line = "m tflite:fp16: where the AP50 points went (TIDE): missed -0.90, localization -0.30"
+    assert line in report.run_table(rows).splitlines()
+    assert f"- {line}" in report.run_markdown(rows)
+    assert report.run_table(rows).count("where the AP50 points went") == 1  # the passing case adds no line

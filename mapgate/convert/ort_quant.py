@@ -14,6 +14,7 @@ import contextlib
 import copy
 import inspect
 import io
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     if calibration_cache is not None and "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
         kwargs["calibration_cache_path"] = str(calibration_cache)
     # the histogram calibrators print() their progress; stdout belongs to mapgate's own output
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), _without_preprocess_advice():
         q.quantize_static(
             proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=SETTINGS["op_types"],
             quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
@@ -132,6 +133,23 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
             extra_options=dict(EXTRA_OPTIONS), **kwargs,
         )
     return kept
+
+
+class _PreprocessAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Please consider")
+
+
+@contextlib.contextmanager
+def _without_preprocess_advice() -> Iterator[None]:
+    """Drop ONNX Runtime's "run pre-processing before quantization" warning (printed twice per
+    model): that step fuses and renames nodes, and ``int8_keep_float`` names the nodes as converted."""
+    root, advice = logging.getLogger(), _PreprocessAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def _opset(proto: Any) -> int:
