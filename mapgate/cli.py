@@ -140,7 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "proxy (agreement with the FP32 model's detections on the held-out calibration "
                                    "images) meets its tolerance; verify once on the evaluation set and write the "
                                    "recipe (convert.int8_keep_float, int8_calibration, int8_per_channel) with its "
-                                   "numbers to --out. The evaluated images are never read by the search.")
+                                   "numbers to --out. The evaluated images are never read by the search. The "
+                                   "search starts from the manifest's current recipe and adds layers to its "
+                                   "int8_keep_float: when the verification is inconclusive, commit the recipe and "
+                                   "re-run with a smaller --proxy-tolerance.")
     p.add_argument("--model", required=True, help="a model name from `mapgate models`")
     p.add_argument("--target", default="onnxruntime:int8", metavar="BACKEND:int8",
                    help="onnxruntime:int8 (default) or tensorrt:int8 (needs TensorRT for the verification)")

@@ -88,9 +88,9 @@ def test_bundled_entries_carry_their_contract_fields(bundled_models) -> None:
     assert ssd.convert.int8_keep_float == ("Postprocessor/",)
     assert ssd.output_names == ("Postprocessor/Slice:0", "Postprocessor/ExpandDims_1:0")
     fastest = bundled_models["yolo-fastest-1.1-320"]
-    # its INT8 recipe (int8-repair) is within tolerance, but 206 images cannot prove it: inconclusive
-    assert fastest.expected_verdicts == {"onnxruntime:int8": "inconclusive"}
-    assert fastest.convert.int8_calibration == "percentile" and len(fastest.convert.int8_keep_float) == 4
+    # its INT8 recipe (int8-repair) passes the gate: no expected-verdict canary is left
+    assert fastest.expected_verdicts == {}
+    assert fastest.convert.int8_calibration == "percentile" and len(fastest.convert.int8_keep_float) == 12
 
 
 def test_tolerances_default_per_precision_and_are_overridable(tmp_path: Path) -> None:
