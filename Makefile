@@ -9,10 +9,13 @@ EXTRAS ?= all
 
 .PHONY: install accuracy test benchmark typecheck clean-cache
 
+# tidecv (the TIDE authors' code, a test cross-check) requires opencv-python, whose cv2 would shadow
+# opencv-python-headless' own: it is installed without its dependencies, which the test extra lists.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet --no-deps 'tidecv==1.0.1'
 	touch $(STAMP)
 
 install: $(STAMP)
