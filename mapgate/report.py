@@ -39,9 +39,12 @@ def _agreement_text(v: Verdict) -> str:
 
 
 def _points_went(attribution: dict[str, Any]) -> str:
-    """One line: the four TIDE error types that cost the optimized side the most AP50 points."""
-    return "where the AP50 points went (TIDE): " + ", ".join(
-        f"{r['name']} {r['points']:+.2f}" for r in attribution["where_points_went"][:4])
+    """One line: the (at most four) TIDE error types that cost the optimized side the most AP50 points.
+    A row's points are what an oracle fixing that error type gives back, optimized minus reference:
+    positive means lost, so only those are named."""
+    lost = [r for r in attribution["where_points_went"] if r["points"] >= 0.005][:4]
+    return "AP50 points lost, by TIDE error type: " + (
+        ", ".join(f"{r['name']} {r['points']:.2f}" for r in lost) if lost else "none")
 
 
 def _extras_lines(v: Verdict) -> list[str]:

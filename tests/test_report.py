@@ -52,10 +52,12 @@ def test_a_case_that_lost_points_says_where_they_went_under_the_run_table() -> N
     lost, kept = verdict(-1.0), verdict(0.0)
     for v in (lost, kept):
         v.extras["attribution"] = {"where_points_went": [
-            {"error": "missed", "name": "missed", "points": -0.9}, {"error": "loc", "name": "localization", "points": -0.3}]}
+            {"error": "missed", "name": "missed", "points": 0.9}, {"error": "loc", "name": "localization", "points": 0.3},
+            {"error": "dupe", "name": "duplicate", "points": -0.2}]}
     rows = [report.CaseRow.from_dict(report.CaseRow.of(v, r, f"m/{i}").to_dict())
             for i, (v, r) in enumerate([(lost, "failed"), (kept, "passed")])]
-    line = "m tflite:fp16: where the AP50 points went (TIDE): missed -0.90, localization -0.30"
+    # an oracle fixing an error type gives back what the engine lost through it: only losses are named
+    line = "m tflite:fp16: AP50 points lost, by TIDE error type: missed 0.90, localization 0.30"
     assert line in report.run_table(rows).splitlines()
     assert f"- {line}" in report.run_markdown(rows)
-    assert report.run_table(rows).count("where the AP50 points went") == 1  # the passing case adds no line
+    assert report.run_table(rows).count("AP50 points lost") == 1  # the passing case adds no line
