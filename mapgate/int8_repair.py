@@ -183,7 +183,7 @@ def search(model: ModelSpec, fp32_onnx: Path, calib_images: Sequence[Path], cfg:
                 keep.append(s.node)
                 current_score = trial
     recipe = Recipe(method, pc, list(dict.fromkeys([*base_keep, *keep])), keep)
-    repaired = build([*base_keep, *keep], method, pc)
+    repaired = build(recipe.keep_float, method, pc)
     latency["int8_repaired"] = _latency(proxy, repaired)
     latency["int8"] = _latency(proxy, unrepaired)
     latency["fp32"] = _latency(proxy, fp32_onnx)

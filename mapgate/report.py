@@ -38,10 +38,13 @@ def _agreement_text(v: Verdict) -> str:
             f"{a.min_iou:g} ({100 * a.matched_share:.1f}%)" + (f", mean IoU {a.mean_iou:.4f}" if a.mean_iou else ""))
 
 
-def _points_went(attribution: dict[str, Any]) -> str:
-    """One line: the (at most four) TIDE error types that cost the optimized side the most AP50 points.
-    A row's points are what an oracle fixing that error type gives back, optimized minus reference:
-    positive means lost, so only those are named."""
+def _points_went(attribution: Any) -> str:
+    """One line: the (at most four) TIDE error types that cost the optimized side the most AP50 points
+    ("" when ``attribution`` is not mapgate.attribution's result). A row's points are what an oracle
+    fixing that error type gives back, optimized minus reference: positive means lost, so only those
+    are named."""
+    if not isinstance(attribution, dict) or attribution.get("where_points_went") is None:
+        return ""
     lost = [r for r in attribution["where_points_went"] if r["points"] >= 0.005][:4]
     return "AP50 points lost, by TIDE error type: " + (
         ", ".join(f"{r['name']} {r['points']:.2f}" for r in lost) if lost else "none")
@@ -51,8 +54,8 @@ def _extras_lines(v: Verdict) -> list[str]:
     """Analyses other modules attach to a verdict (``Verdict.extras``), one line each."""
     lines = []
     for name, value in sorted(v.extras.items()):
-        if name == "attribution" and isinstance(value, dict) and value.get("where_points_went") is not None:
-            lines.append(_points_went(value))
+        if name == "attribution" and (line := _points_went(value)):
+            lines.append(line)
             continue
         if isinstance(value, dict):
             body = ", ".join(f"{k} {x:+.2f}" if isinstance(x, float) else f"{k} {x}" for k, x in value.items())
@@ -252,14 +255,12 @@ class CaseRow:
     def of(cls, v: Verdict, result: str, directory: str = "", baseline: str = "",
            pictures: tuple[str, ...] = ()) -> "CaseRow":
         ci = v.ci or {}
-        att = v.extras.get("attribution")
-        went = _points_went(att) if isinstance(att, dict) and att.get("where_points_went") is not None else ""
         return cls(model=v.model, optimized=v.opt["target"], result=result, reference=v.ref["target"],
                    ref_ap=100 * v.ref_stats["AP"], opt_ap=100 * v.opt_stats["AP"], delta_ap=v.delta_ap,
                    ci_low=ci.get("low_points"), ci_high=ci.get("high_points"), agreement=v.agreement.matched_share,
                    tolerance=v.tolerance, verdict=v.verdict, expected=v.expected, reason=v.reason, baseline=baseline,
                    directory=directory, pictures=tuple(pictures), dataset=v.dataset,
-                   points_went=went)
+                   points_went=_points_went(v.extras.get("attribution")))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
