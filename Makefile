@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mapgate-installed
 EXTRAS ?= all
 
-.PHONY: install accuracy test benchmark typecheck clean-cache
+.PHONY: install accuracy check test benchmark typecheck clean-cache
 
 # tidecv (the TIDE authors' code, a test cross-check) requires opencv-python, whose cv2 would shadow
 # opencv-python-headless' own: it is installed without its dependencies, which the test extra lists.
@@ -24,10 +24,16 @@ install: $(STAMP)
 accuracy: $(STAMP)
 	$(BIN)/pytest -m accuracy
 
-# The whole test suite (everything except the full benchmark matrix, which is `make benchmark`),
-# then the type check of the TensorRT code: CI runs exactly this target.
+# The fast tier, the default while developing: every test not marked slow/accuracy/benchmark (no model
+# runs over the data set), under 2 minutes on 2 cores. tests/conftest.py fails an unmarked test over 2 s.
+check: $(STAMP)
+	$(BIN)/pytest tests -m "not slow and not accuracy and not benchmark"
+
+# The whole test suite (everything except the full benchmark matrix, which is `make benchmark`) on two
+# xdist workers, each model's cases grouped on one worker, then the type check of the TensorRT code:
+# CI runs exactly this target.
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 	$(MAKE) typecheck
 
 # mapgate's TensorRT code against TensorRT's published type stubs plus the documented fixes in

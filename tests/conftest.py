@@ -61,3 +61,41 @@ def _manifest_copy(dest: Path, model: str, replace: dict[str, str] | None = None
 def manifest_copy():
     """``manifest_copy(dest, model, replace)``: one bundled entry as a standalone manifest (see _manifest_copy)."""
     return _manifest_copy
+
+
+# ------------------------------------------------------------------------------ the fast tier
+# `make check` runs every test not marked slow/accuracy/benchmark and must stay under 2 minutes.
+# A test that becomes slow without saying so fails here, so the fast tier cannot rot by accident.
+FAST_LIMIT_S = 2.0
+TIER_MARKERS = ("slow", "accuracy", "benchmark")
+
+
+def _in_fast_tier(item: pytest.Item) -> bool:
+    return not any(item.get_closest_marker(name) for name in TIER_MARKERS)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_kernels() -> None:
+    """Compile (or load from numba's on-disk cache) the evaluation, bootstrap and attribution kernels once per
+    session, before any test is timed: on a fresh checkout that costs 5-8 s and belongs to no test."""
+    from mapgate.attribution import attribute
+    from mapgate.bootstrap import paired_bootstrap, per_image_results
+
+    gt = {"images": [{"id": 1, "width": 10, "height": 10}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "area": 25, "iscrowd": 0}],
+          "categories": [{"id": 1, "name": "person"}]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5], "score": 0.9}]
+    side = per_image_results(gt, dets)
+    paired_bootstrap(side, side, n_resamples=2)
+    attribute(gt, dets, dets)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ANN201 - hook wrapper
+    outcome = yield
+    report = outcome.get_result()
+    if call.when == "call" and report.passed and call.duration > FAST_LIMIT_S and _in_fast_tier(item):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {call.duration:.1f} s, over the fast tier's {FAST_LIMIT_S:.0f} s limit "
+                           "for a test not marked slow: mark it @pytest.mark.slow (or move a model-on-data test "
+                           "under tests/accuracy/) or make it faster")

@@ -129,6 +129,7 @@ def probe_manifest(tmp_path_factory: pytest.TempPathFactory, manifest_copy) -> P
     return work
 
 
+@pytest.mark.slow
 def test_a_backend_dropped_in_as_one_file_is_everywhere(package_with_probe: Path, probe_manifest: Path,
                                                         require_backend) -> None:
     require_backend("onnxruntime")
@@ -147,6 +148,7 @@ def test_a_backend_dropped_in_as_one_file_is_everywhere(package_with_probe: Path
     assert got["n_detections"] > 0 and got["same_detections"] and got["AP"] > 0
 
 
+@pytest.mark.slow
 def test_a_dropped_in_backend_is_listed_by_mapgate_models(package_with_probe: Path, probe_manifest: Path) -> None:
     out = _run(package_with_probe, "-m", "mapgate.cli", "models", "--models-file", str(probe_manifest / "extra.toml"))
     target_line = next(line for line in out.splitlines() if "-> zzprobe:fp32" in line)
@@ -237,6 +239,7 @@ def test_can_make_follows_builds_from_onnx_not_a_backend_name(bundled_models) ->
     assert not can_make(yolov3, "opencv:fp32") and not can_make(yolov3, "tflite:fp16")
 
 
+@pytest.mark.slow
 def test_the_gate_case_of_a_target_carries_its_backends_marker(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "openvino",
                            "-p", "no:cacheprovider", "mapgate.toml"], cwd=ROOT, capture_output=True,

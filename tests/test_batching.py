@@ -69,6 +69,7 @@ def test_onnxruntime_with_a_dynamic_batch_dim_gives_byte_identical_detections(bu
     assert orjson.dumps(four.detections) == orjson.dumps(one.detections) == orjson.dumps(fixed_run.detections)
 
 
+@pytest.mark.slow
 def test_tf_batches_match_batch_one_within_float_noise(bundled_models, require_backend) -> None:
     require_backend("tf")
     from mapgate.evaluate import evaluate, load_ground_truth

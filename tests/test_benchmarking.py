@@ -251,6 +251,7 @@ def sleepy_project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_autosave_goes_to_one_directory_per_device(sleepy_project: Path) -> None:
     for cpu in ("Fake CPU A", "Fake CPU B"):
         proc = _pytest(sleepy_project, "--benchmark-autosave", SLEEP_S="0.001", FAKE_CPU=cpu)
@@ -268,6 +269,7 @@ def test_autosave_goes_to_one_directory_per_device(sleepy_project: Path) -> None
     assert all(f"[{device}]" in table for device in devices)
 
 
+@pytest.mark.slow
 def test_compare_fail_catches_a_synthetic_slowdown(sleepy_project: Path) -> None:
     base = _pytest(sleepy_project, "--benchmark-autosave", SLEEP_S="0.002")
     assert base.returncode == 0, base.stdout + base.stderr
@@ -286,6 +288,7 @@ def test_benchmark_batch_size_option_is_validated(sleepy_project: Path) -> None:
     assert proc.returncode != 0 and "at least 1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_matrix_is_deselected_without_a_mark_expression(tmp_path: Path) -> None:
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    benchmark: matrix\n")
     (tmp_path / "test_m.py").write_text(textwrap.dedent("""

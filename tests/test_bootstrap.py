@@ -83,6 +83,7 @@ def pycocotools_ap_on_duplicated_images(gt: dict[str, Any], dets: list[dict[str,
     return float(ev.stats[0])
 
 
+@pytest.mark.slow
 def test_resampled_ap_equals_pycocotools_on_the_duplicated_image_sets(gt: dict[str, Any]) -> None:
     ids = sorted(im["id"] for im in gt["images"])[:30]
     ref = detector(gt, 1, set(ids), score_decimals=1)

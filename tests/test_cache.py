@@ -433,6 +433,7 @@ def _gate(bundled_models: dict, model: str, dataset: CocoDataset, engines: Path,
                 run_id=run_id, progress=False, bootstrap_resamples=100)
 
 
+@pytest.mark.slow
 def test_a_copied_engines_dir_and_data_set_hit_for_conversions_detections_and_bootstrap(
         tmp_path: Path, bundled_models: dict, require_backend) -> None:
     """No absolute path in any key: the converted ONNX, both detection sets and the bootstrap all come

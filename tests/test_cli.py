@@ -272,6 +272,7 @@ def compare(capsys: pytest.CaptureFixture, engines: Path, out: Path, *extra: str
                "--resamples", 100, "--no-progress", *extra)
 
 
+@pytest.mark.slow
 def test_compare_exits_1_for_the_broken_vendor_int8_file(capsys: pytest.CaptureFixture, tmp_path: Path,
                                                          engines: Path, require_backend) -> None:
     require_backend("onnxruntime")
@@ -284,6 +285,7 @@ def test_compare_exits_1_for_the_broken_vendor_int8_file(capsys: pytest.CaptureF
     assert list((tmp_path / "reports").glob("*/env.json"))
 
 
+@pytest.mark.slow
 def test_compare_exits_0_for_the_vendor_fp16_file(capsys: pytest.CaptureFixture, tmp_path: Path, engines: Path,
                                                   require_backend) -> None:
     require_backend("onnxruntime")
@@ -295,6 +297,7 @@ def test_compare_exits_0_for_the_vendor_fp16_file(capsys: pytest.CaptureFixture,
     assert list((tmp_path / "reports").glob(f"*/{MODEL}/tflite-fp16/summary.md"))
 
 
+@pytest.mark.slow
 def test_compare_tolerance_option_decides_the_verdict(capsys: pytest.CaptureFixture, tmp_path: Path, engines: Path,
                                                       require_backend) -> None:
     """A tolerance wide enough for the broken INT8 file makes it pass: the option is what the gate uses."""
@@ -305,6 +308,7 @@ def test_compare_tolerance_option_decides_the_verdict(capsys: pytest.CaptureFixt
     assert re.search(r"tolerance\s+100 points \(command line\)", out), out
 
 
+@pytest.mark.slow
 def test_compare_inconclusive_exits_by_the_inconclusive_option(capsys: pytest.CaptureFixture, tmp_path: Path,
                                                                engines: Path, monkeypatch: pytest.MonkeyPatch,
                                                                require_backend) -> None:
@@ -323,6 +327,7 @@ def test_compare_inconclusive_exits_by_the_inconclusive_option(capsys: pytest.Ca
     assert run(capsys, *argv)[0] == 1
 
 
+@pytest.mark.slow
 def test_compare_against_a_stored_reference_from_eval(capsys: pytest.CaptureFixture, tmp_path: Path, engines: Path,
                                                       require_backend) -> None:
     require_backend("onnxruntime")

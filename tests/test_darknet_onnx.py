@@ -201,6 +201,7 @@ def test_synthetic_network_matches_opencv(synthetic: tuple[Path, Path], tmp_path
     assert diff <= ATOL
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(BUNDLED))
 def test_bundled_model_matches_opencv_on_real_images(name: str, tmp_path: Path) -> None:
     cfg, weights, size = BUNDLED[name]

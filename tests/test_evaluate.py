@@ -132,6 +132,7 @@ def assert_same_as_pycocotools(m: Metrics, ev: Any) -> None:
 # ------------------------------------------------------------------ agreement with pycocotools
 
 
+@pytest.mark.slow
 def test_ground_truth_fed_back_as_detections_scores_ap_1(gt: dict[str, Any]) -> None:
     perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
                for a in gt["annotations"] if not a["iscrowd"]]
@@ -146,6 +147,7 @@ def test_ground_truth_fed_back_as_detections_scores_ap_1(gt: dict[str, Any]) -> 
     assert_same_as_pycocotools(m, pycoco(perfect))
 
 
+@pytest.mark.slow
 def test_jittered_detections_match_pycocotools_bit_for_bit(gt: dict[str, Any], dets: list[dict[str, Any]]) -> None:
     m = quiet_evaluate(gt, dets)
     ev = pycoco(dets)

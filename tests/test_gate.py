@@ -78,6 +78,7 @@ def copy_engines(first: dict, dest: Path) -> Path:
 # ============================================================================ artifacts
 
 
+@pytest.mark.slow
 def test_compare_writes_detections_metrics_comparison_and_summary(first: dict) -> None:
     d = first["dir"]
     assert d == first["gate"].reports_dir / "run-a" / MODEL

@@ -4,7 +4,7 @@ The bundled ONNX files have fixed input shapes (NanoDet-m [1, 3, 320, 320], Pico
 the other-size cases build head outputs with numpy from a known box set: per cell, a class map
 and four side distributions whose softmax expectation is the box's distance to the cell centre,
 then check the decoder recovers the boxes exactly. The bundled sizes run for real in
-tests/test_reference_models.py (AP on val2017-mini) and once here on one image.
+tests/accuracy/test_reference_models.py (AP on val2017-mini) and once here on one image.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ def engines() -> Path:
     return Path(__file__).resolve().parent.parent / "engines"  # the conversion cache every test shares
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name,backend,precision", CASES, ids=[c[0] for c in CASES])
 def test_pipelined_detections_are_byte_identical_to_sequential(bundled_models, require_backend, engines,
                                                                model_name, backend, precision) -> None:

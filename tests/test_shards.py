@@ -43,6 +43,7 @@ def _merge(out: Path, *dirs: Path) -> int:
     return main(["merge", *map(str, dirs), "--inconclusive", "fail", "--out", str(out)])
 
 
+@pytest.mark.slow
 def test_four_shards_merge_to_the_unsharded_run_bit_for_bit(runs, tmp_path: Path) -> None:
     code = _merge(tmp_path, *runs["shards"])
     assert code == runs["codes"]["full"] == EXIT_FAIL  # INT8 on 40 images is not shown within tolerance: fail either way
@@ -124,6 +125,7 @@ def test_overlapping_image_sets_are_refused(runs, tmp_path: Path, capsys) -> Non
     assert f"image id {stolen} is also in {shards[0]}" in err and str(shards[1]) in err
 
 
+@pytest.mark.slow
 def test_shards_of_another_image_set_are_refused(runs, tmp_path: Path, capsys) -> None:
     other = tmp_path / "other"
     assert _compare(other, "--shard", "4/4", "--max-images", "44") in (0, 1)

@@ -1,6 +1,6 @@
 """The Ultralytics family: YOLOv5 [1, N, 5+C] and YOLOv8 / YOLO11 [1, 4+C, N] exports.
 
-YOLOv5n is bundled and runs for real (its AP is in tests/test_reference_models.py). No real
+YOLOv5n is bundled and runs for real (its AP is in tests/accuracy/test_reference_models.py). No real
 YOLOv8 / YOLO11 model is available here, so the v8 layout is tested on outputs computed with
 numpy from a known box set.
 """

@@ -51,6 +51,7 @@ def test_the_manifest_is_collected_as_one_case_per_optimized_target(user_repo: p
     assert ids == [f"mapgate.toml::{MODEL}::onnxruntime:fp32", f"mapgate.toml::{MODEL}::tensorrt:fp16"]
 
 
+@pytest.mark.slow
 def test_a_passing_gate_prints_the_table_and_writes_the_report_junit_and_step_summary(
         user_repo: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, require_backend) -> None:  # noqa: ANN001
     require_backend("opencv")
@@ -88,6 +89,7 @@ def test_a_passing_gate_prints_the_table_and_writes_the_report_junit_and_step_su
     assert float(props["ci_low"]) > -0.1
 
 
+@pytest.mark.slow
 def test_a_failing_case_shows_its_table_and_update_baselines_writes_beside_the_manifest(
         user_repo: pytest.Pytester, require_backend) -> None:  # noqa: ANN001
     require_backend("opencv")
@@ -128,6 +130,7 @@ def test_a_failing_case_shows_its_table_and_update_baselines_writes_beside_the_m
     assert "no baseline recorded" not in checked.stdout.str()
 
 
+@pytest.mark.slow
 def test_the_data_set_named_in_the_manifest_is_relative_to_it_and_coco_root_overrides_it(
         user_repo: pytest.Pytester) -> None:
     manifest = user_repo.path / "mapgate.toml"

@@ -33,6 +33,7 @@ def _gate_run(reports: Path, *extra: str) -> tuple[dict[str, tuple[str | None, s
     return cases, comparisons
 
 
+@pytest.mark.slow
 def test_two_workers_group_cases_by_model_and_match_one_process(tmp_path: Path, require_backend) -> None:
     require_backend("opencv")
     require_backend("onnxruntime")
@@ -48,6 +49,7 @@ def test_two_workers_group_cases_by_model_and_match_one_process(tmp_path: Path, 
     assert parallel == serial and len(serial) == 4  # every number of every comparison.json
 
 
+@pytest.mark.slow
 def test_an_explicit_dist_is_left_alone(tmp_path: Path, require_backend) -> None:
     require_backend("opencv")
     require_backend("onnxruntime")

@@ -55,6 +55,7 @@ def test_a_damaged_image_is_an_error_naming_it(sandbox: Sandbox, damage: Callabl
     sandbox.assert_only_new_under("coco")
 
 
+@pytest.mark.slow
 def test_a_truncated_jpeg_stops_mapgate_eval_with_exit_2_before_results_are_written(
         capsys: pytest.CaptureFixture, sandbox: Sandbox) -> None:
     """Issue 11 item 2: was evaluated as a grey image, exit 0, AP changed."""

@@ -10,7 +10,7 @@ import pytest
 
 from hostile_helpers import ROOT, Sandbox
 
-TARGET = "tests/test_expected_results.py"
+TARGET = "tests/accuracy/test_expected_results.py"
 
 
 def _pytest(sandbox: Sandbox, *options: str) -> tuple[int, str]:
@@ -33,6 +33,7 @@ def _pytest(sandbox: Sandbox, *options: str) -> tuple[int, str]:
     ("--calib-dir=/nonexistent", "does not exist"),
     ("--models-file=/nonexistent.toml", "does not exist"),
 ])
+@pytest.mark.slow
 def test_a_bad_option_is_one_usage_error_with_exit_code_4(sandbox: Sandbox, option: str, says: str) -> None:
     code, out = _pytest(sandbox, option)
     assert code == 4, out
@@ -64,10 +65,11 @@ def test_a_folder_given_as_models_file_is_a_usage_error(sandbox: Sandbox) -> Non
     (("--models=yolox-nano-416", "--backends=tflite", "--max-images=5"),
      ("--max-images/--coco-root select another image set",)),
 ])
+@pytest.mark.slow
 def test_the_expectation_tests_honour_the_selection_options(sandbox: Sandbox, options: tuple[str, ...],
                                                             says: tuple[str, ...]) -> None:
     """Chosen so that every case is skipped before any model runs (no inference here); the run with
-    nothing skipped is tests/test_expected_results.py itself."""
+    nothing skipped is tests/accuracy/test_expected_results.py itself."""
     code, out = _pytest(sandbox, *options, "-m", "accuracy")
     assert code == 0, out
     assert all(s in out for s in says) and "passed" not in out, out

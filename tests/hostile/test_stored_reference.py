@@ -51,6 +51,7 @@ def test_metrics_json_records_the_hash_and_count_of_its_detections(stored: tuple
     assert meta["detections_count"] == len(dets) > 0
 
 
+@pytest.mark.slow
 def test_an_untouched_stored_reference_is_used(capsys: pytest.CaptureFixture, sandbox: Sandbox,
                                                stored: tuple[Path, Path]) -> None:
     ref = shutil.copytree(stored[0], sandbox.root / "ref")
