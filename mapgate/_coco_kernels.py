@@ -31,6 +31,38 @@ _EPS = float(np.spacing(1))
 LOCK = threading.Lock()
 
 
+@njit(cache=True, error_model="numpy")
+def iou_block(det_box: np.ndarray, ds: int, nd: int, gt_box: np.ndarray, gt_crowd: np.ndarray, gs: int,
+              ng: int) -> np.ndarray:
+    """IoU of detections ``[ds, ds + nd)`` against ground truths ``[gs, gs + ng)`` (xywh boxes): maskApi.c
+    ``bbIou``, same operation order (da + ga - i; a crowd gt divides by da only). The one IoU of the
+    package: the evaluation's matching and the error attribution both call it."""
+    ious = np.zeros((nd, ng))
+    for g in range(ng):
+        gx = gt_box[gs + g, 0]
+        gy = gt_box[gs + g, 1]
+        gw = gt_box[gs + g, 2]
+        gh = gt_box[gs + g, 3]
+        ga = gw * gh
+        crowd = gt_crowd[gs + g]
+        for d in range(nd):
+            dx = det_box[ds + d, 0]
+            dy = det_box[ds + d, 1]
+            dw = det_box[ds + d, 2]
+            dh = det_box[ds + d, 3]
+            da = dw * dh
+            w = min(dw + dx, gw + gx) - max(dx, gx)
+            if w <= 0:
+                continue
+            h = min(dh + dy, gh + gy) - max(dy, gy)
+            if h <= 0:
+                continue
+            i = w * h
+            u = da if crowd else da + ga - i
+            ious[d, g] = i / u
+    return ious
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def match_groups(
     g_ds: np.ndarray,
@@ -71,30 +103,7 @@ def match_groups(
                     for t in range(n_thr):
                         codes[ds + d, a, t] = c
             continue
-        # maskApi.c bbIou, same operation order (da + ga - i; crowd divides by da only).
-        ious = np.zeros((nd, ng))
-        for g in range(ng):
-            gx = gt_box[gs + g, 0]
-            gy = gt_box[gs + g, 1]
-            gw = gt_box[gs + g, 2]
-            gh = gt_box[gs + g, 3]
-            ga = gw * gh
-            crowd = gt_crowd[gs + g]
-            for d in range(nd):
-                dx = det_box[ds + d, 0]
-                dy = det_box[ds + d, 1]
-                dw = det_box[ds + d, 2]
-                dh = det_box[ds + d, 3]
-                da = dw * dh
-                w = min(dw + dx, gw + gx) - max(dx, gx)
-                if w <= 0:
-                    continue
-                h = min(dh + dy, gh + gy) - max(dy, gy)
-                if h <= 0:
-                    continue
-                i = w * h
-                u = da if crowd else da + ga - i
-                ious[d, g] = i / u
+        ious = iou_block(det_box, ds, nd, gt_box, gt_crowd, gs, ng)
         order = np.empty(ng, np.int64)
         ig = np.empty(ng, np.bool_)
         taken = np.empty(ng, np.bool_)

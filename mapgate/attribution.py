@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from mapgate._coco_kernels import iou_block
 from mapgate.evaluate import (AREA_RNG, MAX_DETS, REC_THRS, GroundTruth, Metrics, PathLike, _det_arrays,
                               _isin_sorted, _mean_valid, _select_images, load_ground_truth)
 
@@ -64,20 +65,7 @@ def _tide_images(d_start, d_box, d_cat, g_start, g_box, g_cat, g_crowd, t_fg, t_
         nd, ng = de - ds, ge - gs
         if nd == 0:
             continue
-        ious = np.zeros((nd, ng))
-        for d in range(nd):
-            dx, dy, dw, dh = d_box[ds + d, 0], d_box[ds + d, 1], d_box[ds + d, 2], d_box[ds + d, 3]
-            da = dw * dh
-            for g in range(ng):
-                gx, gy, gw, gh = g_box[gs + g, 0], g_box[gs + g, 1], g_box[gs + g, 2], g_box[gs + g, 3]
-                w = min(dw + dx, gw + gx) - max(dx, gx)
-                if w <= 0:
-                    continue
-                h = min(dh + dy, gh + gy) - max(dy, gy)
-                if h <= 0:
-                    continue
-                inter = w * h
-                ious[d, g] = inter / (da if g_crowd[gs + g] else da + gw * gh - inter)
+        ious = iou_block(d_box, ds, nd, g_box, g_crowd, gs, ng)
         thr = min(t_fg, 1 - 1e-10)
         for d in range(nd):
             # regular ground truth first, then crowd; the last of equal IoUs wins, as in evaluateImg
