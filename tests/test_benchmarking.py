@@ -238,6 +238,10 @@ def _pytest(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
     """A pytest run isolated from this repo's configuration and from auto-loaded plugins."""
     full_env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **env}
     full_env.pop("PYTEST_ADDOPTS", None)
+    # under `pytest -n 2` this process is an xdist worker: pytest-benchmark reads these variables and
+    # would switch itself off in the child too
+    for name in [n for n in full_env if n.startswith("PYTEST_XDIST_")]:
+        del full_env[name]
     cmd = [sys.executable, "-m", "pytest", "-p", "pytest_benchmark.plugin", "-p", "mapgate.bench_plugin",
            "-p", "no:cacheprovider", "-q", "--rootdir", str(cwd), "-c", str(cwd / "pytest.ini"), *args]
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=120, check=False)
