@@ -139,18 +139,6 @@ def _writable(folder: Path, text: str) -> None:
         raise argparse.ArgumentTypeError(f"cannot write to {text}: {folder} is not writable; choose another folder")
 
 
-def check_model_selection(models: list[str] | None, manifest_files: list[Path] | None) -> None:
-    """``--models`` against the manifests, once at configure time (a ConfigError names the unknown
-    models, or the broken manifest): one usage error instead of a collection error per test file."""
-    from mapgate.errors import ConfigError
-    from mapgate.gate import load_models
-
-    known = load_models(manifest_files)
-    unknown = [m for m in models or [] if m not in known]
-    if unknown:
-        raise ConfigError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(known)}")
-
-
 def non_negative_int(text: str) -> int:
     try:
         value = int(text)

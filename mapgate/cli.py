@@ -279,6 +279,9 @@ def _print_families() -> None:
         where = "in graph" if family.nms_in_graph else "mapgate"
         print(f"{name:18} {where:9} {', '.join(family.decoder) or '-'}")
         print(f"{'':18} {'':9} {family.summary}")
+        for key, setting in family.decoder.items():
+            if setting.doc:
+                print(f"{'':18} {'':9}   {key}: {setting.doc}")
 
 
 def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN202 - returns mapgate.gate.Gate

@@ -195,9 +195,6 @@ class Verdict:
         return out
 
 
-INCONCLUSIVE_POLICIES = ("fail", "pass")
-
-
 def default_inconclusive_policy() -> str:
     """``fail`` under CI (the ``CI`` variable is set, as on GitHub Actions and GitLab CI), else
     ``warn``: reported, exit code 0."""

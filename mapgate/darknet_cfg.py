@@ -71,13 +71,6 @@ class Section:
     def has(self, key: str) -> bool:
         return key in self.options
 
-    def get_str(self, key: str, default: str | object = _REQUIRED) -> str:
-        if key not in self.options:
-            if default is _REQUIRED:
-                raise self.error(key, "is required")
-            return default  # type: ignore[return-value]
-        return self.options[key]
-
     def _number(self, key: str, conv: type[_T], default: object) -> _T:
         if key not in self.options:
             if default is _REQUIRED:

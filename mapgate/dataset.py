@@ -25,7 +25,6 @@ BUNDLED_ROOT = FIXTURES / "coco" / "val2017-mini"
 BUNDLED_ANNOTATIONS = BUNDLED_ROOT / "annotations" / "instances_val2017_subset.json"
 CALIB_DIR = FIXTURES / "coco" / "calib-val2017" / "images"
 VAL2017_SIZE = 5000
-MINI_SIZE = 206
 
 
 @dataclass(frozen=True)

@@ -233,11 +233,3 @@ def run_history(storage: Path = DEFAULT_STORAGE, out: Path | None = None) -> int
     png = plot_history(Path(storage), Path(out) if out is not None else DEFAULT_OUT)
     print(f"trend plot: {png}")
     return 0
-
-
-def add_arguments(parser: Any) -> None:
-    """The ``mapgate history`` options, for the CLI's argparse subparser."""
-    parser.add_argument("--storage", type=Path, default=DEFAULT_STORAGE, metavar="DIR",
-                        help="pytest-benchmark storage to read (default .benchmarks: every device below it)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="PNG",
-                        help="where to write the trend plot (default reports/benchmark-history.png)")

@@ -124,8 +124,6 @@ class ModelSpec:
     def tolerance(self, precision: str) -> float:
         return self.tolerances.get(precision, DEFAULT_TOLERANCES[precision])
 
-    def file(self, role: str) -> FileRef:
-        return self.files[role]
 
 
 def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
