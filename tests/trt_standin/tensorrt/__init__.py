@@ -107,7 +107,7 @@ def _class_attr(cls: type, name: str) -> Any:
 
 class _StrictMeta(type):
     def __getattr__(cls, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("_"):  # private or dunder: never a binding name, not recorded
             raise AttributeError(name)
         raise _missing(_api_name(cls), name, name in _exposed(cls))
 
@@ -116,7 +116,7 @@ class _Strict(metaclass=_StrictMeta):
     """Base of every stand-in class: public state lives in properties, private state in ``_x``."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("_"):  # private or dunder: never a binding name, not recorded
             raise AttributeError(name)
         raise _missing(_api_name(type(self)), name, name in _exposed(type(self)))
 
@@ -164,7 +164,7 @@ class _EnumValue:
 
 class _EnumMeta(type):
     def __getattr__(cls, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("_"):  # private or dunder: never a binding name, not recorded
             raise AttributeError(name)
         raise _missing(cls.__name__, name, False)
 
@@ -846,6 +846,21 @@ def _itemsize(trt_type: Any) -> Any:
     return _ITEMSIZE.get(trt_type.name) if trt_type.name != "INT4" else 0.5
 
 
+def _overloads(fn: Any, where: str, overloads: list[list[str]]) -> Any:
+    """pybind11's overload resolution by argument names: a call no overload of this version takes is a
+    TypeError (e.g. 8.6's ``create_execution_context()`` takes no ``strategy``)."""
+    import functools
+
+    @functools.wraps(fn)
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not any(len(args) <= len(o) and set(kwargs) <= set(o[len(args):]) for o in overloads):
+            raise TypeError(f"{where}(): incompatible function arguments for TensorRT {__version__}: "
+                            f"{len(args)} positional, keywords {sorted(kwargs)}; the bindings take {overloads}")
+        return fn(self, *args, **kwargs)
+
+    return checked
+
+
 # ---------------------------------------------------------------------------------------------
 # Exactly this version's names
 # ---------------------------------------------------------------------------------------------
@@ -879,6 +894,10 @@ def _install() -> None:
         exposed = _exposed(cls)
         for attr in [a for a in vars(cls) if not a.startswith("_") and a not in exposed]:
             delattr(cls, attr)
+        for attr, fn in list(vars(cls).items()):
+            info = classes[name]["members"].get(attr)
+            if callable(fn) and not isinstance(fn, type) and info and info["kind"] == "def" and not attr.startswith("_"):
+                type.__setattr__(cls, attr, _overloads(fn, f"{name}.{attr}", info["overloads"]))
     for owner, enum in ((n.rsplit(".", 1)[0], e) for n, e in _ENUMS.items() if "." in n):
         type.__setattr__(module[owner], enum.__name__, enum)
     # package __init__.py: Logger.Severity = ILogger.Severity and its members on Logger
