@@ -207,7 +207,18 @@ def test_availability_refuses_a_polygraphy_older_than_tested(monkeypatch: pytest
     monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt())
     monkeypatch.setattr(mapgate.optional, "require", lambda module, backend=None: SimpleNamespace(__version__="0.49.12"))
     status = trt_backend.BACKEND.availability()
-    assert not status.ok and "Polygraphy 0.49.12" in status.reason and ">= 0.49.13" in status.reason
+    assert not status.ok and "Polygraphy 0.49.12" in status.reason and ">= 0.53.4" in status.reason
+    assert "CUDA runtime" in status.reason
+
+
+def test_the_tensorrt_version_is_the_imported_modules_not_pip_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import metadata
+
+    # a `tensorrt` wheel's metadata next to JetPack's apt bindings, which are what `import tensorrt` loads
+    monkeypatch.setattr(metadata, "version", lambda dist: "10.13.0.35")
+    monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt("8.6.2.3"))
+    version, source = trt_backend.installed_version()
+    assert version == "8.6.2.3" and source.startswith("module")
 
 
 def test_pyproject_pins_the_polygraphy_that_is_tested() -> None:
@@ -223,6 +234,11 @@ def test_pyproject_pins_the_polygraphy_that_is_tested() -> None:
     (req,) = [Requirement(r) for r in extras if r.startswith("polygraphy")]
     assert not req.specifier.contains("0.49.9")  # Calibrator does not force FP32 inputs: 0 batches, no error
     assert not req.specifier.contains("0.49.12")  # np.unicode_: crashes under NumPy 2 in the calibrator
+    # 0.50.3 and older do not search the nvidia-cuda-runtime wheel: no CUDA runtime on a pip-only x86 install
+    assert not req.specifier.contains("0.50.3")
+    # the floor is a release PyPI has (0.49.13 never was): 0.53.4, first with that search
+    (floor,) = [s.version for s in req.specifier if s.operator == ">="]
+    assert floor == "0.53.4" and trt_backend.parse_version(floor) == trt_backend.MIN_POLYGRAPHY_VERSION
     installed = version_of("polygraphy")
     assert installed is None or req.specifier.contains(installed), (installed, str(req.specifier))
 

@@ -140,3 +140,47 @@ def test_fp16_mixed_precision_onnx_keeps_io_and_tail_in_float32(require_backend,
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {g.input[0].name: batch})  # noqa: E731
     for a, b in zip(run(fp32_path), run(fp16_path)):
         np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
+
+
+def _uint8_image_graph() -> "onnx.ModelProto":
+    """The shape of every TF OD API export: uint8 image -> Cast to float -> conv -> float outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.full((4, 3, 3, 3), 0.01, np.float32), "w")
+    nodes = [helper.make_node("Cast", ["image"], ["image_f"], to=TensorProto.FLOAT, name="cast"),
+             helper.make_node("Conv", ["image_f", "w"], ["conv"], pads=[1, 1, 1, 1], name="conv0"),
+             helper.make_node("Relu", ["conv"], ["scores"], name="relu0")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_fp16_onnx_of_a_uint8_image_model_keeps_the_uint8_input_and_float32_outputs(tmp_path: Path) -> None:
+    pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed: pip install 'mapgate[trt]'")
+    from mapgate.backends.base import BuildContext
+    from mapgate.convert.trt_onnx import build_fp16
+    from mapgate.manifest import FileRef, Postprocess, Preprocess
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_uint8_image_graph(), str(src))
+    model = ModelSpec(name="u8", family="yolox", format="onnx", reference_backend="onnxruntime",
+                      files={"model": FileRef(role="model", sha256=None, path=src)}, input_size=(8, 8),
+                      preprocess=Preprocess(layout="NCHW", dtype="uint8"), postprocess=Postprocess(), tolerances={},
+                      optimized=(), prebuilt={}, expected_verdicts={}, manifest_path=tmp_path / "models.toml")
+    out = build_fp16(model, BuildContext(engines_dir=tmp_path / "engines", progress=False))
+    g = onnx.load(str(out)).graph
+    assert [i.type.tensor_type.elem_type for i in g.input] == [onnx.TensorProto.UINT8]
+    assert [o.type.tensor_type.elem_type for o in g.output] == [onnx.TensorProto.FLOAT]
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
+@pytest.mark.slow
+def test_ssdlite_strong_fp16_onnx_keeps_its_uint8_image_input(require_backend, bundled_models,  # noqa: ANN001
+                                                              shared_engines: Path) -> None:
+    pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed: pip install 'mapgate[trt]'")
+    from mapgate.convert.trt_onnx import build_fp16
+
+    _ssd_onnx(require_backend, bundled_models, shared_engines)
+    g = onnx.load(str(build_fp16(bundled_models[SSD], _ctx(shared_engines)))).graph
+    assert [i.type.tensor_type.elem_type for i in g.input] == [onnx.TensorProto.UINT8]
+    assert {o.type.tensor_type.elem_type for o in g.output} == {onnx.TensorProto.FLOAT}

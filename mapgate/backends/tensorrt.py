@@ -63,8 +63,11 @@ NAME = "tensorrt"
 MIN_TRT_VERSION = (8, 5)  # first release with the named-tensor API Polygraphy's TrtRunner needs
 STRONG_OPT_IN_VERSION = (10, 12)  # strong typing complete from 10.12 (weak typing deprecated there)
 STRONG_ONLY_VERSION = (11, 0)  # TensorRT 11 removed weak typing (BuilderFlag.FP16/INT8, calibrators)
-# 0.49.10: the Calibrator forces calibration inputs to FP32; 0.49.13: no np.unicode_ (NumPy 2).
-MIN_POLYGRAPHY_VERSION = (0, 49, 13)
+# 0.49.10: the Calibrator forces calibration inputs to FP32; 0.49.13: no np.unicode_ (NumPy 2);
+# 0.53.4 (the first published release after 0.50.3): polygraphy/cuda/cuda.py also searches the pip
+# wheel nvidia-cuda-runtime-cuXX (<site-packages>/nvidia/cuda_runtime/lib), the only libcudart of a
+# pip-only TensorRT install on x86. 0.49.13 itself was never published on PyPI.
+MIN_POLYGRAPHY_VERSION = (0, 53, 4)
 WORKSPACE_ENV = "MAPGATE_TRT_WORKSPACE_MB"
 TYPING_ENV = "MAPGATE_TRT_TYPING"  # "strong" or "weak"; unset: the installed TensorRT's default
 DEFAULT_WORKSPACE_MB = 1024
@@ -72,8 +75,6 @@ WEAK, STRONG = "weakly typed", "strongly typed"
 # Bump when the build settings below change in a way the key fields would not show.
 RECIPE_VERSION = 2
 EXPLICIT_QDQ = "explicit Q/DQ ONNX (mapgate.convert.ort_quant)"  # the recipe is in the ONNX hash
-# Distributions that install the `tensorrt` module (pip); apt's python3-libnvinfer has none.
-TRT_DISTRIBUTIONS = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt-cu11", "tensorrt_libs")
 NVIDIA_PIP_HINT = "`pip install tensorrt-cu12` (or `tensorrt` for the newest, 11.x)"
 TRT_INSTALL_HINT = (
     "on a Jetson the bindings come with JetPack 6 for the system python3 (`sudo apt install python3-libnvinfer`), "
@@ -313,15 +314,10 @@ def layers_to_pin(layers: Sequence[tuple[str, Sequence[str]]], keep_nodes: Seque
 # Probes (small, monkeypatchable; the only places that touch tensorrt / CUDA for availability)
 # ---------------------------------------------------------------------------------------------
 def installed_version() -> tuple[str | None, str]:
-    """(TensorRT version, where it came from) without importing ``tensorrt`` when pip metadata
-    tells; else a guarded import (apt's bindings have no metadata). (None, why) when unusable."""
-    from importlib import metadata
-
-    for dist in TRT_DISTRIBUTIONS:
-        try:
-            return metadata.version(dist), f"distribution {dist}"
-        except metadata.PackageNotFoundError:
-            continue
+    """(TensorRT version, where it came from): the imported module's ``__version__`` (a guarded
+    import), since that is the TensorRT that builds. pip metadata can name another one: a
+    ``tensorrt`` wheel next to JetPack's apt bindings on the path, or a stale dist-info.
+    (None, why) when unusable."""
     try:
         trt = _import_tensorrt()
     except BackendUnavailable as exc:
@@ -359,9 +355,10 @@ def _polygraphy_version() -> str:
     polygraphy = require("polygraphy", NAME)
     version = str(getattr(polygraphy, "__version__", "0"))
     if parse_version(version) < MIN_POLYGRAPHY_VERSION:
-        raise BackendUnavailable(NAME, f"Polygraphy {version} is installed but mapgate needs >= 0.49.13 (older "
-                                       "ones feed non-FP32 INT8 calibration data or crash under NumPy 2); fix: "
-                                       "pip install 'mapgate[trt]'")
+        raise BackendUnavailable(NAME, f"Polygraphy {version} is installed but mapgate needs >= "
+                                       f"{'.'.join(map(str, MIN_POLYGRAPHY_VERSION))} (older ones cannot find the CUDA "
+                                       "runtime of a pip-installed TensorRT, feed non-FP32 INT8 calibration data or "
+                                       "crash under NumPy 2); fix: pip install 'mapgate[trt]'")
     return version
 
 

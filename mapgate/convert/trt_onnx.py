@@ -1,6 +1,7 @@
 """The ONNX files TensorRT's strongly typed builds start from, where precision lives in the graph.
 
-* ``fp16``: a mixed-precision ONNX: FP16 compute, FP32 graph inputs/outputs, and the output tail
+* ``fp16``: a mixed-precision ONNX: FP16 compute, graph inputs/outputs in the FP32 model's types
+  (a uint8 image input stays uint8, float outputs stay float32), and the output tail
   (after the last conv) plus the manifest's ``convert.int8_keep_float`` nodes kept in FP32.
   Made by NVIDIA ModelOpt's AutoCast when it is installed (it is TensorRT's own tool and also
   keeps nodes whose values overflow FP16 in FP32), else by onnxconverter-common's float16
@@ -26,7 +27,7 @@ from mapgate.files import verified_sha256
 from mapgate.manifest import ModelSpec
 from mapgate.optional import require, version_of
 
-CONVERTER_VERSION = 2  # 2: FP32 graph outputs restored after onnxconverter-common
+CONVERTER_VERSION = 3  # 2: FP32 graph outputs restored after onnxconverter-common; 3: uint8 inputs kept
 
 
 def fp16_converter() -> str | None:
@@ -73,6 +74,38 @@ def _restore_fp32_outputs(proto: Any) -> Any:
     return proto
 
 
+def io_types(proto: Any) -> dict[str, int]:
+    """{graph input/output name: ONNX element type (TensorProto code)}."""
+    return {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.input, *proto.graph.output]}
+
+
+def io_dtype_changes(before: dict[str, int], converted: Any) -> dict[str, tuple[int, int]]:
+    """Graph inputs/outputs whose element type differs from ``before`` (:func:`io_types` of the
+    source) in ``converted``: {name: (source type, converted type)}; a missing one is type 0.
+
+    keep_io_types keeps each graph IO in the source's type: a uint8 image input stays uint8
+    (the graph's first Cast turns it into float), float32 stays float32."""
+    after = io_types(converted)
+    return {name: (t, after.get(name, 0)) for name, t in before.items() if after.get(name, 0) != t}
+
+
+def _retarget_float_casts(proto: Any) -> Any:
+    """onnxconverter-common 1.16 declares the output of a Cast from a non-float tensor (the uint8
+    image's ``Cast to=FLOAT``) FLOAT16 but leaves ``to=FLOAT``, so its FP16 consumer gets a float32
+    input: an invalid graph (the ONNX checker and a strongly typed TensorRT refuse it). Make the
+    Cast produce the FLOAT16 the converted graph declares."""
+    from onnx import TensorProto
+
+    declared = {v.name: v.type.tensor_type.elem_type for v in proto.graph.value_info}
+    for node in proto.graph.node:
+        if node.op_type != "Cast" or declared.get(node.output[0]) != TensorProto.FLOAT16:
+            continue
+        for attr in node.attribute:
+            if attr.name == "to" and attr.i == TensorProto.FLOAT:
+                attr.i = TensorProto.FLOAT16
+    return proto
+
+
 def build_fp16(model: ModelSpec, ctx: BuildContext) -> Path:
     from mapgate.convert import onnx_for
 
@@ -96,6 +129,7 @@ def build_fp16(model: ModelSpec, ctx: BuildContext) -> Path:
         proto = onnx.load(str(source))
         _ensure_node_names(proto)
         blocked = keep_float_nodes(proto, model.convert.int8_keep_float)
+        source_io = io_types(proto)  # taken first: the converters may edit ``proto`` in place
         try:
             if converter == "modelopt":
                 from modelopt.onnx.autocast import convert_to_mixed_precision
@@ -111,16 +145,21 @@ def build_fp16(model: ModelSpec, ctx: BuildContext) -> Path:
             else:
                 from onnxconverter_common import float16
 
-                mixed = _restore_fp32_outputs(float16.convert_float_to_float16(proto, keep_io_types=True,
-                                                                                node_block_list=blocked))
+                mixed = _retarget_float_casts(_restore_fp32_outputs(float16.convert_float_to_float16(
+                    proto, keep_io_types=True, node_block_list=blocked)))
         except Exception as exc:  # both converters raise assorted errors from deep inside
             raise ConversionError(f"FP16 mixed-precision conversion of {source} (model {model.name!r}) with "
                                   f"{converter} failed: {exc}") from exc
-        not_fp32 = [v.name for v in [*mixed.graph.input, *mixed.graph.output]
-                    if v.type.tensor_type.elem_type != onnx.TensorProto.FLOAT]
-        if not_fp32:
-            raise ConversionError(f"FP16 conversion of {source} (model {model.name!r}) with {converter} left graph "
-                                  f"inputs/outputs {not_fp32} not float32; every backend feeds and reads float32")
+        changed = io_dtype_changes(source_io, mixed)
+        if changed:
+            raise ConversionError(f"FP16 conversion of {source} (model {model.name!r}) with {converter} changed the "
+                                  f"graph input/output types {changed}; every backend feeds and reads the FP32 "
+                                  "model's types (a uint8 image stays uint8, float outputs stay float32)")
+        try:  # a converter slip (a type mismatch) must fail here, not on the device
+            onnx.checker.check_model(mixed, full_check=True)
+        except Exception as exc:  # the checker raises ValidationError or shape-inference errors
+            raise ConversionError(f"FP16 conversion of {source} (model {model.name!r}) with {converter} made an "
+                                  f"invalid ONNX: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         onnx.save(mixed, str(out))
         return {"source": str(source), "fp16_converter": converter, "kept_float_nodes": blocked}
 
