@@ -167,11 +167,13 @@ def test_a_tensorrt_package_without_version_is_named_for_what_it_is(tmp_path: Pa
 def load_standin(monkeypatch: pytest.MonkeyPatch, version: str = "10.3.0") -> Any:
     """tests/trt_standin/tensorrt as ``sys.modules['tensorrt']`` (see test_tensorrt_contract.py)."""
     monkeypatch.setenv("MAPGATE_STANDIN_TRT_VERSION", version)
-    spec = importlib.util.spec_from_file_location("tensorrt", STANDIN / "tensorrt" / "__init__.py")
+    # a package spec, so the stand-in's own relative imports (its ONNX rules) resolve
+    spec = importlib.util.spec_from_file_location("tensorrt", STANDIN / "tensorrt" / "__init__.py",
+                                                  submodule_search_locations=[str(STANDIN / "tensorrt")])
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     monkeypatch.setitem(sys.modules, "tensorrt", module)
+    spec.loader.exec_module(module)
     return module
 
 
