@@ -21,7 +21,8 @@ from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.convert import onnx_for, ort_quant
 from mapgate.dataset import read_image
-from mapgate.gate import DEFAULT_ENGINES, load_models
+from mapgate.catalog import CHECKOUT, load_models
+from mapgate.gate import DEFAULT_ENGINES
 from mapgate.optional import require
 from mapgate.preprocess import preprocess
 
@@ -35,7 +36,7 @@ def main() -> int:
     ort = require("onnxruntime", "onnxruntime")
     model = load_models()[args.model]
     images = calibration_images()
-    ctx = BuildContext(engines_dir=DEFAULT_ENGINES, calib_images=images, calib_image_ids=frozenset(image_ids_of(images)),
+    ctx = BuildContext(engines_dir=CHECKOUT / DEFAULT_ENGINES, calib_images=images, calib_image_ids=frozenset(image_ids_of(images)),
                        progress=False)
     plain = dataclasses.replace(model, convert=dataclasses.replace(
         model.convert, int8_calibration="minmax", int8_per_channel=True,

@@ -35,7 +35,8 @@ from mapgate.backends import get_backend  # noqa: E402
 from mapgate.backends.base import BuildContext  # noqa: E402
 from mapgate.dataset import CocoDataset  # noqa: E402
 from mapgate.detections import default_workers, run_detections  # noqa: E402
-from mapgate.gate import DEFAULT_ENGINES, load_models  # noqa: E402
+from mapgate.catalog import CHECKOUT, load_models  # noqa: E402
+from mapgate.gate import DEFAULT_ENGINES  # noqa: E402
 from mapgate.preprocess import preprocess  # noqa: E402
 
 
@@ -55,7 +56,7 @@ def engine_only(runner, model, data: CocoDataset, batch_size: int) -> float:  # 
 
 def bench(model, backend: str, precision: str | None, data: CocoDataset, workers: int,  # noqa: ANN001
           batch_size: int) -> dict:
-    ctx = BuildContext(engines_dir=DEFAULT_ENGINES, progress=False)
+    ctx = BuildContext(engines_dir=CHECKOUT / DEFAULT_ENGINES, progress=False)
     with get_backend(backend).runner(model, precision, ctx) as runner:
         batch = batch_size if runner.supports_batch(batch_size) else 1
         seq = run_detections(model, runner, data, progress=False, workers=0, batch_size=batch)

@@ -23,7 +23,7 @@ from mapgate.backends import get_backend
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_images
 from mapgate.dataset import read_image
-from mapgate.gate import load_models
+from mapgate.catalog import load_models
 from mapgate.postprocess import postprocess
 from mapgate.preprocess import preprocess
 

@@ -84,13 +84,21 @@ def existing_file(text: str) -> Path:
 
 
 def coco_root(text: str) -> Path:
-    """A COCO layout: ``DIR/val2017/`` and ``DIR/annotations/instances_val2017.json``."""
+    """A COCO layout: ``DIR/val2017/`` (its annotation file, ``DIR/annotations/instances_val2017.json``
+    unless ``--annotations`` names another, is checked when the data set is opened)."""
     root = existing_dir(text)
-    missing = [str(p) for p in (root / "val2017", root / "annotations" / "instances_val2017.json") if not p.exists()]
-    if missing:
-        raise argparse.ArgumentTypeError(f"{text} is not a COCO layout: {' and '.join(missing)} missing (expected "
-                                         f"{text}/val2017/*.jpg and {text}/annotations/instances_val2017.json)")
+    if not (root / "val2017").is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a COCO layout: {root / 'val2017'} missing (expected "
+                                         f"{text}/val2017/*.jpg and {text}/annotations/instances_val2017.json, or "
+                                         "another annotation file named by --annotations)")
     return root
+
+
+def one_line(text: str) -> str:
+    """A name printed in reports: one line of text, not empty."""
+    if not text.strip() or any(ord(c) < 32 for c in text):
+        raise argparse.ArgumentTypeError(f"expected one line of text, got {text!r}")
+    return text
 
 
 def output_dir(text: str) -> Path:

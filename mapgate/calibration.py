@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mapgate.dataset import CALIB_DIR, read_image
+import mapgate.dataset
+from mapgate.dataset import bundled_missing, read_image
 from mapgate.errors import ConfigError, DataError
 from mapgate.fsutil import sha256_file, sha256_json
 from mapgate.manifest import ModelSpec
@@ -21,10 +22,16 @@ from mapgate.preprocess import preprocess
 _COCO_NAME = re.compile(r"^0*(\d+)\.(jpg|jpeg|png)$", re.IGNORECASE)
 
 
-def calibration_images(folder: Path = CALIB_DIR, limit: int | None = None) -> list[Path]:
-    """The calibration images in a deterministic (sorted) order."""
+def calibration_images(folder: Path | None = None, limit: int | None = None) -> list[Path]:
+    """The calibration images of ``folder`` (default: the bundled calib-val2017) in a deterministic
+    (sorted) order. Read only when an INT8 target is built: FP32/FP16 runs never need them."""
+    if folder is None:
+        folder = mapgate.dataset.CALIB_DIR  # at call time: a test may point it at a damaged copy
+        if not folder.is_dir():
+            raise bundled_missing(folder, "calib-val2017 calibration image folder")
     if not folder.is_dir():
-        raise DataError(f"calibration image folder {folder} does not exist")
+        raise DataError(f"calibration image folder {folder} "
+                        + ("is not a folder" if folder.exists() else "does not exist"))
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not paths:
         raise DataError(f"calibration image folder {folder} has no .jpg/.png images")

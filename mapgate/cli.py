@@ -12,6 +12,7 @@ from mapgate.argtypes import (
     existing_dir,
     existing_file,
     non_empty,
+    one_line,
     non_negative_float,
     non_negative_int,
     output_dir,
@@ -25,20 +26,41 @@ from mapgate.errors import MapgateError
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 
-def _add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--coco-root", type=coco_root, metavar="DIR",
-                   help="a COCO layout (DIR/val2017/*.jpg, DIR/annotations/instances_val2017.json); "
-                        "default: the bundled val2017-mini (206 images)")
-    p.add_argument("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
+MODELS_FILE_HELP = ("a TOML model manifest (repeatable; includes are read). Default: mapgate.toml in the working "
+                    "directory (in a mapgate checkout without one: mapgate's own demo manifest)")
+
+
+def _add_manifest_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
-                   help="an extra TOML model manifest (repeatable); the bundled fixtures/models.toml is always read")
+                   help=MODELS_FILE_HELP)
     p.add_argument("--mirror", type=existing_dir, metavar="DIR",
                    help="folder holding downloaded model files for air-gapped use (or set MAPGATE_MIRROR)")
+
+
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    """The data set, as a manifest's [dataset] names it (these override it; default: the bundled sets)."""
+    p.add_argument("--coco-root", type=coco_root, metavar="DIR",
+                   help="a COCO layout: DIR/val2017/*.jpg and DIR/annotations/instances_val2017.json (another "
+                        "annotation file: add --annotations FILE). Default: the manifest's [dataset], else the "
+                        "bundled val2017-mini (206 images)")
+    p.add_argument("--images", type=existing_dir, metavar="DIR", help="the evaluated images (with --annotations)")
+    p.add_argument("--annotations", type=existing_file, metavar="FILE",
+                   help="their COCO instance annotations (with --images or --coco-root)")
+    p.add_argument("--dataset-label", type=one_line, metavar="NAME",
+                   help="the data set's name in reports (default: the annotation file's stem)")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    _add_dataset_options(p)
+    p.add_argument("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
+    _add_manifest_options(p)
     p.add_argument("--engines-dir", type=output_dir, metavar="DIR",
-                   help="conversion/engine/detection cache (default engines/)")
+                   help="conversion/engine/detection cache (default: engines/ beside the manifest, the folder "
+                        "pytest uses too)")
     p.add_argument("--calib-dir", type=existing_dir, metavar="DIR",
-                   help="INT8 calibration images (default: the bundled calib-val2017, which is part of val2017: "
-                        "with --coco-root on the full val2017 give images from outside the evaluated set)")
+                   help="INT8 calibration images, read only for INT8 targets (default: the manifest's [dataset] "
+                        "calib_images, else the bundled calib-val2017, which is part of val2017: with the full "
+                        "val2017 give images from outside the evaluated set)")
     p.add_argument("--no-cache", action="store_true", help="recompute detections even if a cached run matches")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_loop_options(p)
@@ -80,10 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List manifest models: name, family, original backend, and whether that backend "
                                    "is available (or exactly what is missing); also every optimized target. "
                                    "The tensorrt_demos write-up's models: --models-file fixtures/models-tensorrt-demos.toml")
-    p.add_argument("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
-                   help="an extra TOML model manifest (repeatable)")
-    p.add_argument("--mirror", type=existing_dir, metavar="DIR",
-                   help="folder holding downloaded model files (or MAPGATE_MIRROR)")
+    _add_manifest_options(p)
 
     p = sub.add_parser("eval", help="run one model on one backend and evaluate it (like tensorrt_demos' eval_ssd.py)",
                        description="Run MODEL on BACKEND over the images with a progress bar, write DIR/detections.json "
@@ -92,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", required=True, type=target, metavar="BACKEND[:PRECISION]",
                    help="e.g. tf, opencv, onnxruntime (the original file), or onnxruntime:int8, tflite:fp16, tensorrt:fp16")
     p.add_argument("--out", type=output_dir, metavar="DIR",
-                   help="output folder (default reports/<run-id>/<model>/<backend>)")
+                   help="output folder (default reports/<run-id>/<model>/<backend>, reports/ beside the manifest)")
     _add_data_options(p)
 
     p = sub.add_parser("compare", help="the accuracy gate: original vs optimized, exit 0 pass / 1 fail",
@@ -110,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=non_negative_float, metavar="POINTS",
                    help="AP points (>= 0) the optimized model may lose (default: manifest, else fp32 0.1, fp16 0.5, int8 1.5)")
     p.add_argument("--out", type=output_dir, metavar="DIR",
-                   help="reports folder (default reports/); a run-id subfolder is made")
+                   help="reports folder (default: reports/ beside the manifest); a run-id subfolder is made")
     p.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--inconclusive", choices=("fail", "pass"),
                    help="exit code of an inconclusive verdict (the CI reaches below -tolerance but dAP does not): "
@@ -127,11 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dirs", nargs="+", type=existing_dir, metavar="DIR", help="shard run folders (or folders holding them)")
     p.add_argument("--inconclusive", choices=("fail", "pass"),
                    help="exit code of an inconclusive verdict, as for `mapgate compare`")
-    p.add_argument("--out", type=output_dir, metavar="DIR", help="reports folder (default reports/); a run-id subfolder is made")
-    p.add_argument("--coco-root", type=coco_root, metavar="DIR",
-                   help="the COCO layout the shards ran on (default: the bundled val2017-mini); checked by content")
+    p.add_argument("--out", type=output_dir, metavar="DIR",
+                   help="reports folder (default: reports/ beside the manifest); a run-id subfolder is made")
+    _add_dataset_options(p)  # the data set the shards ran on, checked by content
     p.add_argument("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
-                   help="an extra TOML model manifest (repeatable), as given to the shard runs")
+                   help="the TOML model manifest(s) given to the shard runs (default: as for compare)")
 
     p = sub.add_parser("int8-repair", help="find an INT8 recipe that passes the gate (calibration images only)",
                        description="When INT8 fails the gate: split the calibration images into calibrate/proxy sets, "
@@ -222,9 +241,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from mapgate.backends import all_backends
     from mapgate.convert import can_make
     from mapgate.files import missing_files
-    from mapgate.gate import load_models
 
-    models = load_models(args.models_file)
+    models = _catalog(args).models
     backends = all_backends()
     status = {name: b.availability() for name, b in backends.items()}
     missing = {name: st.reason for name, st in status.items() if not st.ok}
@@ -284,20 +302,36 @@ def _print_families() -> None:
                 print(f"{'':18} {'':9}   {key}: {setting.doc}")
 
 
+def _catalog(args: argparse.Namespace):  # noqa: ANN202 - returns mapgate.catalog.Catalog
+    from mapgate.catalog import cli_manifests, load_catalog
+
+    return load_catalog(cli_manifests(args.models_file))
+
+
+def _data_source(args: argparse.Namespace, catalog):  # noqa: ANN001, ANN202 - Catalog -> dataset.DataSource
+    """The data set exactly as pytest resolves it: the options, else the manifests' [dataset]."""
+    return catalog.data_source(coco_root=args.coco_root, images=args.images, annotations=args.annotations,
+                               calib_images=getattr(args, "calib_dir", None), label=args.dataset_label)
+
+
 def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN202 - returns mapgate.gate.Gate
     import os
 
-    from mapgate.dataset import CocoDataset
-    from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS, Gate, load_models
+    import mapgate.gate
+    from mapgate.gate import Gate
 
     if args.mirror:
         os.environ["MAPGATE_MIRROR"] = str(args.mirror)
-    dataset = CocoDataset.open(args.coco_root, args.max_images)
+    catalog = _catalog(args)
+    source = _data_source(args, catalog)
+    dataset = source.open(args.max_images)
     if args.shard:
         dataset = dataset.shard(*args.shard)
-    return Gate(models=load_models(args.models_file), dataset=dataset,
-                engines_dir=args.engines_dir or DEFAULT_ENGINES, reports_dir=reports or DEFAULT_REPORTS,
-                use_cache=not args.no_cache, calib_dir=args.calib_dir,
+    # defaults beside the manifest, where pytest puts them (read at call time: tests redirect them)
+    return Gate(models=catalog.models, dataset=dataset,
+                engines_dir=args.engines_dir or catalog.base / mapgate.gate.DEFAULT_ENGINES,
+                reports_dir=reports or catalog.base / mapgate.gate.DEFAULT_REPORTS,
+                use_cache=not args.no_cache, calib_dir=source.calib_images,
                 progress=not args.no_progress and sys.stderr.isatty(),  # bars only on a terminal
                 workers=args.workers, batch_size=args.batch_size)
 
@@ -335,8 +369,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_merge(args: argparse.Namespace) -> int:
     from mapgate.merge import merge_shards
 
-    gate, verdicts = merge_shards(args.dirs, reports_dir=args.out, coco_root=args.coco_root,
-                                  manifest_files=args.models_file)
+    catalog = _catalog(args)
+    gate, verdicts = merge_shards(args.dirs, reports_dir=args.out, catalog=catalog, data=_data_source(args, catalog))
     from mapgate.compare import outcome
     from mapgate.report import case_text
 

@@ -1,7 +1,10 @@
-"""The evaluation data set: the bundled val2017-mini, or a real COCO layout.
+"""The evaluation data set: the bundled val2017-mini, a COCO layout, or any image folder with its
+COCO annotation file, as a manifest's ``[dataset]`` or the options declare it (:class:`DataSource`).
 
-Images are streamed one at a time (never all decoded in memory). Nothing is skipped
-silently: a listed image that is missing, undecodable or of a size other than its
+The bundled val2017-mini (206 images) and calib-val2017 (100 images) are package data
+(``mapgate/data/coco``, with their licences and provenance), so an installed wheel runs with
+no data set given. Images are streamed one at a time (never all decoded in memory). Nothing is
+skipped silently: a listed image that is missing, undecodable or of a size other than its
 annotation says is an error naming the file.
 """
 
@@ -20,11 +23,74 @@ import numpy as np
 from mapgate.errors import DataError
 from mapgate.fsutil import content_sha256, sha256_json
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
-BUNDLED_ROOT = FIXTURES / "coco" / "val2017-mini"
+BUNDLED_DATA = Path(__file__).resolve().parent / "data" / "coco"  # package data: shipped inside the wheel
+BUNDLED_ROOT = BUNDLED_DATA / "val2017-mini"
 BUNDLED_ANNOTATIONS = BUNDLED_ROOT / "annotations" / "instances_val2017_subset.json"
-CALIB_DIR = FIXTURES / "coco" / "calib-val2017" / "images"
+BUNDLED_IMAGES = BUNDLED_ROOT / "val2017"
+CALIB_DIR = BUNDLED_DATA / "calib-val2017" / "images"
 VAL2017_SIZE = 5000
+COCO_ANNOTATIONS = Path("annotations") / "instances_val2017.json"  # relative to a COCO root, as COCO ships it
+_REINSTALL = ("reinstall mapgate (pip install --force-reinstall --no-deps mapgate), or name a data set "
+              "(--coco-root, or --images with --annotations, or the manifest's [dataset])")
+
+
+def bundled_missing(path: Path, what: str) -> DataError:
+    """The error for a bundled data file that is not where the package puts it (a broken install)."""
+    return DataError(f"the bundled {what} {path} is missing from the installed mapgate package; {_REINSTALL}")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Which images are evaluated and which calibrate INT8, as declared; None = the bundled set.
+
+    ``images`` + ``annotations`` name the evaluation set (a COCO root gives both), ``label`` is
+    the name reports print (default: the annotation file's stem), ``calib_images`` the INT8
+    calibration folder (read only when an INT8 target is built). ``declared_in`` says where the
+    declaration came from, for error messages.
+    """
+
+    images: Path | None = None
+    annotations: Path | None = None
+    calib_images: Path | None = None
+    label: str | None = None
+    declared_in: str = ""
+    coco_root: Path | None = None  # the COCO root the images/annotations came from, for messages
+
+    @classmethod
+    def declare(cls, *, coco_root: Path | None = None, images: Path | None = None, annotations: Path | None = None,
+                calib_images: Path | None = None, label: str | None = None, where: str = "") -> "DataSource":
+        """The evaluation set from a COCO root and/or explicit images and annotations (explicit ones
+        win over the root's val2017/ and annotations/instances_val2017.json)."""
+        if coco_root is not None:
+            images = images or coco_root / "val2017"
+            annotations = annotations or coco_root / COCO_ANNOTATIONS
+        if (images is None) != (annotations is None):
+            given, missing = ("images", "annotations") if images is not None else ("annotations", "images")
+            raise DataError(f"{where or 'the data set'}: {given} is given without {missing}; an evaluation set is an "
+                            "image folder and its COCO annotation file: name both (or a coco_root)")
+        return cls(images, annotations, calib_images, label, where, coco_root)
+
+    @property
+    def bundled(self) -> bool:
+        return self.images is None
+
+    def open(self, max_images: int | None = None) -> "CocoDataset":
+        if self.images is None or self.annotations is None:
+            return CocoDataset(max_images=max_images, name=self.label)
+        where = f" ({self.declared_in})" if self.declared_in else ""
+        if self.coco_root is not None and not self.coco_root.is_dir():
+            raise DataError(f"COCO root {self.coco_root}{where} does not exist (expected {self.coco_root}/val2017/*.jpg "
+                            f"and {self.coco_root}/{COCO_ANNOTATIONS.as_posix()}, or annotations = FILE)")
+        if not self.images.is_dir():
+            raise DataError(f"image folder {self.images}{where} "
+                            + ("is not a folder" if self.images.exists() else "does not exist"))
+        if not self.annotations.is_file():
+            if self.coco_root is not None and self.annotations == self.coco_root / COCO_ANNOTATIONS:
+                raise DataError(f"COCO root {self.coco_root}{where} has no {COCO_ANNOTATIONS.as_posix()}; name its "
+                                "annotation file with --annotations FILE (in the manifest: annotations = \"FILE\")")
+            raise DataError(f"annotation file {self.annotations}{where} "
+                            + ("is not a file" if self.annotations.exists() else "does not exist"))
+        return CocoDataset(self.annotations, self.images, max_images, name=self.label)
 
 
 @dataclass(frozen=True)
@@ -46,30 +112,40 @@ class CocoDataset:
     """A COCO-format image set with its instance annotations.
 
     ``CocoDataset()`` is the bundled val2017-mini; ``CocoDataset.from_root(DIR)`` reads
-    ``DIR/val2017/*.jpg`` and ``DIR/annotations/instances_val2017.json`` as COCO ships them.
-    ``max_images`` keeps the first N image ids (sorted), so subsets are deterministic.
+    ``DIR/val2017/*.jpg`` and ``DIR/annotations/instances_val2017.json`` as COCO ships them
+    (or another annotation file named by ``annotations``). ``name`` is the label's base (default:
+    the annotation file's stem). ``max_images`` keeps the first N image ids (sorted), so subsets
+    are deterministic.
     """
 
-    def __init__(self, annotations: Path = BUNDLED_ANNOTATIONS, image_dir: Path = BUNDLED_ROOT / "val2017",
+    def __init__(self, annotations: Path | None = None, image_dir: Path | None = None,
                  max_images: int | None = None, name: str | None = None) -> None:
-        self.annotations_path = Path(annotations)
-        self.image_dir = Path(image_dir)
+        bundled = annotations is None and image_dir is None
+        # looked up at call time, not bound as defaults: a test may point them at a damaged copy
+        self.annotations_path = Path(annotations) if annotations is not None else BUNDLED_ANNOTATIONS
+        self.image_dir = Path(image_dir) if image_dir is not None else BUNDLED_IMAGES
         self.max_images = max_images
-        self._name = name
+        self._base = name
+        self._name: str | None = None  # a shard's whole label
         if max_images is not None and max_images < 1:
             raise DataError(f"--max-images must be at least 1, got {max_images}")
         if not self.image_dir.is_dir():
+            if bundled:
+                raise bundled_missing(self.image_dir, "val2017-mini image folder")
             raise DataError(f"image folder {self.image_dir} does not exist")
         if not self.annotations_path.is_file():
+            if bundled:
+                raise bundled_missing(self.annotations_path, "val2017-mini annotation file")
             raise DataError(f"annotation file {self.annotations_path} does not exist")
 
     @classmethod
-    def from_root(cls, root: str | Path, max_images: int | None = None) -> "CocoDataset":
+    def from_root(cls, root: str | Path, max_images: int | None = None, annotations: Path | None = None,
+                  name: str | None = None) -> "CocoDataset":
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"COCO root {root} does not exist (expected {root}/val2017/*.jpg and "
-                            f"{root}/annotations/instances_val2017.json)")
-        return cls(root / "annotations" / "instances_val2017.json", root / "val2017", max_images)
+                            f"{root}/{COCO_ANNOTATIONS.as_posix()})")
+        return cls(annotations or root / COCO_ANNOTATIONS, root / "val2017", max_images, name)
 
     @classmethod
     def open(cls, coco_root: str | Path | None = None, max_images: int | None = None) -> "CocoDataset":
@@ -114,7 +190,8 @@ class CocoDataset:
             return f"{self._name} ({len(self.image_ids)} images)"
         total = len(self.full_gt["images"])
         bundled = self.annotations_path.resolve() == BUNDLED_ANNOTATIONS.resolve()
-        base = "val2017-mini" if bundled else ("val2017" if total == VAL2017_SIZE else self.annotations_path.stem)
+        base = self._base or ("val2017-mini" if bundled else
+                              ("val2017" if total == VAL2017_SIZE else self.annotations_path.stem))
         if len(self.image_ids) == total:
             return f"{base} ({total} images)"
         return f"{base} subset (first {len(self.image_ids)} of {total} images)"

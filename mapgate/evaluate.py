@@ -52,7 +52,7 @@ AREA_LBL: tuple[str, ...] = ("all", "small", "medium", "large")
 # Scores below this are what detectors export for mAP; above it recall is cut off.
 LOW_SCORE_LIMIT = 0.05
 
-# sha256_json(sorted image ids) of fixtures/coco/val2017-mini (206 val2017 images).
+# sha256_json(sorted image ids) of mapgate/data/coco/val2017-mini (206 val2017 images).
 _MINI_FINGERPRINT = "855e2820c9a007bcc08600dbd1edb36797a61b636354d670a6e33a3b2572283e"
 _MINI_LABEL = "val2017-mini"
 _COCO2017_DESCRIPTION = "COCO 2017 Dataset"

@@ -32,10 +32,10 @@ from mapgate.fsutil import fault_point, sha256_bytes, sha256_json, write_bytes_a
 from mapgate.manifest import DEFAULT_TOLERANCES, ModelSpec
 from mapgate.paths import safe_component, target_component
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_MANIFEST = REPO / "fixtures" / "models.toml"
-DEFAULT_ENGINES = REPO / "engines"
-DEFAULT_REPORTS = REPO / "reports"
+# Relative to a run's base (mapgate.catalog: the manifest's folder, else the working directory), so
+# the CLI and pytest share one cache; never inside the installed package.
+DEFAULT_ENGINES = Path("engines")
+DEFAULT_REPORTS = Path("reports")
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 
@@ -141,8 +141,9 @@ class Gate:
             raise ConfigError(f"unknown model {name!r}; known models: {', '.join(self.models)}")
         return self.models[name]
 
-    def build_context(self) -> BuildContext:
-        calib = calibration_images(self.calib_dir) if self.calib_dir else calibration_images()
+    def build_context(self, calibration: bool = True) -> BuildContext:
+        """``calibration=False`` for FP32/FP16 sides: they never read (or need) calibration images."""
+        calib = calibration_images(self.calib_dir) if calibration else []
         return BuildContext(engines_dir=self.engines_dir, calib_images=calib,
                             evaluated_image_ids=frozenset(self.dataset.image_ids),
                             calib_image_ids=frozenset(image_ids_of(calib)), progress=self.progress)
@@ -182,7 +183,7 @@ class Gate:
         if not available.ok:
             raise BackendUnavailable(backend_name, available.reason)
         preflight(model)
-        ctx = self.build_context()
+        ctx = self.build_context(calibration=precision == "int8")
         identity = self._identity(model, backend, precision, ctx)
         inputs = {
             "contract": contract_hash(model), "backend": backend_name, "precision": precision or "original",
@@ -491,10 +492,3 @@ def environment() -> dict[str, Any]:
     except ImportError:
         env["device"] = {"cpu": platform.processor()}
     return env
-
-
-def load_models(manifest_files: list[Path] | None = None) -> dict[str, ModelSpec]:
-    from mapgate.manifest import load_manifests
-
-    return load_manifests([DEFAULT_MANIFEST, *(manifest_files or [])])
-

@@ -126,12 +126,16 @@ class ModelSpec:
 
 
 
-def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
-    """Parse and validate a manifest; returns models by name (manifest order)."""
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A manifest's TOML table; a folder, a dangling link or a loop of links, non-UTF-8 bytes and bad
+    TOML are errors naming the file."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"model manifest {path} is a folder; give the TOML file itself (e.g. {path}/models.toml)")
     if not path.is_file():
+        if path.is_symlink():
+            raise ConfigError(f"model manifest {path} is a symbolic link that leads nowhere (dangling, or a loop "
+                              "of links); point it at the TOML file")
         raise ConfigError(f"model manifest {path} does not exist")
     try:
         text = path.read_bytes().decode("utf-8")
@@ -145,12 +149,44 @@ def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"model manifest {path} is not valid TOML: {exc}") from exc
     _reject_non_finite(path, data, "")
+    return data
+
+
+def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
+    """Parse and validate a manifest's own models (not those of the files it includes: mapgate.catalog
+    walks includes); returns models by name (manifest order)."""
+    return parse_manifest(path)[1]
+
+
+def parse_manifest(path: str | Path) -> tuple["ManifestHeader", dict[str, ModelSpec]]:
+    """One manifest file, read once: its header (includes, [dataset]) and its own models."""
+    path = Path(path)
+    data = read_toml(path)
+    header = _parse_header(path, data)
     models = data.get("models")
-    if models is None and data.get("include"):  # a manifest that only includes others
-        return {}
+    if models is None and (header.include or header.dataset is not None):  # only includes others / names data
+        return header, {}
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"model manifest {path}: no [models.<name>] tables found")
-    return {name: _parse_model(path, name, entry) for name, entry in models.items()}
+    return header, {name: _parse_model(path, name, entry) for name, entry in models.items()}
+
+
+DATASET_FIELDS = ("coco_root", "images", "annotations", "calib_images", "label")
+
+
+@dataclass(frozen=True)
+class DatasetFields:
+    """A manifest's ``[dataset]`` table, paths resolved relative to the manifest (None: not given)."""
+
+    coco_root: Path | None = None
+    images: Path | None = None  # a folder of images
+    annotations: Path | None = None  # their COCO instance annotation file
+    calib_images: Path | None = None  # a folder of INT8 calibration images
+    label: str | None = None  # the name reports print
+
+    @property
+    def names_evaluation_set(self) -> bool:
+        return any(v is not None for v in (self.coco_root, self.images, self.annotations))
 
 
 @dataclass(frozen=True)
@@ -160,33 +196,54 @@ class ManifestHeader:
 
     path: Path
     include: tuple[Path, ...] = ()
-    coco_root: Path | None = None
+    dataset: DatasetFields | None = None
+
+    @property
+    def coco_root(self) -> Path | None:
+        return self.dataset.coco_root if self.dataset is not None else None
 
 
 def load_header(path: str | Path) -> ManifestHeader:
-    """``include = ["other.toml", ...]`` and ``[dataset] coco_root = "DIR"`` of one manifest."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model manifest {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"model manifest {path} is not valid TOML: {exc}") from exc
+    """``include = ["other.toml", ...]`` and the ``[dataset]`` table of one manifest."""
+    return parse_manifest(path)[0]
+
+
+def _parse_header(path: Path, data: dict[str, Any]) -> ManifestHeader:
     unknown = sorted(set(data) - {"models", "include", "dataset"})
     if unknown:
         raise ConfigError(f"model manifest {path}: top-level field {unknown[0]!r} is not known "
                           "(known: models, include, dataset)")
     include = data.get("include", [])
-    if not isinstance(include, list) or not all(isinstance(i, str) and i for i in include):
+    if not isinstance(include, list) or not all(isinstance(i, str) and i.strip() and "\0" not in i for i in include):
         raise ConfigError(f"model manifest {path}: field 'include' must be a list of manifest paths, got {include!r}")
-    dataset = data.get("dataset", {})
-    if not isinstance(dataset, dict) or set(dataset) - {"coco_root"}:
-        raise ConfigError(f"model manifest {path}: [dataset] takes only coco_root = \"DIR\" (relative to the "
-                          f"manifest), got {dataset!r}")
-    root = dataset.get("coco_root")
-    if root is not None and (not isinstance(root, str) or not root):
-        raise ConfigError(f"model manifest {path}: field 'dataset.coco_root' must be a folder path, got {root!r}")
-    return ManifestHeader(path, tuple(path.parent / i for i in include), path.parent / root if root else None)
+    includes = tuple(path.parent / i for i in include)
+    if "dataset" not in data:
+        return ManifestHeader(path, includes)
+    table = data["dataset"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"model manifest {path}: [dataset] must be a table ({', '.join(DATASET_FIELDS)}), "
+                          f"got {table!r}")
+    extra = sorted(set(table) - set(DATASET_FIELDS))
+    if extra:
+        raise ConfigError(f"model manifest {path}: field 'dataset.{extra[0]}' is not known (known: "
+                          f"{', '.join(DATASET_FIELDS)}; paths are relative to the manifest)")
+    values: dict[str, Any] = {}
+    for key in DATASET_FIELDS:
+        if key not in table:
+            continue
+        value = table[key]
+        what = "a name" if key == "label" else ("a file path" if key == "annotations" else "a folder path")
+        if not isinstance(value, str) or not value.strip() or "\0" in value:
+            raise ConfigError(f"model manifest {path}: field 'dataset.{key}' must be {what}, got {value!r}")
+        if key == "label" and any(ord(c) < 32 for c in value):
+            raise ConfigError(f"model manifest {path}: field 'dataset.label' must be one line of text, got {value!r}")
+        values[key] = value if key == "label" else path.parent / value
+    fields = DatasetFields(**values)
+    if fields.coco_root is None and (fields.images is None) != (fields.annotations is None):
+        given, missing = ("images", "annotations") if fields.images is not None else ("annotations", "images")
+        raise ConfigError(f"model manifest {path}: field 'dataset.{missing}' is required with 'dataset.{given}': an "
+                          "evaluation set is an image folder and its COCO annotation file (or give coco_root)")
+    return ManifestHeader(path, includes, fields)
 
 
 def _reject_non_finite(path: Path, value: Any, where: str) -> None:

@@ -22,7 +22,8 @@ import orjson
 
 from mapgate.backends import parse_target
 from mapgate.backends.base import PRECISIONS
-from mapgate.dataset import CocoDataset
+from mapgate.catalog import Catalog, cli_manifests, load_catalog
+from mapgate.dataset import DataSource
 from mapgate.errors import ConfigError, ContractError, DataError
 from mapgate.fsutil import sha256_bytes, write_json_atomic
 
@@ -168,24 +169,29 @@ def _portable(identity: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in identity.items() if k not in _LOCAL_KEYS}
 
 
-def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, coco_root: Path | None = None,
-                 manifest_files: Sequence[Path] = ()) -> tuple[Any, list[Any]]:
-    """Check, join, evaluate and gate shard runs; returns the Gate of the merged run and its verdicts."""
+def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, catalog: Catalog | None = None,
+                 data: DataSource | None = None) -> tuple[Any, list[Any]]:
+    """Check, join, evaluate and gate shard runs; returns the Gate of the merged run and its verdicts.
+    ``catalog``: the manifests the shards ran with (default: as the CLI finds them); ``data``: their
+    data set (default: the catalog's [dataset], else the bundled val2017-mini)."""
     from mapgate.bootstrap import per_image_results
-    from mapgate.gate import DEFAULT_REPORTS, Gate, Side, contract_hash, load_models
+    from mapgate.gate import DEFAULT_REPORTS, Gate, Side, contract_hash
+
+    catalog = catalog if catalog is not None else load_catalog(cli_manifests(()))
+    data = data if data is not None else catalog.data_source()
 
     runs = find_shards(dirs)
     order, ident = _check_same(runs)
     n_images = ident.get("n_images")
     if not isinstance(n_images, int) or n_images < 1:
         raise _fail(order[0], f"metrics.json: shard.of.n_images must be a positive whole number, got {n_images!r}")
-    dataset = CocoDataset.open(coco_root, n_images)
+    dataset = data.open(n_images)
     if dataset.content_identity() != ident:
         raise DataError(f"the shards ran on {ident}, but this data set ({dataset.label}) is {dataset.content_identity()}; "
-                        "give the --coco-root the shards used")
-    models = load_models(list(manifest_files))
-    gate = Gate(models=models, dataset=dataset, reports_dir=reports_dir or DEFAULT_REPORTS, use_cache=False,
-                progress=False)
+                        "give the data set the shards used (--coco-root, --images/--annotations, --dataset-label)")
+    models = catalog.models
+    gate = Gate(models=models, dataset=dataset, reports_dir=reports_dir or catalog.base / DEFAULT_REPORTS,
+                use_cache=False, progress=False)
     sides = {run: {s.key: s for s in runs[run]} for run in order}
     all_ids = list(dataset.image_ids)
     verdicts = []

@@ -8,6 +8,10 @@ and the accuracy matrix collected from manifests.
   worker). mapgate's own matrix is the repository's ``mapgate.toml``, which includes
   ``fixtures/models.toml``. The manifest is added to the run only when no test paths were given
   (or it was named with ``--mapgate-manifest``), so ``pytest tests/test_x.py`` runs just that file.
+  Manifests, their includes and their ``[dataset]`` are read by mapgate.catalog, as the CLI reads
+  them; a manifest that cannot be read is a collection error naming it (the other manifests and
+  test files are still collected), and the default engines/ and reports/ are beside the first
+  manifest (else at the rootdir), where the CLI puts them.
 * Options are grouped under "mapgate" and validated at parse time; one session object is
   ``config.mapgate``; the reference of each model runs once per session and is shared.
 * A failing case shows its comparison table (``repr_failure``), its numbers go to JUnit XML
@@ -31,10 +35,20 @@ from typing import Any
 
 import pytest
 
-from mapgate.argtypes import coco_root, csv_list, existing_dir, existing_file, non_negative_int, output_dir, positive_int, shard_spec
+from mapgate.argtypes import (
+    coco_root,
+    csv_list,
+    existing_dir,
+    existing_file,
+    non_negative_int,
+    one_line,
+    output_dir,
+    positive_int,
+    shard_spec,
+)
+from mapgate.catalog import MANIFEST_NAME
 from mapgate.manifest import DEFAULT_TOLERANCES
 
-MANIFEST_NAME = "mapgate.toml"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -56,15 +70,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--backends", type=_backend_list, metavar="TARGETS",
                 help="comma-separated optimized targets, BACKEND or BACKEND:PRECISION (default: each model's list)")
     g.addoption("--coco-root", type=coco_root, metavar="DIR",
-                help="a COCO layout (overrides a manifest's [dataset] coco_root; default: the bundled val2017-mini)")
+                help="a COCO layout: DIR/val2017/*.jpg and DIR/annotations/instances_val2017.json (another annotation "
+                     "file: add --annotations). Overrides the manifest's [dataset]; default: the bundled val2017-mini")
+    g.addoption("--images", type=existing_dir, metavar="DIR", help="the evaluated images (with --annotations)")
+    g.addoption("--annotations", type=existing_file, metavar="FILE",
+                help="their COCO instance annotations (with --images or --coco-root)")
+    g.addoption("--dataset-label", type=one_line, metavar="NAME",
+                help="the data set's name in reports (default: the manifest's [dataset] label, else the annotation "
+                     "file's stem)")
     g.addoption("--max-images", type=positive_int, metavar="N", help="evaluate only the first N image ids")
-    g.addoption("--reports-dir", type=output_dir, metavar="DIR", help="where run artifacts go (default: <rootdir>/reports)")
+    g.addoption("--reports-dir", type=output_dir, metavar="DIR",
+                help="where run artifacts go (default: reports/ beside the manifest, else <rootdir>/reports)")
     g.addoption("--engines-dir", type=output_dir, metavar="DIR",
-                help="conversion/engine/detection cache (default: <rootdir>/engines)")
+                help="conversion/engine/detection cache (default: engines/ beside the manifest, as the CLI's)")
     g.addoption("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
                 help="the same as --mapgate-manifest (kept for existing command lines)")
     g.addoption("--calib-dir", type=existing_dir, metavar="DIR",
-                help="INT8 calibration images (default: the bundled calib-val2017; must not overlap the evaluated set)")
+                help="INT8 calibration images, read only for INT8 targets (default: the manifest's [dataset] "
+                     "calib_images, else the bundled calib-val2017; must not overlap the evaluated set)")
     g.addoption("--update-baselines", action="store_true",
                 help="rewrite mapgate-baselines.json beside each manifest with this run's AP/AP50 (prints old and new)")
     g.addoption("--no-detection-cache", action="store_true", help="recompute detections even when cached")
@@ -86,6 +109,7 @@ class MapgateSession:
 
     config: pytest.Config
     manifests: list[Path] = field(default_factory=list)  # the collected manifests (resolved)
+    unreadable: list[Path] = field(default_factory=list)  # manifests that are not regular files (a folder, a loop)
     rows: list[dict[str, Any]] = field(default_factory=list)  # report.CaseRow dicts, in report order
     baseline_updates: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     table: str = ""  # the session table, once the run is over
@@ -104,65 +128,60 @@ class MapgateSession:
         _on_terminal_summary(self, terminalreporter)
 
     @cached_property
-    def trees(self) -> dict[Path, tuple[dict[str, Any], list[Any]]]:
-        """Each collected manifest -> (its models, including included files', and its headers)."""
-        from mapgate.errors import ConfigError
-        from mapgate.manifest import load_header, load_manifest
+    def walked(self) -> dict[Path, Any]:
+        """Each collected manifest -> (its models, including included files', and the headers read),
+        or the error that stopped reading it: one broken manifest is its own collection error."""
+        from mapgate.catalog import walk
+        from mapgate.errors import MapgateError
 
-        out: dict[Path, tuple[dict[str, Any], list[Any]]] = {}
+        out: dict[Path, Any] = {}
         for root in self.manifests:
-            models: dict[str, Any] = {}
-            headers: list[Any] = []
-            stack, seen = [(root, None)], set()
-            while stack:
-                path, parent = stack.pop(0)
-                if path.resolve() in seen:
-                    continue
-                seen.add(path.resolve())
-                if parent is not None and not path.is_file():
-                    raise ConfigError(f"{parent}: field 'include': {path} does not exist")
-                header = load_header(path)
-                headers.append(header)
-                stack.extend((p, path) for p in header.include)
-                for name, spec in load_manifest(path).items():
-                    _add_model(models, name, spec)
-            out[root] = (models, headers)
+            try:
+                out[root] = walk(root)
+            except MapgateError as exc:
+                out[root] = exc
         return out
 
     @cached_property
-    def models(self) -> dict[str, Any]:
+    def trees(self) -> dict[Path, tuple[dict[str, Any], list[Any]]]:
+        """The manifests that could be read -> (their models, their headers)."""
+        return {root: tree for root, tree in self.walked.items() if not isinstance(tree, Exception)}
+
+    @cached_property
+    def catalog(self) -> Any:
+        from mapgate.catalog import Catalog, add_model
+
         merged: dict[str, Any] = {}
         for models, _ in self.trees.values():
             for name, spec in models.items():
-                _add_model(merged, name, spec)
-        return merged
+                add_model(merged, name, spec)
+        return Catalog(tuple(self.trees), {root: models for root, (models, _) in self.trees.items()},
+                       tuple(h for _, headers in self.trees.values() for h in headers), merged)
+
+    @property
+    def models(self) -> dict[str, Any]:
+        return self.catalog.models
 
     @cached_property
-    def coco_root(self) -> Path | None:
-        if self.option("coco_root"):
-            return self.option("coco_root")
-        from mapgate.errors import ConfigError
-
-        named = {h.path: h.coco_root for _, headers in self.trees.values() for h in headers if h.coco_root}
-        roots = {p.resolve() for p in named.values()}
-        if len(roots) > 1:
-            raise ConfigError("manifests name different data sets: " + "; ".join(
-                f"{m}: coco_root {r}" for m, r in named.items()) + ". Give one with --coco-root")
-        return next(iter(named.values()), None)
+    def data_source(self) -> Any:
+        """The data set: the options where given, else the manifests' [dataset] (as the CLI resolves it)."""
+        return self.catalog.data_source(coco_root=self.option("coco_root"), images=self.option("images"),
+                                        annotations=self.option("annotations"),
+                                        calib_images=self.option("calib_dir"), label=self.option("dataset_label"))
 
     @cached_property
     def gate(self) -> Any:
-        from mapgate.dataset import CocoDataset
         from mapgate.gate import Gate
 
         # Progress bars only where someone watches them: a terminal, with capture off (-s).
         progress = self.option("capture") == "no" and sys.stderr.isatty()
-        dataset = CocoDataset.open(self.coco_root, self.option("max_images"))
+        source = self.data_source
+        dataset = source.open(self.option("max_images"))
         if self.option("shard"):
             dataset = dataset.shard(*self.option("shard"))
         gate = Gate(models=self.models, dataset=dataset,
                     engines_dir=self.option("engines_dir"), reports_dir=self.option("reports_dir"),
-                    use_cache=not self.option("no_detection_cache"), calib_dir=self.option("calib_dir"),
+                    use_cache=not self.option("no_detection_cache"), calib_dir=source.calib_images,
                     progress=progress, workers=self.option("workers"), batch_size=self.option("batch_size"))
         gate.write_env()
         return gate
@@ -223,23 +242,15 @@ class MapgateSession:
         return cache[path]
 
 
-def _add_model(models: dict[str, Any], name: str, spec: Any) -> None:
-    from mapgate.errors import ConfigError
-
-    if name in models and models[name].manifest_path.resolve() != spec.manifest_path.resolve():
-        raise ConfigError(f"model {name!r} is defined in both {models[name].manifest_path} and "
-                          f"{spec.manifest_path}; rename one entry")
-    models[name] = spec
-
-
 def _session(config: pytest.Config) -> MapgateSession:
     return config.mapgate  # type: ignore[attr-defined,no-any-return]
 
 
 def _manifests(config: pytest.Config) -> list[Path]:
-    """The manifests this run collects: <rootdir>/mapgate.toml when present, and every one named."""
-    found = [Path(config.rootpath) / MANIFEST_NAME]
-    found = [p for p in found if p.is_file()]
+    """The manifests this run collects: <rootdir>/mapgate.toml when present (also when it is broken:
+    a folder, a dangling link or a loop is reported, never silently skipped), and every one named."""
+    here = Path(config.rootpath) / MANIFEST_NAME
+    found = [here] if here.exists() or here.is_symlink() else []
     named = [*config.getoption("mapgate_manifest"), *config.getoption("models_file")]
     for p in named:
         p = Path(p) if Path(p).is_absolute() else Path(config.invocation_params.dir) / p
@@ -248,8 +259,9 @@ def _manifests(config: pytest.Config) -> list[Path]:
         found.append(p)
     out: list[Path] = []
     for p in found:
-        if p.resolve() not in [q.resolve() for q in out]:
-            out.append(p.resolve())
+        p = Path(os.path.realpath(p))  # realpath: never raises, even on a loop of links
+        if p not in out:
+            out.append(p)
     return out
 
 
@@ -274,21 +286,28 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"known: {', '.join(sorted(backends))}")
     if not hasattr(config, "workerinput"):  # the controller (or a plain run): xdist workers inherit it
         os.environ.setdefault(RUN_ID_ENV, default_run_id())
-    root = Path(config.rootpath)
-    if config.getoption("reports_dir") is None:
-        config.option.reports_dir = root / "reports"
-    if config.getoption("engines_dir") is None:
-        config.option.engines_dir = root / "engines"
+    from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS
+
     session = MapgateSession(config, _manifests(config))
+    # beside the first manifest, where the CLI puts them too (one cache for both), else at the rootdir
+    base = session.manifests[0].parent if session.manifests else Path(config.rootpath)
+    if config.getoption("reports_dir") is None:
+        config.option.reports_dir = base / DEFAULT_REPORTS
+    if config.getoption("engines_dir") is None:
+        config.option.engines_dir = base / DEFAULT_ENGINES
     config.mapgate = session  # type: ignore[attr-defined]
     config.pluginmanager.register(session, "mapgate-session")
     named = {p.resolve() for p in [*config.getoption("mapgate_manifest"), *config.getoption("models_file")]}
     explicit = config.args_source == pytest.Config.ArgsSource.ARGS
-    base = Path(config.invocation_params.dir)
     for manifest in session.manifests:
-        # the rootdir manifest joins a run without test paths (like testpaths); a named one always
-        if (manifest in named or not explicit) and not _covered(manifest, config.args, base):
+        # the rootdir manifest joins a run without test paths (like testpaths); a named one always.
+        # One that is not a regular file cannot be a collection argument: its error is reported at
+        # the end of collection instead (pytest_collection_finish)
+        if (manifest in named or not explicit) and manifest.is_file() \
+                and not _covered(manifest, config.args, Path(config.invocation_params.dir)):
             config.args.append(str(manifest))
+        elif not manifest.is_file() and (manifest in named or not explicit):
+            session.unreadable.append(manifest)
     if config.getoption("models"):
         try:
             session.check_model_names()
@@ -310,9 +329,29 @@ def _marker_name(backend: Any, name: str) -> str:
 # --------------------------------------------------------------------------------- collection
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
     session: MapgateSession | None = getattr(parent.config, "mapgate", None)
-    if session is not None and file_path.resolve() in session.manifests:
+    if session is not None and Path(os.path.realpath(file_path)) in session.manifests:
         return ManifestFile.from_parent(parent, path=file_path)
     return None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """A manifest that is not a regular file (a folder named mapgate.toml, a dangling link, a loop
+    of links) is a collection error naming it, as a broken TOML file is; the rest is collected."""
+    mapgate: MapgateSession | None = getattr(session.config, "mapgate", None)
+    if mapgate is None or hasattr(session.config, "workerinput"):
+        return
+    from mapgate.errors import ConfigError
+    from mapgate.manifest import read_toml
+
+    for path in mapgate.unreadable:
+        try:
+            read_toml(path)
+            message = f"model manifest {path} cannot be collected"
+        except ConfigError as exc:
+            message = f"ConfigError: {exc}"
+        nodeid = os.path.relpath(path, session.config.rootpath)
+        report = pytest.CollectReport(nodeid, "failed", message, [])
+        session.config.hook.pytest_collectreport(report=report)
 
 
 class ManifestFile(pytest.File):
@@ -320,7 +359,10 @@ class ManifestFile(pytest.File):
 
     def collect(self) -> Iterator[pytest.Collector]:
         session = _session(self.config)
-        models, _ = session.trees[self.path.resolve()]
+        tree = session.walked[Path(os.path.realpath(self.path))]
+        if isinstance(tree, Exception):
+            raise tree
+        models, _ = tree
         pairs: dict[str, list[str]] = {}
         for name, target in session.selected(models):
             pairs.setdefault(name, []).append(target)

@@ -80,10 +80,11 @@ import mapgate
 from mapgate.backends import marker_for, markers
 from mapgate.convert import can_make
 from mapgate.dataset import CocoDataset
-from mapgate.gate import Gate, framework_versions, load_models
+from mapgate.catalog import DEMO_MANIFEST, load_models
+from mapgate.gate import Gate, framework_versions
 
 work = Path(sys.argv[1])
-models = load_models([work / "extra.toml"])
+models = load_models([DEMO_MANIFEST, work / "extra.toml"])
 gate = Gate(models=models, dataset=CocoDataset(max_images=3), engines_dir=work / "engines",
             reports_dir=work / "reports", progress=False)
 probe = gate.side("my-yolox", "zzprobe:fp32")

@@ -18,7 +18,7 @@ from mapgate.bootstrap import BootstrapCI, PerImage, paired_bootstrap, per_image
 from mapgate.errors import ConfigError
 from mapgate.evaluate import ContractWarning, evaluate
 
-GT_PATH = (Path(__file__).resolve().parent.parent / "fixtures" / "coco" / "val2017-mini" / "annotations"
+GT_PATH = (Path(__file__).resolve().parent.parent / "mapgate" / "data" / "coco" / "val2017-mini" / "annotations"
            / "instances_val2017_subset.json")
 
 pytestmark = pytest.mark.filterwarnings("ignore::mapgate.evaluate.ContractWarning")

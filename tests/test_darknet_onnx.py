@@ -19,8 +19,8 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from darknet_helpers import BUNDLED, ROOT, model_spec, preprocess  # noqa: E402
-IMAGES = (sorted((ROOT / "fixtures/coco/val2017-mini/val2017").glob("*.jpg"))[:8]
-          + sorted((ROOT / "fixtures/coco/calib-val2017/images").glob("*.jpg"))[:4])
+IMAGES = (sorted((ROOT / "mapgate/data/coco/val2017-mini/val2017").glob("*.jpg"))[:8]
+          + sorted((ROOT / "mapgate/data/coco/calib-val2017/images").glob("*.jpg"))[:4])
 ATOL = 1e-4
 
 

@@ -16,7 +16,7 @@ from mapgate.dataset import CocoDataset, Sample
 from mapgate.errors import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
-MINI = ROOT / "fixtures" / "coco" / "val2017-mini"
+MINI = ROOT / "mapgate" / "data" / "coco" / "val2017-mini"
 MINI_ANNOTATIONS = MINI / "annotations" / "instances_val2017_subset.json"
 MINI_IMAGES = MINI / "val2017"
 

@@ -33,7 +33,7 @@ from mapgate.evaluate import (
 # there (pytest.warns still sees the warning where a test asks for it).
 pytestmark = pytest.mark.filterwarnings("ignore:the lowest detection score:mapgate.evaluate.ContractWarning")
 
-GT_PATH = (Path(__file__).resolve().parent.parent / "fixtures" / "coco" / "val2017-mini" / "annotations"
+GT_PATH = (Path(__file__).resolve().parent.parent / "mapgate" / "data" / "coco" / "val2017-mini" / "annotations"
            / "instances_val2017_subset.json")
 
 

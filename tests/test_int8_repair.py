@@ -14,7 +14,8 @@ from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.cli import main
 from mapgate.dataset import CocoDataset
 from mapgate.errors import ConfigError
-from mapgate.gate import DEFAULT_ENGINES, DEFAULT_MANIFEST
+from mapgate.catalog import CHECKOUT, DEMO_MANIFEST
+from mapgate.gate import DEFAULT_ENGINES
 from mapgate.manifest import load_manifest
 
 try:
@@ -27,7 +28,7 @@ MODEL = "yolo-fastest-1.1-320"
 
 def _bundled_recipe_lines() -> str:
     """The consecutive convert.int8_* lines of the bundled Yolo-Fastest entry (its committed recipe)."""
-    text = DEFAULT_MANIFEST.read_text(encoding="utf-8")
+    text = DEMO_MANIFEST.read_text(encoding="utf-8")
     entry = text[text.index(f'[models."{MODEL}"]'):]
     lines = [line for line in entry.splitlines()[:40] if line.startswith("convert.int8_")]
     assert lines and "\n".join(lines) in entry
@@ -46,7 +47,7 @@ def reduced_search(bundled_models, require_backend):
     from mapgate.int8_repair import RepairConfig, search
 
     model = bundled_models[MODEL]
-    fp32 = onnx_for(model, BuildContext(engines_dir=DEFAULT_ENGINES))
+    fp32 = onnx_for(model, BuildContext(engines_dir=CHECKOUT / DEFAULT_ENGINES))
     import mapgate.calibration
     import mapgate.dataset
     import mapgate.sensitivity

@@ -225,8 +225,13 @@ def test_invalid_toml_is_an_error_naming_the_manifest(tmp_path: Path) -> None:
 
 
 def test_a_manifest_without_models_is_an_error_naming_it(tmp_path: Path) -> None:
-    msg, path = config_error(tmp_path, "[other]\nx = 1\n")
+    msg, path = config_error(tmp_path, "# only a comment\n")
     assert str(path) in msg and "[models.<name>]" in msg
+
+
+def test_an_unknown_top_level_table_is_an_error_naming_it(tmp_path: Path) -> None:
+    msg, path = config_error(tmp_path, VALID + "[other]\nx = 1\n")
+    assert str(path) in msg and "top-level field 'other' is not known" in msg
 
 
 def test_a_missing_manifest_is_an_error_naming_it(tmp_path: Path) -> None:

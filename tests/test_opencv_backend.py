@@ -27,7 +27,7 @@ from mapgate.postprocess import Candidates, decoder_for
 from mapgate.postprocess.darknet_yolo import _heads, decode, decode_boxes, heads_for
 
 from darknet_helpers import BUNDLED, ROOT, model_spec, preprocess  # noqa: E402
-IMAGE = ROOT / "fixtures/coco/val2017-mini/val2017/000000000139.jpg"  # a busy indoor scene
+IMAGE = ROOT / "mapgate/data/coco/val2017-mini/val2017/000000000139.jpg"  # a busy indoor scene
 OPENCV_DEFAULT_THRESH = 0.2
 
 

@@ -11,6 +11,7 @@ import pytest
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.errors import ConfigError
+from mapgate.catalog import CHECKOUT
 from mapgate.gate import DEFAULT_ENGINES
 
 MODEL = "yolo-fastest-1.1-320"
@@ -37,7 +38,7 @@ def fastest(bundled_models, require_backend):
     from mapgate.sensitivity import ImageLog, Proxy, split_calibration
 
     model = bundled_models[MODEL]
-    fp32 = onnx_for(model, BuildContext(engines_dir=DEFAULT_ENGINES))
+    fp32 = onnx_for(model, BuildContext(engines_dir=CHECKOUT / DEFAULT_ENGINES))
     calib, proxy_images = split_calibration(calibration_images()[:15])
     log = ImageLog()
     return model, fp32, calib, Proxy(model, fp32, proxy_images, log), log

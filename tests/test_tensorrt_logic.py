@@ -28,7 +28,7 @@ from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
 from mapgate.manifest import ModelSpec, Postprocess, Preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
-CALIB_DIR = ROOT / "fixtures" / "coco" / "calib-val2017" / "images"
+CALIB_DIR = ROOT / "mapgate" / "data" / "coco" / "calib-val2017" / "images"
 STANDIN = ROOT / "tests" / "trt_standin"
 
 

@@ -685,7 +685,7 @@ class TensorRTRunner(Runner):
         images = sorted(self.ctx.calib_images, key=lambda p: p.name)[: self.ctx.max_calib_images]
         if not images:
             raise ConfigError(f"{self.where}: INT8 needs calibration images but the build context has none; "
-                              "pass a calibration folder (the bundled one is fixtures/coco/calib-val2017/images)")
+                              "pass a calibration folder (the bundled one is mapgate/data/coco/calib-val2017/images)")
         check_disjoint(set(self.ctx.calib_image_ids) | set(image_ids_of(images)), self.ctx.evaluated_image_ids,
                        where=f"{self.where} calibration")
         digest = calibration_set_digest(images)
