@@ -189,8 +189,6 @@ def test_mapgates_fp32_and_qdq_onnx_files_pass_the_parser(model_name: str, bundl
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 23 blocker: convert/trt_onnx.py refuses the uint8 image input that "
-                                       "keep_io_types keeps; fixed on h/trt-product")
 def test_mapgates_strong_fp16_onnx_of_a_uint8_model_passes_the_parser(bundled_models: dict[str, Any]) -> None:
     from mapgate.backends.base import BuildContext
     from mapgate.convert.trt_onnx import build_fp16
