@@ -409,7 +409,7 @@ def _check(g: GroundTruth, d: _Dets, stacklevel: int) -> list[str]:
         low = float(d.score.min())
         if low > LOW_SCORE_LIMIT:
             warns.append(
-                f"the lowest detection score is {low:.3g} (> {LOW_SCORE_LIMIT}): a high confidence threshold "
+                f"no detection scores {LOW_SCORE_LIMIT} or less (the lowest is {low!r}): a high confidence threshold "
                 "depresses mAP; the tensorrt_demos write-up built its SSD engines with 0.3. Export with a "
                 "threshold of 0.01 or lower for mAP runs.")
         ids, counts = np.unique(d.img, return_counts=True)

@@ -31,7 +31,7 @@ from mapgate.evaluate import (
 
 # Hand-made cases use few, confident detections; the low-threshold advice is beside the point
 # there (pytest.warns still sees the warning where a test asks for it).
-pytestmark = pytest.mark.filterwarnings("ignore:the lowest detection score:mapgate.evaluate.ContractWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:no detection scores:mapgate.evaluate.ContractWarning")
 
 GT_PATH = (Path(__file__).resolve().parent.parent / "mapgate" / "data" / "coco" / "val2017-mini" / "annotations"
            / "instances_val2017_subset.json")
