@@ -21,6 +21,7 @@ from mapgate.argtypes import (
     shard_spec,
     target,
 )
+from mapgate.cpu import this_cpu
 from mapgate.errors import MapgateError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -269,7 +270,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             print(f"{'':30}   files missing: {line}")
         for target in m.optimized:
             how = "prebuilt" if target in m.prebuilt else ("converted" if can_make(m, target) else "no route")
-            expect = f", expected verdict {m.expected_verdicts[target]}" if target in m.expected_verdicts else ""
+            expected = m.expected_verdict(target, this_cpu().saturates)
+            expect = f", expected verdict {expected}" if expected != "pass" else ""
             print(f"{'':30}   -> {target:18} {how:9} {state_of(target)}{expect}")
 
     print(f"\n{'backend':12} {'precisions':16} {'runs originals':25} {'pytest -m':12} status")

@@ -24,6 +24,7 @@ from mapgate.backends import get_backend, parse_target
 from mapgate.backends.base import BuildContext, artifact_identity
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
+from mapgate.cpu import this_cpu
 from mapgate.cache import ArtifactCache, CorruptArtifact, remembered_hashes, sweep, without_paths
 from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
@@ -349,7 +350,7 @@ class Gate:
             model=model_name, ref=ref_side.describe(), opt=opt_side.describe(), dataset=self.dataset.label,
             ref_metrics=ref_side.metrics, opt_metrics=opt_side.metrics, ci=self._bootstrap(ref_side, opt_side),
             agreement=detection_agreement(ref_side.detections, opt_side.detections), tolerance=tol,
-            tolerance_source=source, expected=model.expected_verdicts.get(opt_target, "pass"),
+            tolerance_source=source, expected=model.expected_verdict(opt_target, this_cpu().saturates),
             ref_detections=len(ref_side.detections),
         )
         verdict.extras["attribution"] = self._attribution(ref_side, opt_side)
@@ -484,6 +485,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "machine": platform.machine(),
         "versions": {**{m: version_of(m) for m in libraries}, **framework_versions()},
+        "int8_dot_product": this_cpu().to_dict(),
     }
     try:
         from mapgate.fingerprint import device_fingerprint

@@ -6,6 +6,11 @@ per-channel weights), so the ORT Q/DQ model is the model the TensorRT builder wo
 one INT8 recipe, whichever engine runs it. Manifest knobs: ``convert.int8_keep_float`` (node
 names/prefixes left in float), ``convert.int8_calibration`` (minmax | percentile | entropy) and
 ``convert.int8_per_channel``; ``mapgate int8-repair`` searches them.
+
+On a CPU whose int8 dot product saturates (x86 without VNNI: :mod:`mapgate.cpu`), ONNX Runtime's fused
+INT8 kernels lose points to int16 overflow (measured here, AVX2 EPYC: YOLOv3-tiny -9.84 AP, while the same
+file run unfused loses under 1); there the ``onnxruntime:int8`` file gets 7-bit weights (``reduce_range``,
+ONNX Runtime's documented remedy; OpenVINO documents the same). The file TensorRT builds from never does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
 from mapgate.cache import cached_artifact
+from mapgate.cpu import this_cpu
 from mapgate.fsutil import fault_point
 from mapgate.errors import ConfigError
 from mapgate.files import verified_sha256
@@ -59,6 +65,9 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
     check_disjoint(ctx.calib_image_ids or image_ids_of(images), ctx.evaluated_image_ids,
                    f"INT8 calibration of {model.name} for onnxruntime:int8")
     recipe = recipe_of(model)
+    reduce_range = target.startswith("onnxruntime:") and this_cpu().saturates
+    if reduce_range:  # in the key only when used: every 8-bit file keeps the key it had
+        recipe = {**recipe, "reduce_range": True}
     inputs = {
         "onnx_sha256": verified_sha256(source),
         "converter": f"onnxruntime.quantization/{version_of('onnxruntime')}",
@@ -73,8 +82,9 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
 
     def _build(out: Path) -> dict[str, Any]:
         kept = quantize(source, out, model, images, method=recipe["calibration"], per_channel=recipe["per_channel"],
-                        keep_float=model.convert.int8_keep_float)
-        return {"source": str(source), "kept_float_nodes": len(kept), "calibration_image_names": [p.name for p in images]}
+                        keep_float=model.convert.int8_keep_float, reduce_range=reduce_range)
+        return {"source": str(source), "kept_float_nodes": len(kept), "calibration_image_names": [p.name for p in images],
+                "reduce_range": reduce_range, "int8_dot_product": this_cpu().to_dict()}
 
     return cached_artifact(ctx.engines_dir, model.name, "ort-int8", inputs, _build, ".onnx")
 
@@ -96,7 +106,7 @@ def keep_float_nodes(proto: Any, keep_float: Iterable[str]) -> list[str]:
 
 def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], *, method: str = "minmax",
              per_channel: bool = True, keep_float: Iterable[str] = (), calibration_cache: Path | None = None,
-             proto: Any = None) -> list[str]:
+             proto: Any = None, reduce_range: bool = False) -> list[str]:
     """Write the Q/DQ INT8 model of ``source`` to ``out``; returns the node names left in float.
 
     ``calibration_cache``: a file where ONNX Runtime keeps the calibrated tensor ranges, so many
@@ -129,7 +139,7 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
         q.quantize_static(
             proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=SETTINGS["op_types"],
             quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-            per_channel=per_channel, calibrate_method=getattr(q.CalibrationMethod, _METHOD_NAMES[method]),
+            per_channel=per_channel, reduce_range=reduce_range, calibrate_method=getattr(q.CalibrationMethod, _METHOD_NAMES[method]),
             extra_options=dict(EXTRA_OPTIONS), **kwargs,
         )
     return kept

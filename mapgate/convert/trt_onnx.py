@@ -167,7 +167,8 @@ def build_fp16(model: ModelSpec, ctx: BuildContext) -> Path:
 
 
 def build_int8(model: ModelSpec, ctx: BuildContext) -> Path:
-    """The Q/DQ ONNX: exactly the ``onnxruntime:int8`` artifact (same cache entry, same bytes)."""
+    """The Q/DQ ONNX: the ``onnxruntime:int8`` artifact's recipe (the same cache entry and bytes, except on a
+    CPU whose int8 dot product saturates, where only the ONNX Runtime file gets 7-bit weights)."""
     from mapgate.convert import ort_quant
 
-    return ort_quant.build(model, ctx, "onnxruntime:int8")
+    return ort_quant.build(model, ctx, "tensorrt:int8")

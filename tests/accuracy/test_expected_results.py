@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from mapgate.backends import get_backend
+from mapgate.cpu import this_cpu
 
 pytestmark = pytest.mark.accuracy
 
@@ -63,10 +64,16 @@ def test_every_int8_result_comes_with_its_bootstrap_ci(mapgate_session, model: s
 
 def test_yolo_fastest_int8_passes_the_gate_with_its_repaired_recipe(mapgate_session) -> None:  # noqa: ANN001
     # plain symmetric INT8 fails by about 3 points; the manifest's int8-repair recipe (Percentile, 12 of 84
-    # convolutions in float, found on calibration images only) must pass outright: CI low above -tolerance
+    # convolutions in float, found on calibration images only) must pass outright where int8 dot products
+    # accumulate in int32 (VNNI, ARM): CI low above -tolerance. Where they saturate (x86 without VNNI) the
+    # ONNX Runtime file has 7-bit weights: there it must stay within the tolerance, recorded as inconclusive.
     model = mapgate_session.models["yolo-fastest-1.1-320"]
     assert "onnxruntime:int8" not in model.expected_verdicts
+    assert model.expected_verdicts_int8_saturating["onnxruntime:int8"] == "inconclusive"
     assert model.convert.int8_calibration == "percentile" and len(model.convert.int8_keep_float) == 12
     v = _verdict(mapgate_session, "yolo-fastest-1.1-320", "onnxruntime:int8")
-    assert v.verdict == "pass" and v.ci["low_points"] > -v.tolerance, v.reason
+    if this_cpu().saturates:
+        assert v.verdict == "inconclusive" and v.delta_ap > -v.tolerance, v.reason
+    else:
+        assert v.verdict == "pass" and v.ci["low_points"] > -v.tolerance, v.reason
     assert "attribution" in v.extras  # where the remaining points went, even for a pass

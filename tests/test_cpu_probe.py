@@ -1,0 +1,67 @@
+"""Which CPUs get 7-bit INT8 weights for ONNX Runtime (mapgate.cpu), and expectations that hold on
+both kinds of CPU (``expected_verdicts_int8_saturating``). Probe cases from the int8-speed branch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mapgate.cpu import cpu_flags, int8_dot_product, this_cpu
+from mapgate.errors import ConfigError
+from mapgate.gate import environment
+from mapgate.manifest import load_manifest
+
+AVX2_EPYC = {"sse4_2", "avx", "avx2", "fma", "bmi2"}  # an AVX2-only EPYC: no AVX512, no VNNI
+SAPPHIRE_RAPIDS = AVX2_EPYC | {"avx512f", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"}
+
+
+@pytest.mark.parametrize(("flags", "saturates"), [
+    (AVX2_EPYC, True), (AVX2_EPYC | {"avx512f", "avx512bw"}, True),  # AVX512 without VNNI still saturates
+    (AVX2_EPYC | {"avx512_vnni"}, False), (AVX2_EPYC | {"avx_vnni"}, False),  # Alder Lake's AVX-VNNI
+    (SAPPHIRE_RAPIDS, False), (AVX2_EPYC | {"amx_int8"}, False),
+])
+def test_x86_int8_dot_products_saturate_unless_a_vnni_class_flag_is_present(flags: set[str], saturates: bool) -> None:
+    probe = int8_dot_product("x86_64", flags)
+    assert probe.saturates is saturates
+    assert ("VPMADDUBSW" in probe.reason) is saturates
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64", "armv7l"])
+def test_arm_never_saturates(machine: str) -> None:
+    assert int8_dot_product(machine, set()).saturates is False
+
+
+def test_flags_are_read_from_proc_cpuinfo(tmp_path: Path) -> None:
+    (tmp_path / "proc").mkdir()
+    (tmp_path / "proc/cpuinfo").write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert cpu_flags(tmp_path) == ({"fpu", "sse2", "avx2", "fma"}, "/proc/cpuinfo")
+    assert cpu_flags(tmp_path / "nowhere") == (set(), "none")
+
+
+def test_this_machine_is_probed_once_and_recorded_in_env_json() -> None:
+    assert this_cpu() is this_cpu()
+    assert environment()["int8_dot_product"] == this_cpu().to_dict()
+
+
+def test_a_saturating_cpu_takes_its_own_expectation_and_every_other_target_the_common_one(manifest_copy,
+                                                                                         tmp_path: Path) -> None:
+    path = manifest_copy(tmp_path / "m.toml", "yolov3-tiny-416")
+    model = load_manifest(path)["yolov3-tiny-416"]
+    assert model.expected_verdict("onnxruntime:int8", int8_saturates=False) == "inconclusive"
+    assert model.expected_verdict("onnxruntime:int8", int8_saturates=True) == "pass"
+    assert model.expected_verdict("openvino:fp16", int8_saturates=True) == "inconclusive"
+    assert model.expected_verdict("onnxruntime:fp32", int8_saturates=True) == "pass"
+
+
+@pytest.mark.parametrize(("line", "says"), [
+    ('expected_verdicts_int8_saturating."onnxruntime:int8" = "maybe"', "expected_verdicts_int8_saturating"),
+    ('expected_verdicts_int8_saturating."onnxruntime" = "fail"', "expected_verdicts_int8_saturating"),
+])
+def test_a_bad_saturating_expectation_is_an_error_naming_the_field(manifest_copy, tmp_path: Path, line: str,
+                                                                   says: str) -> None:
+    path = manifest_copy(tmp_path / "m.toml", "yolov3-tiny-416",
+                         {'expected_verdicts_int8_saturating."onnxruntime:int8" = "pass"': line})
+    with pytest.raises(ConfigError, match=says) as err:
+        load_manifest(path)
+    assert str(path) in str(err.value)
