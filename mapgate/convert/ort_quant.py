@@ -31,7 +31,7 @@ from mapgate.calibration import calibration_batches, calibration_images, calibra
 from mapgate.cache import cached_artifact
 from mapgate.cpu import this_cpu
 from mapgate.fsutil import fault_point
-from mapgate.errors import ConfigError
+from mapgate.errors import ConfigError, ConversionError, MapgateError
 from mapgate.files import verified_sha256
 from mapgate.manifest import INT8_CALIBRATIONS, ModelSpec
 from mapgate.optional import require, version_of
@@ -95,7 +95,36 @@ def load_for_quantization(source: Path) -> Any:
     proto = onnx.load(str(source))
     if _opset(proto) < QDQ_MIN_OPSET:
         proto = onnx.version_converter.convert_version(proto, QDQ_MIN_OPSET)
-    return proto
+    return normalize_graph(proto)
+
+
+def normalize_graph(proto: Any) -> Any:
+    """Real exports as the quantizer needs them: a ``Resize`` given both ``scales`` and ``sizes`` (the
+    spec allows one; some opset-11 exporters write both) keeps ``sizes``, the one its output shape
+    follows, and shapes are inferred where ONNX can (the quantizer reads them for per-channel axes)."""
+    onnx = require("onnx", "onnxruntime")
+    numpy_helper = require("onnx.numpy_helper", "onnxruntime")
+    tensors = {i.name: i for i in proto.graph.initializer}
+    tensors.update({n.output[0]: n.attribute[0].t for n in proto.graph.node
+                    if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    for node in proto.graph.node:
+        if node.op_type == "Resize" and len(node.input) == 4 and node.input[2] and node.input[3]:
+            scales = tensors.get(node.input[2])
+            if scales is not None and numpy_helper.to_array(scales).size == 0:
+                continue  # an empty scales tensor already means "not given"
+            node.input[2] = ""
+    try:
+        return onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # noqa: BLE001 - inference is a help, not a requirement: the quantizer infers its own
+        return proto
+
+
+def _quantizer_failure(model: ModelSpec, exc: Exception) -> ConversionError:
+    """ONNX Runtime's quantizer fails with long tracebacks; the user gets its last line and the node it names."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return ConversionError(f"INT8 quantization of model {model.name!r} ({model.manifest_path}) failed in ONNX "
+                           f"Runtime's quantizer: {type(exc).__name__}: {lines[-1] if lines else 'no message'}. "
+                           "Keep the node it names in float with convert.int8_keep_float, or re-export the model")
 
 
 def keep_float_nodes(proto: Any, keep_float: Iterable[str]) -> list[str]:
@@ -135,7 +164,7 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     if calibration_cache is not None and "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
         kwargs["calibration_cache_path"] = str(calibration_cache)
     # the histogram calibrators print() their progress; stdout belongs to mapgate's own output
-    with contextlib.redirect_stdout(io.StringIO()), _without_preprocess_advice():
+    with contextlib.redirect_stdout(io.StringIO()), _without_preprocess_advice(), _one_line_failure(model):
         q.quantize_static(
             proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=SETTINGS["op_types"],
             quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
@@ -143,6 +172,16 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
             extra_options=dict(EXTRA_OPTIONS), **kwargs,
         )
     return kept
+
+
+@contextlib.contextmanager
+def _one_line_failure(model: ModelSpec) -> Iterator[None]:
+    try:
+        yield
+    except (MapgateError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure inside the third-party quantizer becomes one line
+        raise _quantizer_failure(model, exc) from exc
 
 
 class _PreprocessAdvice(logging.Filter):
