@@ -14,7 +14,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from mapgate.convert import ort_quant  # noqa: E402
-from mapgate.gate import load_models  # noqa: E402
+from mapgate.catalog import load_models  # noqa: E402
 
 NANODET = Path(__file__).resolve().parent.parent / "fixtures" / "models" / "nanodet-m" / "nanodet.onnx"
 
