@@ -17,6 +17,7 @@ from mapgate.argtypes import (
     non_negative_int,
     output_dir,
     output_file,
+    positive_float,
     positive_int,
     shard_spec,
     target,
@@ -153,33 +154,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-file", type=existing_file, action="append", default=[], metavar="FILE",
                    help="the TOML model manifest(s) given to the shard runs (default: as for compare)")
 
-    p = sub.add_parser("int8-repair", help="find an INT8 recipe that passes the gate (calibration images only)",
-                       description="When INT8 fails the gate: split the calibration images into calibrate/proxy sets, "
-                                   "try the free options (calibration method minmax/percentile/entropy, per-channel, "
-                                   "more images), then give the most sensitive convolutions back to float until a "
-                                   "proxy (agreement with the FP32 model's detections on the held-out calibration "
-                                   "images) meets its tolerance; verify once on the evaluation set and write the "
-                                   "recipe (convert.int8_keep_float, int8_calibration, int8_per_channel) with its "
-                                   "numbers to --out. The evaluated images are never read by the search. The "
-                                   "search starts from the manifest's current recipe and adds layers to its "
-                                   "int8_keep_float: when the verification is inconclusive, commit the recipe and "
-                                   "re-run with a smaller --proxy-tolerance.")
+    p = sub.add_parser("int8-repair", help="find the fastest INT8 recipe that passes the gate (calibration images only)",
+                       description="When INT8 fails the gate: split the calibration images into calibrate/proxy sets "
+                                   "and build candidate recipes, each scored by a proxy (agreement with the FP32 "
+                                   "model's detections on the held-out calibration images) and timed beside FP32 "
+                                   "(engine only, batch 1, interleaved). The options that cost no speed come first "
+                                   "(calibration method minmax/percentile/entropy, per-channel, more images; then "
+                                   "the data-free fixes convert.int8_cle and convert.int8_bias_correction); only "
+                                   "then do convolutions go back to float, chosen by sensitivity per millisecond "
+                                   "they cost. The fastest candidate that meets the proxy tolerance at "
+                                   "--min-speedup or more is verified once on the evaluation set and written to "
+                                   "--out (convert.int8_* keys with their numbers), with a Pareto plot of every "
+                                   "candidate (--plot). When none does, it says so and writes the best points "
+                                   "found. The evaluated images are never read by the search. The search starts "
+                                   "from the manifest's current recipe and adds layers to its int8_keep_float: "
+                                   "when the verification is inconclusive, commit the recipe and re-run with a "
+                                   "smaller --proxy-tolerance.")
     p.add_argument("--model", required=True, help="a model name from `mapgate models`")
     p.add_argument("--target", default="onnxruntime:int8", metavar="BACKEND:int8",
-                   help="onnxruntime:int8 (default) or tensorrt:int8 (needs TensorRT for the verification)")
-    p.add_argument("--out", type=Path, required=True, metavar="FILE.toml",
+                   help="onnxruntime:int8 (default) or tensorrt:int8 (needs TensorRT for the verification; with "
+                        "--no-verify the search runs without it and its timings are a CPU proxy)")
+    p.add_argument("--out", type=output_file, required=True, metavar="FILE.toml",
                    help="where to write the recipe (refused if it exists, unless --force)")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--force", action="store_true", help="overwrite --out, --json and --plot if they exist")
     p.add_argument("--proxy-tolerance", type=non_negative_float, metavar="POINTS",
                    help="pseudo-AP points vs the FP32 detections the repaired model may lose on the proxy images "
                         "(default 30)")
+    p.add_argument("--min-speedup", type=positive_float, default=1.0, metavar="X",
+                   help="the recipe must run at least X times as fast as FP32 on the target engine (default 1.0: "
+                        "not slower); when no candidate both meets the proxy and pays, the search says so")
     p.add_argument("--max-float-layers", type=positive_int, metavar="N", help="at most N layers back to float (default 12)")
     p.add_argument("--max-candidates", type=positive_int, metavar="N",
                    help="score only the first N convolutions (default: all; a quick run for CI)")
     p.add_argument("--methods", metavar="LIST", help="calibration methods to try, comma-separated (default "
                                                      "minmax,percentile,entropy)")
+    p.add_argument("--no-data-free", action="store_true",
+                   help="do not try cross-layer equalization and bias correction")
     p.add_argument("--no-verify", action="store_true", help="skip the verification on the evaluation set")
-    p.add_argument("--json", type=Path, metavar="FILE.json", help="also write the full search record as JSON")
+    p.add_argument("--json", type=output_file, metavar="FILE.json", help="also write the full search record as JSON")
+    p.add_argument("--plot", type=output_file, metavar="FILE.png",
+                   help="the Pareto plot of every candidate (default: --out with .pareto.png)")
     _add_data_options(p)
 
     p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",
@@ -387,35 +401,50 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 def _cmd_int8_repair(args: argparse.Namespace) -> int:
     from mapgate.errors import ConfigError
     from mapgate.fsutil import write_bytes_atomic, write_json_atomic
-    from mapgate.int8_repair import RepairConfig, recipe_toml, repair
+    from mapgate.int8_repair import NO_RECIPE, RepairConfig, recipe_toml, repair
     from mapgate.manifest import INT8_CALIBRATIONS
+    from mapgate.report import plot_int8_pareto
 
-    if args.out.exists() and not args.force:
-        raise ConfigError(f"--out {args.out} exists; int8-repair never overwrites a file silently (give --force, "
-                          "or another path)")
-    cfg = RepairConfig(target=args.target)
+    plot = args.plot or args.out.with_name(args.out.stem + ".pareto.png")
+    outputs = {"--out": args.out, "--json": args.json, "--plot": plot}
+    named = [(k, v) for k, v in outputs.items() if v is not None]
+    for i, (k, a) in enumerate(named):
+        for k2, b in named[i + 1:]:
+            if a.resolve() == b.resolve() or _same_file(a, b):
+                raise ConfigError(f"{k2} {b} is the same file as {k} {a}; give each its own path")
+        if a.exists() and not args.force:
+            raise ConfigError(f"{k} {a} exists; int8-repair never overwrites a file silently (give --force, "
+                              "or another path)")
+    cfg = RepairConfig(target=args.target, min_speedup=args.min_speedup, data_free=not args.no_data_free)
     if args.proxy_tolerance is not None:
         cfg.proxy_tolerance = args.proxy_tolerance
     if args.max_float_layers:
         cfg.max_float_layers = args.max_float_layers
     cfg.max_candidates = args.max_candidates
-    if args.methods:
+    if args.methods is not None:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
         bad = [m for m in methods if m not in INT8_CALIBRATIONS]
         if bad or not methods:
-            raise ConfigError(f"--methods: {', '.join(bad) or 'empty'} not in {', '.join(INT8_CALIBRATIONS)}")
-        cfg.methods = methods
+            raise ConfigError(f"--methods: {', '.join(repr(m) for m in bad) or 'empty list'} not in "
+                              f"{', '.join(INT8_CALIBRATIONS)}; give e.g. --methods minmax,percentile")
+        cfg.methods = tuple(dict.fromkeys(methods))
     gate = _gate(args)
     gate.progress = gate.progress and sys.stderr.isatty()
     say = (lambda msg: print(f"int8-repair: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
         (lambda msg: None)
     result = repair(gate, args.model, cfg, verify=not args.no_verify, say=say)
     text = recipe_toml(result)
+    record = result.to_dict()
     write_bytes_atomic(args.out, text.encode())
     if args.json:
-        write_json_atomic(args.json, result.to_dict())
+        write_json_atomic(args.json, record)
+    plot_int8_pareto(record, plot)
     print(text)
-    print(f"recipe written to {args.out}")
+    print(f"recipe written to {args.out}; Pareto plot {plot}" + (f"; record {args.json}" if args.json else ""))
+    if result.status == NO_RECIPE:
+        print(f"int8-repair: {NO_RECIPE} (--min-speedup {cfg.min_speedup:g}); the best points are in the record "
+              "and the plot", file=sys.stderr)
+        return EXIT_FAIL
     v = result.verification
     return EXIT_OK if v is None or v["passed"] else EXIT_FAIL
 

@@ -95,6 +95,10 @@ class ConvertOptions:
     # How INT8 activation ranges are calibrated, and per-channel weight scales (the repair's free options).
     int8_calibration: str = "minmax"
     int8_per_channel: bool = True
+    # Data-free fixes before any layer goes back to float (mapgate/convert/dfq.py): cross-layer
+    # equalization of consecutive convolutions, bias correction on the calibration images.
+    int8_cle: bool = False
+    int8_bias_correction: bool = False
 
 
 @dataclass(frozen=True)
@@ -470,6 +474,8 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         int8_keep_float=tuple(_strings(ce, "int8_keep_float")),
         int8_calibration=ce.get("int8_calibration", str, "minmax", INT8_CALIBRATIONS),
         int8_per_channel=ce.get("int8_per_channel", bool, True),
+        int8_cle=ce.get("int8_cle", bool, False),
+        int8_bias_correction=ce.get("int8_bias_correction", bool, False),
     )
     ce.reject_unknown()
     e.reject_unknown()

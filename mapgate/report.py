@@ -353,3 +353,54 @@ def write_run(rows: list[CaseRow], run_dir: Path, dataset: str = "") -> Path:
         with open(summary, "a", encoding="utf-8") as f:  # appended: other steps write there too
             f.write(text + "\n")
     return path
+
+
+def plot_int8_pareto(record: dict[str, Any], out: Path) -> Path:
+    """`mapgate int8-repair`'s candidates: proxy dAP (pseudo-AP points vs the FP32 detections) against
+    latency, every candidate a point, the chosen one starred, the Pareto front drawn. Each candidate
+    was timed beside FP32; its time is put on one scale as its share of FP32 times the run's median
+    FP32 time, so load drift between candidates does not move the points."""
+    import numpy as np
+
+    cands = record.get("candidates") or []
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fp32 = float(np.median([c["speed"]["fp32_ms"] for c in cands])) if cands else 0.0
+    xs = [c["speed"]["ms"] / c["speed"]["fp32_ms"] * fp32 for c in cands]
+    ys = [c["pseudo_ap"] - 100.0 for c in cands]
+    colors = {"manifest": "tab:gray", "calibration": "tab:blue", "data-free": "tab:green", "float layers": "tab:orange"}
+    for stage, color in colors.items():
+        pts = [(x, y) for x, y, c in zip(xs, ys, cands) if c["stage"] == stage]
+        if pts:
+            ax.scatter(*zip(*pts), s=22, color=color, label=stage, alpha=0.8)
+    front, best = [], -float("inf")
+    for x, y in sorted(zip(xs, ys)):  # fastest first: a point is on the front if nothing faster is better
+        if y > best:
+            front.append((x, y))
+            best = y
+    if len(front) > 1:
+        ax.plot(*zip(*front), color="black", lw=0.8, ls=":", label="Pareto front")
+    chosen = record.get("chosen", -1)
+    if 0 <= chosen < len(cands):
+        ax.scatter([xs[chosen]], [ys[chosen]], marker="*", s=220, color="red", edgecolor="black", zorder=5,
+                   label=f"chosen ({record.get('status', '')})")
+    if fp32:
+        ax.axvline(fp32, color="gray", lw=1, label=f"FP32 {fp32:.2f} ms")
+        speedup = float(record.get("min_speedup") or 0)
+        if speedup > 0 and speedup != 1.0:
+            ax.axvline(fp32 / speedup, color="gray", lw=1, ls="--", label=f"min speedup x{speedup:g}")
+    tol = record.get("proxy", {}).get("tolerance_pseudo_ap_points_lost")
+    if tol is not None:
+        ax.axhline(-float(tol), color="tab:red", lw=1, ls="--", label=f"proxy tolerance -{float(tol):g}")
+    latency = record.get("latency", {})
+    ax.set_xlabel(f"latency, ms per image ({'CPU proxy: ' if latency.get('cpu_proxy') else ''}"
+                  f"{latency.get('engine', 'engine')})", fontsize=8)
+    ax.set_ylabel("proxy dAP (pseudo-AP points vs FP32)")
+    ax.set_title(f"{record.get('model', '')} -> {record.get('target', '')}: int8-repair candidates", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    try:
+        return _save(fig, out)
+    finally:
+        plt.close(fig)

@@ -13,6 +13,10 @@ scored on the proxy images by
 * ``matched_iou`` / ``score_drift``: mean IoU and mean absolute score change of the FP32
   detections it reproduces (same class, IoU >= 0.5).
 
+Each candidate's speed is measured beside the FP32 model's (:meth:`Proxy.speed`): engine only
+(``session.run``), batch 1, one engine thread, the two models alternating image by image so a
+shared machine's load hits both alike; the ratio is what the search compares.
+
 Every image read goes through :class:`ImageLog`, so a test can prove the evaluated images were
 never touched.
 """
@@ -37,6 +41,11 @@ from mapgate.optional import require
 
 PSEUDO_GT_MIN_SCORE = 0.3
 MATCH_IOU = 0.5
+# Timing: a few proxy images, several interleaved rounds; one intra-op thread, because on a shared
+# CPU a second engine thread measures the neighbours' load more than the kernels.
+TIMING_IMAGES = 8
+TIMING_ROUNDS = 3
+TIMING_THREADS = 1
 
 
 def split_calibration(images: Sequence[Path], proxy_every: int = 3) -> tuple[list[Path], list[Path]]:
@@ -81,6 +90,23 @@ class ProxyScore:
         return {k: float(getattr(self, k)) for k in self.__dataclass_fields__}
 
 
+@dataclass(frozen=True)
+class Speed:
+    """Median engine-only ms per image of a candidate and of FP32, measured interleaved."""
+
+    ms: float
+    fp32_ms: float
+    images: int
+
+    @property
+    def speedup(self) -> float:
+        """FP32 time / candidate time: above 1 the candidate is faster."""
+        return self.fp32_ms / self.ms if self.ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"ms": self.ms, "fp32_ms": self.fp32_ms, "speedup_vs_fp32": self.speedup, "images": self.images}
+
+
 class Proxy:
     """The FP32 model's outputs and detections on the proxy images, and how a candidate compares."""
 
@@ -98,6 +124,33 @@ class Proxy:
         self.fp32_outputs, self.fp32_dets = self.run(fp32_onnx)
         self.fp32_latency_ms = self.last_latency_ms
         self._pseudo_gt = self._pseudo_ground_truth()
+        self._fp32_timing = self._timing_session(fp32_onnx)
+
+    def _timing_session(self, onnx_path: Path) -> Any:
+        ort = require("onnxruntime", "onnxruntime")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = TIMING_THREADS
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        session.run(None, {name: self.inputs[0][0]})  # warm-up
+        return session, name
+
+    def speed(self, onnx_path: Path, rounds: int = TIMING_ROUNDS, images: int = TIMING_IMAGES) -> Speed:
+        """``onnx_path`` and FP32 alternating on the first ``images`` proxy images, ``rounds`` times."""
+        cand = self._timing_session(onnx_path)
+        batches = [b for b, _ in self.inputs[:images]]
+        sides = {"cand": cand, "fp32": self._fp32_timing}
+        times: dict[str, list[float]] = {"cand": [], "fp32": []}
+        for r in range(rounds):
+            for k, batch in enumerate(batches):
+                for key in (("cand", "fp32") if (r + k) % 2 == 0 else ("fp32", "cand")):
+                    session, name = sides[key]
+                    t0 = time.perf_counter()
+                    session.run(None, {name: batch})
+                    times[key].append(time.perf_counter() - t0)
+        return Speed(1000.0 * float(np.median(times["cand"])), 1000.0 * float(np.median(times["fp32"])), len(batches))
 
     def run(self, onnx_path: Path) -> tuple[list[dict[str, np.ndarray]], list[dict[str, Any]]]:
         """Raw outputs and detections of ``onnx_path`` on the proxy images (ONNX Runtime, CPU)."""
@@ -177,9 +230,10 @@ def _matched(ref: list[dict[str, Any]], cand: list[dict[str, Any]]) -> tuple[flo
 class LayerSensitivity:
     node: str
     score: ProxyScore  # of the INT8 model with only this node in float
+    speed: Speed | None = None  # of that model, beside FP32
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, **self.score.to_dict()}
+        return {"node": self.node, **self.score.to_dict(), **({"speed": self.speed.to_dict()} if self.speed else {})}
 
 
 def conv_nodes(proto: Any, exclude: Iterable[str] = ()) -> list[str]:
@@ -189,13 +243,36 @@ def conv_nodes(proto: Any, exclude: Iterable[str] = ()) -> list[str]:
 
 
 def layer_sensitivity(build: Callable[[Sequence[str]], Path], proxy: Proxy, candidates: Sequence[str],
-                      base_keep: Sequence[str] = (), progress: Callable[[str], None] | None = None
-                      ) -> list[LayerSensitivity]:
+                      base_keep: Sequence[str] = (), progress: Callable[[str], None] | None = None,
+                      timed: bool = False) -> list[LayerSensitivity]:
     """Rebuild the INT8 model with each candidate (alone, on top of ``base_keep``) in float; most
-    sensitive first (lowest remaining head-output error; ties by the detection proxy)."""
+    sensitive first (lowest remaining head-output error; ties by the detection proxy). ``timed``:
+    also measure each variant's speed beside FP32, for :func:`rank_per_ms`."""
     out = []
     for k, node in enumerate(candidates):
         if progress:
             progress(f"sensitivity {k + 1}/{len(candidates)}: {node}")
-        out.append(LayerSensitivity(node, proxy.score(build([*base_keep, node]))))
+        path = build([*base_keep, node])
+        out.append(LayerSensitivity(node, proxy.score(path), proxy.speed(path) if timed else None))
     return sorted(out, key=lambda s: (s.score.output_error, -s.score.pseudo_ap))
+
+
+# A float layer costs at least this share of the FP32 time in the ranking: below it the measured
+# cost is timing noise, and a "free" layer would outrank every real gain.
+MIN_COST_SHARE = 0.01
+
+
+def gain_per_ms(layer: LayerSensitivity, base: ProxyScore, base_speed: Speed) -> tuple[float, float]:
+    """(head-output error removed per millisecond, ms the layer costs) of putting ``layer`` back in
+    float on top of a base whose score and speed are given. The cost compares the two times as
+    shares of the FP32 time each was measured beside, so load drift between measurements cancels."""
+    assert layer.speed is not None
+    fp32 = base_speed.fp32_ms
+    cost = (layer.speed.ms / layer.speed.fp32_ms - base_speed.ms / base_speed.fp32_ms) * fp32
+    cost = max(cost, MIN_COST_SHARE * fp32)
+    return (base.output_error - layer.score.output_error) / cost, cost
+
+
+def rank_per_ms(layers: Sequence[LayerSensitivity], base: ProxyScore, base_speed: Speed) -> list[LayerSensitivity]:
+    """Timed layers, the most head error removed per millisecond first; layers that remove none last."""
+    return sorted(layers, key=lambda s: -gain_per_ms(s, base, base_speed)[0])

@@ -29,8 +29,9 @@ import numpy as np
 from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
 from mapgate.cache import cached_artifact
+from mapgate.convert import dfq
 from mapgate.cpu import this_cpu
-from mapgate.fsutil import fault_point
+from mapgate.fsutil import fault_point, write_bytes_atomic
 from mapgate.errors import ConfigError, ConversionError, MapgateError
 from mapgate.files import verified_sha256
 from mapgate.manifest import INT8_CALIBRATIONS, ModelSpec
@@ -53,8 +54,11 @@ assert set(_METHOD_NAMES) == set(INT8_CALIBRATIONS)
 def recipe_of(model: ModelSpec) -> dict[str, Any]:
     """The model's INT8 recipe as data: what the cache key and a repair report both show."""
     c = model.convert
-    return {"calibration": c.int8_calibration, "per_channel": c.int8_per_channel,
-            "keep_float": list(c.int8_keep_float)}
+    recipe = {"calibration": c.int8_calibration, "per_channel": c.int8_per_channel,
+              "keep_float": list(c.int8_keep_float)}
+    # the data-free fixes enter the key only when on, so recipes without them keep their cached builds
+    recipe.update({k: True for k, on in (("cle", c.int8_cle), ("bias_correction", c.int8_bias_correction)) if on})
+    return recipe
 
 
 def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
@@ -82,7 +86,8 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
 
     def _build(out: Path) -> dict[str, Any]:
         kept = quantize(source, out, model, images, method=recipe["calibration"], per_channel=recipe["per_channel"],
-                        keep_float=model.convert.int8_keep_float, reduce_range=reduce_range)
+                        keep_float=model.convert.int8_keep_float, reduce_range=reduce_range, cle=model.convert.int8_cle,
+                        bias_correction=model.convert.int8_bias_correction)
         return {"source": str(source), "kept_float_nodes": len(kept), "calibration_image_names": [p.name for p in images],
                 "reduce_range": reduce_range, "int8_dot_product": this_cpu().to_dict()}
 
@@ -135,12 +140,15 @@ def keep_float_nodes(proto: Any, keep_float: Iterable[str]) -> list[str]:
 
 def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], *, method: str = "minmax",
              per_channel: bool = True, keep_float: Iterable[str] = (), calibration_cache: Path | None = None,
-             proto: Any = None, reduce_range: bool = False) -> list[str]:
+             proto: Any = None, reduce_range: bool = False, cle: bool = False,
+             bias_correction: bool = False) -> list[str]:
     """Write the Q/DQ INT8 model of ``source`` to ``out``; returns the node names left in float.
 
     ``calibration_cache``: a file where ONNX Runtime keeps the calibrated tensor ranges, so many
     variants of one model (``mapgate int8-repair``) calibrate once; ignored by ORT versions
     without it (they recalibrate each time, same result, slower).
+    ``cle`` / ``bias_correction``: the data-free fixes of :mod:`mapgate.convert.dfq`, before and
+    after quantization.
     """
     q = require("onnxruntime.quantization", "onnxruntime")
     ort = require("onnxruntime", "onnxruntime")
@@ -150,6 +158,9 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     # quantize_static rewrites the proto it is given (weights become external data): never share one
     proto = copy.deepcopy(proto) if proto is not None else load_for_quantization(source)
     kept = keep_float_nodes(proto, keep_float)
+    if cle:
+        proto, _ = dfq.equalize(proto)
+    float_proto = copy.deepcopy(proto) if bias_correction else None
 
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
@@ -171,6 +182,10 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
             per_channel=per_channel, reduce_range=reduce_range, calibrate_method=getattr(q.CalibrationMethod, _METHOD_NAMES[method]),
             extra_options=dict(EXTRA_OPTIONS), **kwargs,
         )
+    if float_proto is not None:
+        onnx = require("onnx", "onnxruntime")
+        corrected, _ = dfq.correct_bias(onnx.load(str(out)), float_proto, calibration_batches(model, list(images)))
+        write_bytes_atomic(out, corrected.SerializeToString())
     return kept
 
 
