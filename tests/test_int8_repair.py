@@ -57,8 +57,10 @@ def reduced_search(bundled_models, require_backend):
     mp = pytest.MonkeyPatch()
     for module in (mapgate.dataset, mapgate.calibration, mapgate.sensitivity):
         mp.setattr(module, "read_image", lambda path, *a: (read.append(str(path)), real_read(path, *a))[1])
+    # proxy_tolerance 0 is unreachable: forces the greedy steps; min_speedup near 0 and no data-free stage keep
+    # that stage running on a CPU where INT8 is slower than FP32 (the data-free fixes: tests/test_dfq.py)
     cfg = RepairConfig(methods=("minmax",), per_channel=(True,), max_candidates=2, max_float_layers=1,
-                       proxy_tolerance=0.0)  # unreachable: forces the greedy steps
+                       proxy_tolerance=0.0, data_free=False, min_speedup=0.01)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             result = search(model, fp32, calibration_images()[:15], cfg, Path(tmp))
@@ -82,7 +84,9 @@ def test_the_search_tries_free_options_then_gives_layers_back_greedily(reduced_s
     model, result, _ = reduced_search
     assert result.n_calibrate == 10 and result.n_proxy == 5
     assert [o["images"] for o in result.options] == [10, 5]  # all of the calibrate set, then half
-    assert sum(o["won"] for o in result.options) == 1
+    # one tried option wins, unless the manifest's own recipe (always a candidate) was better than all of them
+    winners = sum(o["won"] for o in result.options)
+    assert winners == 1 or (winners == 0 and result.recipe.calibration == model.convert.int8_calibration)
     assert len(result.sensitivity) == 2 and 1 <= len(result.steps) <= 2
     accepted = [s["node"] for s in result.steps if s["accepted"]]
     assert result.recipe.added == accepted and len(accepted) <= 1
