@@ -138,7 +138,8 @@ def test_the_data_set_named_in_the_manifest_is_relative_to_it_and_coco_root_over
                                                      '[dataset]\ncoco_root = "data/coco"'))
     named = user_repo.runpytest_subprocess("-m", "accuracy", "--backends=onnxruntime:fp32")
     assert named.ret == 1
-    named.stdout.fnmatch_lines([f"*DataError: COCO root {user_repo.path / 'data' / 'coco'} does not exist*"])
+    named.stdout.fnmatch_lines([f"*DataError: COCO root {user_repo.path / 'data' / 'coco'} "
+                                f"({user_repo.path / 'mapgate.toml'} [[]dataset[]]) does not exist*"])
     other = user_repo.path / "elsewhere"
     overridden = user_repo.runpytest_subprocess("-m", "accuracy", "--backends=onnxruntime:fp32", f"--coco-root={other}")
     # --coco-root wins over the manifest's folder, and a missing one is one usage error (exit 4)
