@@ -20,10 +20,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 from mapgate.dataset import DataSource
 from mapgate.errors import ConfigError
-from mapgate.manifest import DatasetFields, ManifestHeader, ModelSpec, parse_manifest
+from mapgate.backends import all_backends
+from mapgate.manifest import DatasetFields, ManifestHeader, ModelSpec, Registry, parse_manifest
+from mapgate.postprocess.family import all_families
 
 MANIFEST_NAME = "mapgate.toml"
 CHECKOUT = Path(__file__).resolve().parent.parent  # a source checkout's root; site-packages in a wheel install
@@ -140,6 +143,18 @@ def load_models(manifest_files: Sequence[Path] = ()) -> dict[str, ModelSpec]:
     return load_catalog(cli_manifests(manifest_files)).models
 
 
+def registry() -> Registry:
+    """The backend and family names a manifest may use: those found in the installed package
+    (each walk is cached by its registry; this only repackages them)."""
+    return Registry(backends=frozenset(all_backends()),
+                    families=MappingProxyType({name: decl for name, (decl, _) in all_families().items()}))
+
+
+def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
+    """One manifest's own models (not those of the files it includes), validated against the registries."""
+    return parse_manifest(path, registry())[1]
+
+
 def walk(root: Path) -> tuple[dict[str, ModelSpec], list[ManifestHeader]]:
     """One root manifest and everything it includes, depth first in include order."""
     repository = os.path.normpath(root.parent.absolute())
@@ -151,7 +166,7 @@ def walk(root: Path) -> tuple[dict[str, ModelSpec], list[ManifestHeader]]:
         ident = os.path.realpath(path)
         if ident in done:  # reached again through another branch (a diamond): already read
             return
-        header, own = parse_manifest(path)
+        header, own = parse_manifest(path, registry())
         done.add(ident)
         headers.append(header)
         for name, spec in own.items():

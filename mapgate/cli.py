@@ -254,7 +254,6 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from mapgate.backends import all_backends
-    from mapgate.convert import can_make
     from mapgate.files import missing_files
 
     models = _catalog(args).models
@@ -283,7 +282,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         for line in missing_files(m, mirror=args.mirror):
             print(f"{'':30}   files missing: {line}")
         for target in m.optimized:
-            how = "prebuilt" if target in m.prebuilt else ("converted" if can_make(m, target) else "no route")
+            owner = backends.get(target.partition(":")[0])
+            makeable = owner is not None and owner.facts.can_make(m, target)
+            how = "prebuilt" if target in m.prebuilt else ("converted" if makeable else "no route")
             expected = m.expected_verdict(target, this_cpu().saturates)
             expect = f", expected verdict {expected}" if expected != "pass" else ""
             print(f"{'':30}   -> {target:18} {how:9} {state_of(target)}{expect}")

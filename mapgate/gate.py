@@ -21,7 +21,7 @@ from typing import Any
 
 from mapgate import __version__
 from mapgate.backends import get_backend, parse_target
-from mapgate.backends.base import BuildContext, artifact_identity
+from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
 from mapgate.cpu import this_cpu
@@ -250,7 +250,7 @@ class Gate:
         if custom is not None:
             ident = dict(custom(model, precision, ctx))
         else:
-            ident = artifact_identity(model, None if precision is None else f"{backend.name}:{precision}", ctx)
+            ident = backend.facts.artifact_identity(model, None if precision is None else f"{backend.name}:{precision}", ctx)
         ident.setdefault("frameworks", backend.facts.versions())
         return ident
 

@@ -16,7 +16,8 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 from mapgate.errors import ConfigError
 from mapgate.paths import safe_component
@@ -24,6 +25,42 @@ from mapgate.paths import safe_component
 DEFAULT_TOLERANCES = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # AP points
 VERDICTS = ("pass", "fail", "inconclusive")  # the non-inferiority test's outcomes (mapgate.compare)
 INT8_CALIBRATIONS = ("minmax", "percentile", "entropy")  # activation-range calibration of INT8 converters
+
+REQUIRED: Any = ...  # a decoder Setting without a default must be given by the manifest
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``postprocess.decoder`` key a family declares: its TOML type (``list`` with ``item`` for
+    arrays), default (``REQUIRED`` = none), allowed values, and one line saying what it is for."""
+
+    kind: type
+    default: Any = REQUIRED
+    doc: str = ""
+    item: type | None = None  # element type of a list
+    choices: tuple[Any, ...] | None = None
+    length: int | None = None  # exact list length, when fixed
+    minimum: float | None = None  # smallest allowed number (for a list: of each entry)
+
+
+class FamilyDecl(Protocol):
+    """What parsing needs of a family's declaration (mapgate.postprocess.family.Family)."""
+
+    @property
+    def nms_in_graph(self) -> bool: ...
+
+    @property
+    def decoder(self) -> Mapping[str, Setting]: ...
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The backends and families found in the installed package: what a manifest may name.
+    mapgate.catalog walks the registries and passes this in, so parsing imports none of them."""
+
+    backends: frozenset[str]
+    families: Mapping[str, FamilyDecl]
+
 
 FORMATS = {
     # format -> file roles it needs
@@ -165,14 +202,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_manifest(path: str | Path) -> dict[str, ModelSpec]:
-    """Parse and validate a manifest's own models (not those of the files it includes: mapgate.catalog
-    walks includes); returns models by name (manifest order)."""
-    return parse_manifest(path)[1]
-
-
-def parse_manifest(path: str | Path) -> tuple["ManifestHeader", dict[str, ModelSpec]]:
-    """One manifest file, read once: its header (includes, [dataset]) and its own models."""
+def parse_manifest(path: str | Path, registry: Registry) -> tuple["ManifestHeader", dict[str, ModelSpec]]:
+    """One manifest file, read once: its header (includes, [dataset]) and its own models, whose
+    backend and family names are checked against ``registry``."""
     path = Path(path)
     data = read_toml(path)
     header = _parse_header(path, data)
@@ -181,7 +213,7 @@ def parse_manifest(path: str | Path) -> tuple["ManifestHeader", dict[str, ModelS
         return header, {}
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"model manifest {path}: no [models.<name>] tables found")
-    return header, {name: _parse_model(path, name, entry) for name, entry in models.items()}
+    return header, {name: _parse_model(path, name, entry, registry) for name, entry in models.items()}
 
 
 DATASET_FIELDS = ("coco_root", "images", "annotations", "calib_images", "label")
@@ -214,11 +246,6 @@ class ManifestHeader:
     @property
     def coco_root(self) -> Path | None:
         return self.dataset.coco_root if self.dataset is not None else None
-
-
-def load_header(path: str | Path) -> ManifestHeader:
-    """``include = ["other.toml", ...]`` and the ``[dataset]`` table of one manifest."""
-    return parse_manifest(path)[0]
 
 
 def _parse_header(path: Path, data: dict[str, Any]) -> ManifestHeader:
@@ -271,19 +298,6 @@ def _reject_non_finite(path: Path, value: Any, where: str) -> None:
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _reject_non_finite(path, v, f"{where}[{i}]")
-
-
-def load_manifests(paths: list[Path]) -> dict[str, ModelSpec]:
-    """Merge several manifests; a name defined twice is an error naming both files."""
-    merged: dict[str, ModelSpec] = {}
-    for p in paths:
-        for name, spec in load_manifest(p).items():
-            if name in merged:
-                raise ConfigError(
-                    f"model {name!r} is defined in both {merged[name].manifest_path} and {p}; rename one entry"
-                )
-            merged[name] = spec
-    return merged
 
 
 class _Entry:
@@ -393,15 +407,18 @@ def _target(entry: _Entry, fld: str, key: object) -> str:
     return key
 
 
-def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
+def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> ModelSpec:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: model {name!r} must be a table")
     safe_component(name, "model name", f"{path}: [models.{name}]")
     e = _Entry(path, name, table)
-    family = e.get("family", str, choices=_family_names())
+    family = e.get("family", str, choices=tuple(registry.families))
+    decl = registry.families[family]
     fmt = e.get("format", str, choices=tuple(FORMATS))
     reference = e.get("reference_backend", str)
-    _known_backend(e, "reference_backend", reference)
+    if reference not in registry.backends:
+        raise e.error("reference_backend", f"unknown backend {reference!r}; known backends: "
+                                           f"{', '.join(sorted(registry.backends))}")
     description = e.get("description", str, "")
     size = e.get("input_size", list)
     if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
@@ -437,14 +454,14 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
         class_offset=qe.get("class_offset", int, 1),
         score_threshold=qe.get("score_threshold", float, 0.001),
         nms_iou=qe.get("nms_iou", float, 0.45),
-        nms=qe.get("nms", str, _default_nms(family), NMS_MODES),
+        nms=qe.get("nms", str, ("none" if decl.nms_in_graph else "per_class"), NMS_MODES),
         multi_label=qe.get("multi_label", bool, True),
         max_detections=qe.get("max_detections", int, 100),
         pre_nms_top_k=qe.get("pre_nms_top_k", int, 0),
-        decoder=_decoder(qe, family, output_names),
+        decoder=_decoder(qe, family, decl, output_names),
     )
     qe.reject_unknown()
-    _check_nms_site(qe, family, post.nms)
+    _check_nms_site(qe, family, decl, post.nms)
     if not 0.0 <= post.score_threshold < 1.0:
         raise qe.error("score_threshold", f"must be in [0, 1), got {post.score_threshold}")
     if not 0.0 < post.nms_iou <= 1.0:
@@ -501,14 +518,6 @@ def _parse_model(path: Path, name: str, table: Any) -> ModelSpec:
     )
 
 
-def _known_backend(e: _Entry, fld: str, backend: str) -> None:
-    from mapgate.backends import all_backends  # lazily: backends import this module
-
-    known = all_backends()
-    if backend not in known:
-        raise e.error(fld, f"unknown backend {backend!r}; known backends: {', '.join(sorted(known))}")
-
-
 def _strings(e: _Entry, fld: str) -> list[str]:
     values = e.get(fld, list, [])
     if not all(isinstance(v, str) for v in values):
@@ -523,20 +532,11 @@ def _floats(e: _Entry, fld: str, n: int, default: list[float]) -> list[float]:
     return [float(v) for v in values]
 
 
-# --- families: the list and each family's decoder settings come from mapgate/postprocess/ ------------------
-# (imported lazily: the family modules import this one for ModelSpec)
+# --- families: each family's decoder settings come from its declaration in mapgate/postprocess/ ---------------
 
-def _family_names() -> tuple[str, ...]:
-    from mapgate.postprocess.family import family_names
-
-    return family_names()
-
-
-def _decoder(qe: _Entry, family: str, outputs: tuple[str, ...]) -> dict[str, Any]:
+def _decoder(qe: _Entry, family: str, decl: FamilyDecl, outputs: tuple[str, ...]) -> dict[str, Any]:
     """``postprocess.decoder`` checked against the family's declared settings, defaults filled in."""
-    from mapgate.postprocess.family import REQUIRED, all_families
-
-    declared = all_families()[family][0].decoder
+    declared = decl.decoder
     de = qe.sub("decoder")
     required = [k for k, s in declared.items() if s.default is REQUIRED]
     missing = [k for k in required if k not in de.table]
@@ -568,15 +568,7 @@ def _decoder(qe: _Entry, family: str, outputs: tuple[str, ...]) -> dict[str, Any
     return out
 
 
-def _default_nms(family: str) -> str:
-    from mapgate.postprocess.family import all_families
-
-    return "none" if all_families()[family][0].nms_in_graph else "per_class"
-
-
-def _check_nms_site(qe: _Entry, family: str, nms: str) -> None:
-    from mapgate.postprocess.family import all_families
-
-    if all_families()[family][0].nms_in_graph and nms != "none":
+def _check_nms_site(qe: _Entry, family: str, decl: FamilyDecl, nms: str) -> None:
+    if decl.nms_in_graph and nms != "none":
         raise qe.error("nms", f"family {family!r} takes detections after the graph's own NMS: set nms = \"none\" "
                               f"(got {nms!r}); mapgate only thresholds and caps them")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 import re
 from pathlib import Path
 
 import pytest
 
 from mapgate.backends import get_backend
-from mapgate.manifest import ModelSpec, load_manifest
+from mapgate.manifest import ModelSpec
+from mapgate.catalog import load_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
@@ -66,7 +69,8 @@ def manifest_copy():
 # ------------------------------------------------------------------------------ the fast tier
 # `make check` runs every test not marked slow/accuracy/benchmark and must stay under 2 minutes.
 # A test that becomes slow without saying so fails here, so the fast tier cannot rot by accident.
-FAST_LIMIT_S = 2.0
+# MAPGATE_FAST_LIMIT_S raises it on a machine shared with other jobs, where wall time says little
+FAST_LIMIT_S = float(os.environ.get("MAPGATE_FAST_LIMIT_S", "2.0"))
 TIER_MARKERS = ("slow", "accuracy", "benchmark")
 
 

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 
 from mapgate.fsutil import sha256_file
-from mapgate.manifest import ModelSpec, load_manifest
+from mapgate.manifest import ModelSpec
+from mapgate.catalog import load_manifest
 from manifest_helpers import link_into
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,7 +26,6 @@ except ModuleNotFoundError:  # Python 3.10
 
 from mapgate.backends import all_backends, get_backend, marker_for, markers
 from mapgate.backends.base import BackendFacts
-from mapgate.convert import can_make
 from mapgate.errors import BackendUnavailable
 from mapgate.gate import environment, framework_versions
 from mapgate.optional import require, version_of
@@ -39,7 +38,6 @@ PACKAGE = ROOT / "mapgate"
 PROBE_BACKEND = '''
 """A backend added as one file (written by tests/test_backend_registry.py)."""
 from mapgate.backends.base import BackendFacts, DeclaredBackend, Runner
-from mapgate.optional import require
 
 
 class ProbeRunner(Runner):
@@ -50,10 +48,8 @@ class ProbeRunner(Runner):
         self.model, self.precision, self.ctx = model, precision, ctx
 
     def activate_impl(self):
-        from mapgate.convert import artifact_for
-
-        ort = require("onnxruntime", "zzprobe")
-        self.artifact = artifact_for(self.model, f"zzprobe:{self.precision}", self.ctx)
+        ort = BACKEND.facts.require("onnxruntime")
+        self.artifact = BACKEND.facts.artifact_for(self.model, f"zzprobe:{self.precision}", self.ctx)
         self.session = ort.InferenceSession(str(self.artifact), providers=["CPUExecutionProvider"])
 
     def infer_impl(self, batch):
@@ -77,8 +73,7 @@ PROBE_SCRIPT = '''
 import json, sys
 from pathlib import Path
 import mapgate
-from mapgate.backends import marker_for, markers
-from mapgate.convert import can_make
+from mapgate.backends import get_backend, marker_for, markers
 from mapgate.dataset import CocoDataset
 from mapgate.catalog import DEMO_MANIFEST, load_models
 from mapgate.gate import Gate, framework_versions
@@ -94,8 +89,8 @@ print(json.dumps({
     "framework_versions": framework_versions(),
     "env": json.loads(gate.write_env().read_text()),
     "markers": markers(), "marker_for": marker_for("zzprobe:fp32"),
-    "can_make_onnx_model": can_make(models["my-yolox"], "zzprobe:fp32"),
-    "can_make_tflite_model": can_make(models["ssd_mobilenet_v1_quant_coco"], "zzprobe:fp32"),
+    "can_make_onnx_model": get_backend("zzprobe").facts.can_make(models["my-yolox"], "zzprobe:fp32"),
+    "can_make_tflite_model": get_backend("zzprobe").facts.can_make(models["ssd_mobilenet_v1_quant_coco"], "zzprobe:fp32"),
     "identity": probe.identity, "same_detections": probe.detections == ref.detections,
     "n_detections": len(probe.detections), "AP": probe.metrics.stats["AP"],
 }))
@@ -196,7 +191,7 @@ def test_a_missing_module_names_its_backends_install_hint(backend: str, monkeypa
     for module in facts.modules:
         monkeypatch.setitem(sys.modules, module, None)  # as if uninstalled
         with pytest.raises(BackendUnavailable) as exc:
-            require(module, backend)
+            facts.require(module)
         assert f"'{module}' is not installed" in exc.value.reason and facts.hint_for(module) in exc.value.reason
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, facts.modules[0], None)
@@ -236,8 +231,9 @@ def test_can_make_follows_builds_from_onnx_not_a_backend_name(bundled_models) ->
         for precision in backend.precisions:
             target = f"{backend.name}:{precision}"
             if backend.facts.builds_from_onnx:
-                assert can_make(yolov3, target), target
-    assert not can_make(yolov3, "opencv:fp32") and not can_make(yolov3, "tflite:fp16")
+                assert backend.facts.can_make(yolov3, target), target
+    assert not get_backend("opencv").facts.can_make(yolov3, "opencv:fp32")
+    assert not get_backend("tflite").facts.can_make(yolov3, "tflite:fp16")
 
 
 @pytest.mark.slow

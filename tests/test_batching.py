@@ -46,11 +46,12 @@ def test_onnxruntime_with_a_dynamic_batch_dim_gives_byte_identical_detections(bu
     require_backend("onnxruntime")
     import onnx
 
+    import mapgate.backends.base as backends_base
     import mapgate.convert as convert
 
     model = bundled_models["yolo-fastest-1.1-320"]
     ctx = BuildContext(engines_dir=ENGINES)
-    fixed = convert.artifact_for(model, "onnxruntime:fp32", ctx)
+    fixed = convert.artifact_for(model, "onnxruntime:fp32", ctx, from_onnx=True)
     proto = onnx.load(str(fixed))
     for value in [*proto.graph.input, *proto.graph.output]:
         value.type.tensor_type.shape.dim[0].dim_param = "N"  # every op of the conversion is batch-agnostic
@@ -61,7 +62,7 @@ def test_onnxruntime_with_a_dynamic_batch_dim_gives_byte_identical_detections(bu
     with get_backend("onnxruntime").runner(model, "fp32", ctx) as runner:
         assert not runner.supports_batch(4)  # the converter's own output: batch 1 fixed
         (fixed_run,) = _runs(model, runner, data, 4)
-    monkeypatch.setattr(convert, "artifact_for", lambda *a, **k: dynamic)
+    monkeypatch.setattr(backends_base, "artifact_for", lambda *a, **k: dynamic)
     with get_backend("onnxruntime").runner(model, "fp32", ctx) as runner:
         assert runner.supports_batch(4)
         one, four = _runs(model, runner, data, 1, 4)

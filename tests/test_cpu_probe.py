@@ -10,7 +10,7 @@ import pytest
 from mapgate.cpu import cpu_flags, int8_dot_product, this_cpu
 from mapgate.errors import ConfigError
 from mapgate.gate import environment
-from mapgate.manifest import load_manifest
+from mapgate.catalog import load_manifest
 
 AVX2_EPYC = {"sse4_2", "avx", "avx2", "fma", "bmi2"}  # an AVX2-only EPYC: no AVX512, no VNNI
 SAPPHIRE_RAPIDS = AVX2_EPYC | {"avx512f", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"}

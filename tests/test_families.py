@@ -14,7 +14,7 @@ import pytest
 
 import mapgate.postprocess as postprocess_pkg
 from mapgate.errors import ConfigError
-from mapgate.manifest import load_manifest
+from mapgate.catalog import load_manifest
 from mapgate.postprocess import postprocess
 from mapgate.postprocess.family import Family, all_families
 from mapgate.preprocess import Transform

@@ -29,7 +29,7 @@ from mapgate.errors import ConfigError, DataError
 from mapgate.evaluate import STAT_NAMES
 from mapgate.fsutil import sha256_file
 from mapgate.gate import Gate, contract_hash
-from mapgate.manifest import load_manifest
+from mapgate.catalog import load_manifest
 
 MODEL = "yolox-nano-416"
 N_IMAGES = 12

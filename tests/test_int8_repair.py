@@ -16,7 +16,7 @@ from mapgate.dataset import CocoDataset
 from mapgate.errors import ConfigError
 from mapgate.catalog import CHECKOUT, DEMO_MANIFEST
 from mapgate.gate import DEFAULT_ENGINES
-from mapgate.manifest import load_manifest
+from mapgate.catalog import load_manifest
 
 try:
     import tomllib

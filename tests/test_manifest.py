@@ -13,7 +13,8 @@ import pytest
 from mapgate.errors import ConfigError, DataError
 from mapgate.files import MIRROR_ENV, missing_files, resolve, resolve_role
 from mapgate.fsutil import sha256_bytes, sha256_file
-from mapgate.manifest import DEFAULT_TOLERANCES, FileRef, load_manifest, load_manifests
+from mapgate.manifest import DEFAULT_TOLERANCES, FileRef
+from mapgate.catalog import load_manifest, load_models
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "fixtures" / "models.toml"
@@ -119,14 +120,14 @@ def test_tensorrt_demos_manifest_loads_with_url_files() -> None:
 def test_tensorrt_demos_manifest_merges_with_the_bundled_one() -> None:
     if not TRT_DEMOS.exists():
         pytest.skip(f"{TRT_DEMOS} does not exist yet (the lead is adding it)")
-    merged = load_manifests([MANIFEST, TRT_DEMOS])
+    merged = load_models([MANIFEST, TRT_DEMOS])
     assert len(merged) == len(BUNDLED_NAMES) + 4
 
 
 def test_a_model_defined_in_two_manifests_is_an_error_naming_both(tmp_path: Path) -> None:
     a, b = write(tmp_path, VALID, "a.toml"), write(tmp_path, VALID, "b.toml")
     with pytest.raises(ConfigError) as exc:
-        load_manifests([a, b])
+        load_models([a, b])
     assert str(a) in str(exc.value) and str(b) in str(exc.value) and "'my-model'" in str(exc.value)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import mapgate.backends.opencv as opencv_backend
-from mapgate.backends.base import BuildContext
+from mapgate.backends.base import BackendFacts, BuildContext
 from mapgate.backends.opencv import BACKEND, feed_layer_name
 from mapgate.darknet_cfg import YoloHead, infer_shapes, layers, parse_cfg, yolo_heads
 from mapgate.errors import BackendUnavailable, ConfigError, DataError
@@ -69,19 +69,19 @@ def test_availability(monkeypatch: pytest.MonkeyPatch) -> None:
     assert BACKEND.name == "opencv" and BACKEND.precisions == ("fp32",)
     assert BACKEND.availability().ok
 
-    monkeypatch.setattr(opencv_backend, "require",
-                        lambda m, b=None: SimpleNamespace(__version__="5.0.0", dnn=SimpleNamespace()))
+    monkeypatch.setattr(BackendFacts, "require",
+                        lambda self, m: SimpleNamespace(__version__="5.0.0", dnn=SimpleNamespace()))
     avail = BACKEND.availability()
     assert not avail.ok and "5.0.0" in avail.reason and "opencv-python-headless<5" in avail.reason
 
-    monkeypatch.setattr(opencv_backend, "require", lambda m, b=None: SimpleNamespace(__version__="4.9.0"))
+    monkeypatch.setattr(BackendFacts, "require", lambda self, m: SimpleNamespace(__version__="4.9.0"))
     avail = BACKEND.availability()
     assert not avail.ok and "readNetFromDarknet" in avail.reason and "<5" in avail.reason
 
-    def missing(module: str, backend: str | None = None) -> None:
+    def missing(self: BackendFacts, module: str) -> None:
         raise BackendUnavailable("opencv", f"Python module {module!r} is not installed; fix: pip install ...")
 
-    monkeypatch.setattr(opencv_backend, "require", missing)
+    monkeypatch.setattr(BackendFacts, "require", missing)
     avail = BACKEND.availability()
     assert not avail.ok and "'cv2' is not installed" in avail.reason
 

@@ -17,7 +17,7 @@ import pytest
 from mapgate.backends import get_backend
 from mapgate.backends.base import BuildContext
 from mapgate.backends.openvino import BACKEND, HINTS, device_precision
-from mapgate.convert import artifact_for, can_make, onnx_for
+from mapgate.convert import onnx_for
 from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError
 from mapgate.fsutil import sha256_file
@@ -84,17 +84,18 @@ def test_fp16_outputs_are_near_onnx_runtime_and_not_identical(name: str, bundled
 
 def test_the_tflite_only_ssd_has_no_openvino_route_and_says_so(bundled_models, ctx) -> None:
     model = bundled_models["ssd_mobilenet_v1_quant_coco"]
-    assert not can_make(model, "openvino:fp32")
+    facts = get_backend("openvino").facts
+    assert not facts.can_make(model, "openvino:fp32")
     assert "openvino:fp32" not in model.optimized
     with pytest.raises(ConfigError, match=r"no way to make openvino:fp32 from format 'tflite'.*no ONNX route"):
-        artifact_for(model, "openvino:fp32", ctx)
+        facts.artifact_for(model, "openvino:fp32", ctx)
 
 
 def test_every_bundled_model_with_an_onnx_route_lists_both_openvino_targets(bundled_models) -> None:
     for name in ONNX_MODELS:
         model = bundled_models[name]
         assert {"openvino:fp32", "openvino:fp16"} <= set(model.optimized), name
-        assert can_make(model, "openvino:fp16"), name
+        assert get_backend("openvino").facts.can_make(model, "openvino:fp16"), name
 
 
 # ------------------------------------------------------------------------- availability

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.tensorrt
 
 
 def _bundled_models() -> dict:
-    from mapgate.manifest import load_manifest
+    from mapgate.catalog import load_manifest
 
     return load_manifest(MANIFEST) if MANIFEST.is_file() else {}
 
@@ -41,9 +41,9 @@ def expected_output_names(model: object) -> list[str]:
 
 
 def _has_onnx_path(model: object) -> bool:
-    from mapgate.convert import can_make
+    from mapgate.backends import get_backend
 
-    return can_make(model, "tensorrt:fp32")  # type: ignore[arg-type]
+    return get_backend("tensorrt").facts.can_make(model, "tensorrt:fp32")  # type: ignore[arg-type]
 
 
 def _build_params() -> list:

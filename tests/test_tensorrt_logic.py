@@ -204,10 +204,10 @@ def test_availability_polygraphy_missing(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_availability_refuses_a_polygraphy_older_than_tested(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mapgate.optional
+    from mapgate.backends.base import BackendFacts
 
     monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt())
-    monkeypatch.setattr(mapgate.optional, "require", lambda module, backend=None: SimpleNamespace(__version__="0.49.12"))
+    monkeypatch.setattr(BackendFacts, "require", lambda self, module: SimpleNamespace(__version__="0.49.12"))
     status = trt_backend.BACKEND.availability()
     assert not status.ok and "Polygraphy 0.49.12" in status.reason and ">= 0.53.4" in status.reason
     assert "CUDA runtime" in status.reason

@@ -15,7 +15,7 @@ import pytest
 from mapgate.backends import get_backend
 from mapgate.backends.base import BuildContext
 from mapgate.fsutil import sha256_path
-from mapgate.manifest import load_manifest
+from mapgate.catalog import load_manifest
 from mapgate.postprocess import postprocess
 from mapgate.preprocess import preprocess
 from manifest_helpers import link_into
@@ -30,7 +30,7 @@ def tf():  # noqa: ANN201
     status = get_backend("tf").availability()
     if not status.ok:
         pytest.skip(status.reason)
-    from mapgate.backends.tf import quiet_tensorflow
+    from mapgate.optional import quiet_tensorflow
 
     return quiet_tensorflow()
 

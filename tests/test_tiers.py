@@ -10,9 +10,11 @@ CONFTEST = Path(__file__).with_name("conftest.py").read_text(encoding="utf-8")
 
 
 @pytest.fixture
-def tiered(pytester: pytest.Pytester) -> pytest.Pytester:
-    assert "FAST_LIMIT_S = 2.0" in CONFTEST
-    pytester.makeconftest(CONFTEST.replace("FAST_LIMIT_S = 2.0", "FAST_LIMIT_S = 0.2"))
+def tiered(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.delenv("MAPGATE_FAST_LIMIT_S", raising=False)
+    default = 'os.environ.get("MAPGATE_FAST_LIMIT_S", "2.0")'
+    assert default in CONFTEST
+    pytester.makeconftest(CONFTEST.replace(default, '"0.2"'))
     pytester.makeini("[pytest]\nmarkers =\n    slow: slow\n")
     pytester.makepyfile(test_probe="""
         import time

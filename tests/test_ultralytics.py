@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from mapgate.errors import ConfigError
-from mapgate.manifest import ModelSpec, load_manifest
+from mapgate.manifest import ModelSpec
+from mapgate.catalog import load_manifest
 from mapgate.postprocess import decoder_for, select
 from mapgate.preprocess import preprocess
 

@@ -84,7 +84,7 @@ def main(out: Path, engines: Path, plant: str | None = None) -> None:
     from mapgate.backends._tensorrt_engine import DeviceInfo, EngineCache
     from mapgate.backends.base import BuildContext
     from mapgate.calibration import calibration_batches, calibration_images, image_ids_of
-    from mapgate.manifest import load_manifest
+    from mapgate.catalog import load_manifest
 
     assert Path(tensorrt.__file__).parent.parent.name == "trt_standin", tensorrt.__file__
     backend.probe_device_info = lambda version, ordinal=0: DeviceInfo(version, "stand-in GPU", "8.7")

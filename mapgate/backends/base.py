@@ -32,10 +32,16 @@ import abc
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
+
+from mapgate.convert import BuildContext, artifact_for, artifact_identity, can_make
+from mapgate.optional import require, version_of
+
+__all__ = ["PRECISIONS", "Availability", "Backend", "BackendFacts", "BuildContext", "DeclaredBackend", "Runner",
+           "artifact_for", "artifact_identity", "canonical_name"]
 
 if TYPE_CHECKING:
     from mapgate.manifest import ModelSpec
@@ -93,9 +99,21 @@ class BackendFacts:
 
     def versions(self) -> dict[str, str | None]:
         """Installed versions of the modules that identify its engines (package metadata: no imports)."""
-        from mapgate.optional import version_of
+        return {m: version_of(m, self.distributions_of(m)) for m in self.version_modules or ()}
 
-        return {m: version_of(m) for m in self.version_modules or ()}
+    def artifact_for(self, model: "ModelSpec", target: str | None, ctx: BuildContext) -> Path:
+        """The file one of its targets executes (mapgate.convert.artifact_for with this backend's facts)."""
+        return artifact_for(model, target, ctx, from_onnx=self.builds_from_onnx)
+
+    def can_make(self, model: "ModelSpec", target: str) -> bool:
+        return can_make(model, target, from_onnx=self.builds_from_onnx)
+
+    def artifact_identity(self, model: "ModelSpec", target: str | None, ctx: BuildContext) -> dict[str, Any]:
+        return artifact_identity(model, target, ctx, from_onnx=self.builds_from_onnx)
+
+    def require(self, module: str) -> ModuleType:
+        """Import one of its modules, or raise BackendUnavailable naming this backend and its install hint."""
+        return require(module, self.name, self.hint_for(module))
 
 
 @dataclass(frozen=True)
@@ -128,18 +146,6 @@ class Availability:
             if not found:
                 return cls.no(f"Python module {module!r} is not installed; fix: {facts.hint_for(module)}")
         return cls.yes()
-
-
-@dataclass
-class BuildContext:
-    """Where conversions/engines are cached and which images may calibrate INT8."""
-
-    engines_dir: Path
-    calib_images: list[Path] = field(default_factory=list)
-    evaluated_image_ids: frozenset[int] = frozenset()
-    calib_image_ids: frozenset[int] = frozenset()
-    max_calib_images: int = 100
-    progress: bool = True
 
 
 def canonical_name(name: str) -> str:
@@ -196,17 +202,6 @@ class Runner(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
-
-
-def artifact_identity(model: "ModelSpec", target: str | None, ctx: BuildContext) -> dict[str, Any]:
-    """The default engine identity: the file ``target`` executes (None: the original) and its hash.
-    The gate adds the backend's framework versions (``facts.version_modules``)."""
-    from mapgate.convert import artifact_for
-    from mapgate.files import verified_sha256
-
-    artifact = artifact_for(model, target, ctx)
-    return {"artifact": str(artifact), "artifact_sha256": verified_sha256(artifact),
-            "model_files": {r: f.sha256 for r, f in model.files.items()}}
 
 
 class Backend(Protocol):

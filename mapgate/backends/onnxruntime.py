@@ -7,7 +7,6 @@ import numpy as np
 
 from mapgate.backends.base import BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.manifest import ModelSpec
-from mapgate.optional import require
 
 
 class OrtRunner(Runner):
@@ -20,11 +19,9 @@ class OrtRunner(Runner):
         self.session = None
 
     def activate_impl(self) -> None:
-        from mapgate.convert import artifact_for
-
-        ort = require("onnxruntime", self.backend)
-        self.artifact = artifact_for(self.model, None if self.is_reference else f"onnxruntime:{self.precision}",
-                                     self.ctx)
+        ort = BACKEND.facts.require("onnxruntime")
+        target = None if self.is_reference else f"onnxruntime:{self.precision}"
+        self.artifact = BACKEND.facts.artifact_for(self.model, target, self.ctx)
         opts = ort.SessionOptions()
         self.session = ort.InferenceSession(str(self.artifact), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -27,7 +27,6 @@ import numpy as np
 from mapgate.backends.base import Availability, BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
 from mapgate.files import resolve_role, verified_sha256
-from mapgate.optional import require
 
 if TYPE_CHECKING:
     from mapgate.darknet_cfg import YoloHead
@@ -74,7 +73,7 @@ class OpenCVDarknetRunner(Runner):
         avail = BACKEND.availability()
         if not avail.ok:
             raise BackendUnavailable(BACKEND.name, avail.reason)
-        cv2 = require("cv2", BACKEND.name)
+        cv2 = BACKEND.facts.require("cv2")
         cfg = resolve_role(self.model, "cfg")
         weights = resolve_role(self.model, "weights")
         self._heads = yolo_heads(parse_cfg(cfg), self.model.input_size)
@@ -127,7 +126,7 @@ class OpenCVBackend(DeclaredBackend):
 
     def availability(self) -> Availability:
         try:
-            cv2 = require("cv2", self.name)
+            cv2 = self.facts.require("cv2")
         except BackendUnavailable as exc:
             return Availability.no(exc.reason)
         version = str(getattr(cv2, "__version__", "unknown"))

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mapgate.backends.base import BackendFacts, BuildContext, DeclaredBackend, Runner, artifact_identity
+from mapgate.backends.base import BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.errors import ConfigError, ConversionError
 from mapgate.files import verified_sha256
-from mapgate.optional import require
 
 if TYPE_CHECKING:
     from mapgate.manifest import ModelSpec
@@ -30,7 +29,7 @@ HINTS = {"fp32": "f32", "fp16": "f16"}
 
 
 def _openvino() -> Any:
-    return require("openvino", BACKEND.name)
+    return BACKEND.facts.require("openvino")
 
 
 def _precision_name(value: Any) -> str:
@@ -76,10 +75,8 @@ class OpenVINORunner(Runner):
         self._outputs: list[tuple[int, str]] = []
 
     def activate_impl(self) -> None:
-        from mapgate.convert import artifact_for
-
         ov = _openvino()
-        self.artifact = artifact_for(self.model, f"openvino:{self.precision}", self.ctx)
+        self.artifact = BACKEND.facts.artifact_for(self.model, f"openvino:{self.precision}", self.ctx)
         self.artifact_sha256 = verified_sha256(self.artifact)
         core = ov.Core()
         try:
@@ -132,7 +129,7 @@ class OpenVINOBackend(DeclaredBackend):
 
     def identity(self, model: "ModelSpec", precision: str, ctx: BuildContext) -> dict[str, Any]:
         """The ONNX it runs and what the device does with the requested precision."""
-        return {**artifact_identity(model, f"openvino:{precision}", ctx), "device": DEVICE,
+        return {**BACKEND.facts.artifact_identity(model, f"openvino:{precision}", ctx), "device": DEVICE,
                 "device_name": device_name(), "inference_precision_hint": HINTS[precision],
                 "inference_precision": device_precision(precision)}
 

@@ -352,7 +352,7 @@ def _polygraphy_version() -> str:
     """Polygraphy's version; BackendUnavailable when missing or older than the tested minimum."""
     from mapgate.optional import require
 
-    polygraphy = require("polygraphy", NAME)
+    polygraphy = BACKEND.facts.require("polygraphy")
     version = str(getattr(polygraphy, "__version__", "0"))
     if parse_version(version) < MIN_POLYGRAPHY_VERSION:
         raise BackendUnavailable(NAME, f"Polygraphy {version} is installed but mapgate needs >= "
@@ -530,7 +530,7 @@ def fp32_nodes(model: "ModelSpec", onnx_path: Path) -> tuple[list[str], list[str
     from mapgate.convert.trt_onnx import keep_float_nodes
     from mapgate.optional import require
 
-    onnx = require("onnx", NAME)
+    onnx = BACKEND.facts.require("onnx")
     proto = onnx.load(str(onnx_path), load_external_data=False)
     keep = set(keep_float_nodes(proto, model.convert.int8_keep_float))
     outputs = sorted({o for n in proto.graph.node if n.name in keep for o in n.output})

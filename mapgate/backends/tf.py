@@ -11,13 +11,7 @@ from mapgate.backends.base import Availability, BackendFacts, BuildContext, Decl
 from mapgate.errors import ConfigError
 from mapgate.files import resolve_role
 from mapgate.manifest import ModelSpec
-from mapgate.optional import require
-
-
-def quiet_tensorflow():  # noqa: ANN201 - returns the tensorflow module
-    # TF's C++ logging floods pytest output; this must be set before the first import.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return require("tensorflow", "tf")
+from mapgate.optional import quiet_tensorflow
 
 
 class TfRunner(Runner):

@@ -9,7 +9,6 @@ import numpy as np
 
 from mapgate.backends.base import BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.manifest import ModelSpec
-from mapgate.optional import require
 
 
 class TfliteRunner(Runner):
@@ -21,10 +20,8 @@ class TfliteRunner(Runner):
         self.is_reference = precision is None
 
     def activate_impl(self) -> None:
-        from mapgate.convert import artifact_for
-
-        litert = require("ai_edge_litert.interpreter", self.backend)
-        self.artifact = artifact_for(self.model, None if self.is_reference else f"tflite:{self.precision}", self.ctx)
+        litert = BACKEND.facts.require("ai_edge_litert.interpreter")
+        self.artifact = BACKEND.facts.artifact_for(self.model, None if self.is_reference else f"tflite:{self.precision}", self.ctx)
         threads = int(os.environ.get("MAPGATE_TFLITE_THREADS", os.cpu_count() or 1))
         self.interpreter = litert.Interpreter(model_path=str(self.artifact), num_threads=threads)
         self.interpreter.allocate_tensors()

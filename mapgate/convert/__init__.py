@@ -8,12 +8,25 @@ e.g. YOLOX-nano's FP16/INT8 TFLite) wins over converting.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from mapgate.backends.base import BuildContext
 from mapgate.errors import ConfigError
-from mapgate.files import resolve, resolve_role
+from mapgate.files import resolve, resolve_role, verified_sha256
 from mapgate.manifest import ModelSpec
+
+@dataclass
+class BuildContext:
+    """Where conversions/engines are cached and which images may calibrate INT8."""
+
+    engines_dir: Path
+    calib_images: list[Path] = field(default_factory=list)
+    evaluated_image_ids: frozenset[int] = frozenset()
+    calib_image_ids: frozenset[int] = frozenset()
+    max_calib_images: int = 100
+    progress: bool = True
+
 
 # (source format, target) -> module in mapgate.convert providing build(model, ctx, target) -> Path
 _ROUTES: dict[tuple[str, str], str] = {
@@ -25,14 +38,6 @@ _ROUTES: dict[tuple[str, str], str] = {
 }
 # converters that derive a target from the model's ONNX, whatever the source format
 _FROM_ONNX: dict[str, str] = {"onnxruntime:int8": "ort_quant"}
-
-
-def _runs_onnx(target: str) -> bool:
-    """Whether ``target``'s backend declares it builds from the model's ONNX (``builds_from_onnx``)."""
-    from mapgate.backends import all_backends
-
-    backend = all_backends().get(target.partition(":")[0])
-    return backend is not None and backend.facts.builds_from_onnx
 
 
 def has_onnx(model: ModelSpec) -> bool:
@@ -49,11 +54,12 @@ def onnx_for(model: ModelSpec, ctx: BuildContext) -> Path:
     return importlib.import_module(f"mapgate.convert.{route}").build(model, ctx, "onnx")
 
 
-def artifact_for(model: ModelSpec, target: str | None, ctx: BuildContext) -> Path:
+def artifact_for(model: ModelSpec, target: str | None, ctx: BuildContext, *, from_onnx: bool = False) -> Path:
     """The file to execute: ``target`` None means the original model file itself.
 
     In order: a manifest ``prebuilt`` file, a converter route (format, target), a converter from
-    the model's ONNX, and for a backend that builds from ONNX the model's ONNX itself."""
+    the model's ONNX, and, when the target's backend builds from ONNX (``from_onnx``: its
+    ``facts.builds_from_onnx``, passed by the backend), the model's ONNX itself."""
     if target is None:
         role = {"onnx": "model", "tflite": "model", "tf_frozen": "graph", "darknet": "weights"}.get(model.format)
         if role is None:
@@ -66,17 +72,26 @@ def artifact_for(model: ModelSpec, target: str | None, ctx: BuildContext) -> Pat
         route = _FROM_ONNX[target]
     if route is not None:
         return importlib.import_module(f"mapgate.convert.{route}").build(model, ctx, target)
-    if _runs_onnx(target) and has_onnx(model):
+    if from_onnx and has_onnx(model):
         return onnx_for(model, ctx)
     raise ConfigError(
         f"model {model.name!r}: no way to make {target} from format {model.format!r} "
-        f"(no converter{', no ONNX route' if _runs_onnx(target) else ''}, and no 'prebuilt.\"{target}\"' "
+        f"(no converter{', no ONNX route' if from_onnx else ''}, and no 'prebuilt.\"{target}\"' "
         f"file in {model.manifest_path})"
     )
 
 
-def can_make(model: ModelSpec, target: str) -> bool:
+def can_make(model: ModelSpec, target: str, *, from_onnx: bool = False) -> bool:
     """Whether :func:`artifact_for` has a route for ``target`` (without running it)."""
     if target in model.prebuilt or (model.format, target) in _ROUTES:
         return True
-    return has_onnx(model) and (target in _FROM_ONNX or _runs_onnx(target))
+    return has_onnx(model) and (target in _FROM_ONNX or from_onnx)
+
+
+def artifact_identity(model: ModelSpec, target: str | None, ctx: BuildContext, *,
+                      from_onnx: bool = False) -> dict[str, Any]:
+    """The default engine identity: the file ``target`` executes (None: the original) and its hash.
+    The gate adds the backend's framework versions (``facts.version_modules``)."""
+    artifact = artifact_for(model, target, ctx, from_onnx=from_onnx)
+    return {"artifact": str(artifact), "artifact_sha256": verified_sha256(artifact),
+            "model_files": {r: f.sha256 for r, f in model.files.items()}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mapgate.backends.base import BuildContext
+from mapgate.convert import BuildContext
 from mapgate.cache import cached_artifact
 from mapgate.files import resolve_role, verified_sha256
 from mapgate.manifest import ModelSpec

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mapgate.backends.base import BuildContext
+from mapgate.convert import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
 from mapgate.cache import cached_artifact
 from mapgate.convert import dfq

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mapgate.backends.base import BuildContext
+from mapgate.convert import BuildContext
 from mapgate.cache import cached_artifact
 from mapgate.errors import ConversionError
 from mapgate.files import resolve_role, verified_sha256
 from mapgate.manifest import ModelSpec
-from mapgate.optional import require, version_of
+from mapgate.optional import quiet_tensorflow, require, version_of
 
 OPSET = 13
 CONVERTER_VERSION = 2  # 2: the resize-loop bypass
@@ -58,8 +58,6 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
     }
 
     def _build(out: Path) -> dict[str, Any]:
-        from mapgate.backends.tf import quiet_tensorflow
-
         tf = quiet_tensorflow()
         tf2onnx = require("tf2onnx", "onnxruntime")
         if model.convert.resize_loop_output is None:

@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mapgate.backends.base import BuildContext
+from mapgate.convert import BuildContext
 from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
 from mapgate.cache import cached_artifact
 from mapgate.convert.tf_onnx import bypassed_graph, input_shape
 from mapgate.errors import ConversionError
 from mapgate.files import resolve_role, verified_sha256
 from mapgate.manifest import ModelSpec
-from mapgate.optional import version_of
+from mapgate.optional import quiet_tensorflow, version_of
 
 
 def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
@@ -40,8 +40,6 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
                       preprocess=repr(model.preprocess))
 
     def _build(out: Path) -> dict[str, Any]:
-        from mapgate.backends.tf import quiet_tensorflow
-
         tf = quiet_tensorflow()
         conv = _converter(tf, model, graph, input_name, outputs)
         if precision == "fp16":

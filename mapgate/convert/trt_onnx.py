@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mapgate.backends.base import BuildContext
+from mapgate.convert import BuildContext
 from mapgate.cache import cached_artifact
 from mapgate.errors import BackendUnavailable, ConversionError
 from mapgate.files import verified_sha256

@@ -3,7 +3,8 @@
 it (names, types, defaults) and whether NMS runs inside the graph, so the manifest validates
 decoder settings, ``mapgate models`` lists families, and adding a family is one new file.
 
-This module imports nothing from the rest of mapgate, so :mod:`mapgate.manifest` can use it.
+The setting types live in :mod:`mapgate.manifest` (which parses them); mapgate.catalog hands
+these declarations to the parser, so parsing a manifest imports no family.
 """
 
 from __future__ import annotations
@@ -13,23 +14,10 @@ import pkgutil
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import ModuleType
-from typing import Any
 
-REQUIRED: Any = ...  # a Setting without a default must be given by the manifest
+from mapgate.manifest import REQUIRED, Setting
 
-
-@dataclass(frozen=True)
-class Setting:
-    """One ``postprocess.decoder`` key: its TOML type (``list`` with ``item`` for arrays), default
-    (``REQUIRED`` = none), allowed values, and one line saying what it is for."""
-
-    kind: type
-    default: Any = REQUIRED
-    doc: str = ""
-    item: type | None = None  # element type of a list
-    choices: tuple[Any, ...] | None = None
-    length: int | None = None  # exact list length, when fixed
-    minimum: float | None = None  # smallest allowed number (for a list: of each entry)
+__all__ = ["REQUIRED", "Family", "Setting", "all_families", "family_names"]
 
 
 @dataclass(frozen=True)

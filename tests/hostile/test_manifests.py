@@ -10,7 +10,7 @@ import pytest
 
 from hostile_helpers import ROOT, Sandbox, cli
 from mapgate.errors import ConfigError
-from mapgate.manifest import load_manifest
+from mapgate.catalog import load_manifest
 from mapgate.paths import safe_component
 
 MODEL = "yolox-nano-416"
