@@ -47,7 +47,7 @@ from mapgate.argtypes import (
     shard_spec,
 )
 from mapgate.catalog import MANIFEST_NAME
-from mapgate.manifest import DEFAULT_TOLERANCES
+from mapgate.decision import DEFAULT_TOLERANCES, PRECISIONS
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -56,7 +56,7 @@ def _backend_list(text: str) -> list[str]:
     items = csv_list(text)
     for item in items:
         name, sep, precision = item.partition(":")
-        if sep and precision not in DEFAULT_TOLERANCES:
+        if sep and precision not in PRECISIONS:
             raise argparse.ArgumentTypeError(
                 f"{item!r}: expected BACKEND or BACKEND:PRECISION with precision fp32, fp16 or int8")
     return items
@@ -451,7 +451,7 @@ class GateCase(pytest.Item):
             raise CaseFailed(text)
         if result == "warn":
             warnings.warn(pytest.PytestWarning(
-                f"{model} {self.target}: inconclusive ({verdict.reason}); passing because --inconclusive is not "
+                f"{model} {self.target}: inconclusive ({report.reason(verdict)}); passing because --inconclusive is not "
                 "set and CI is not set (use --inconclusive=fail to fail)"), stacklevel=1)
 
     def _baselines(self, session: MapgateSession, verdict: Any, dataset: str) -> tuple[str, str | None]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mapgate.compare import STAT_NAMES, Verdict
+from mapgate.decision import ReasonKind
 
 PR_CURVES_PNG = "pr-curves.png"
 CLASS_DELTAS_PNG = "per-class-dap.png"
@@ -27,6 +28,33 @@ STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 
 # ----------------------------------------------------------------------------------- one case
+def reason(v: Verdict) -> str:
+    """Why the verdict is what it is, in words, from the decision's kind and numbers alone."""
+    d, tol, src = v.decision, v.tolerance, v.tolerance_source
+    has_ci = d.ci_low is not None and d.ci_high is not None
+    ci_text = f"95% CI [{d.ci_low:+.2f}, {d.ci_high:+.2f}]" if has_ci else "no CI"
+    if d.kind is ReasonKind.NO_REFERENCE_DETECTIONS:
+        return ("the reference produced no detections on these images: there is nothing to compare "
+                "against (check the reference backend, the model files and the pre/post-processing)")
+    if d.kind is ReasonKind.LOSS_BEYOND_TOLERANCE:
+        return (f"dAP {d.delta_ap:+.2f} points ({ci_text}) loses more than the tolerance of {tol:g} points "
+                f"({src}); dAP50 {d.delta_ap50:+.2f}")
+    if d.kind is ReasonKind.CI_ABOVE_TOLERANCE:
+        return f"dAP {d.delta_ap:+.2f} points and its whole {ci_text} are above -{tol:g} (tolerance from {src})"
+    if d.kind is ReasonKind.CI_REACHES_BELOW:
+        more = (f"about {d.images_needed} images (this run: {d.n_images}) would make it conclusive if dAP stayed at "
+                f"{d.delta_ap:+.2f}" if d.images_needed is not None
+                else "no number of images would: dAP sits on the tolerance")
+        return (f"dAP {d.delta_ap:+.2f} points is within the tolerance of -{tol:g} ({src}) "
+                f"but its {ci_text} reaches below it: the data cannot tell; {more}")
+    return f"dAP {d.delta_ap:+.2f} points has no CI to decide with ({src})"
+
+
+def comparison_record(v: Verdict) -> dict[str, Any]:
+    """comparison.json: the verdict's fields with its reason rendered."""
+    return {**v.to_dict(), "reason": reason(v)}
+
+
 def _ci_text(v: Verdict) -> str:
     ci = v.ci or {}
     return f"[{ci['low_points']:+.2f}, {ci['high_points']:+.2f}]" if "low_points" in ci else "no CI"
@@ -90,7 +118,7 @@ def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str
         + (f"; images needed to be conclusive: ~{rule['images_needed']} ({rule['images_needed_formula']}, "
            f"se {rule['se_points']:.3f}, z {rule['z']:.2f})" if rule["images_needed"] else ""),
         *(f"- {line}" for line in _extras_lines(v)),
-        f"- **verdict: {v.verdict}** (expected: {v.expected}) — {v.reason}",
+        f"- **verdict: {v.verdict}** (expected: {v.expected}) — {reason(v)}",
         "",
     ]
     if isinstance(v.extras.get("attribution"), dict) and "where_points_went" in v.extras["attribution"]:
@@ -116,7 +144,7 @@ def case_text(v: Verdict, directory: Path | None = None, result: str | None = No
         f"  {'tolerance':{width}} {v.tolerance:g} points ({v.tolerance_source})",
         *(f"  {line}" for line in _extras_lines(v)),
         f"  {'verdict':{width}} {v.verdict} (expected {v.expected})" + (f" -> {result}" if result else ""),
-        f"  {'reason':{width}} {v.reason}",
+        f"  {'reason':{width}} {reason(v)}",
     ]
     if baseline:
         lines.append(f"  {'baseline':{width}} {baseline}")
@@ -258,7 +286,7 @@ class CaseRow:
         return cls(model=v.model, optimized=v.opt["target"], result=result, reference=v.ref["target"],
                    ref_ap=100 * v.ref_stats["AP"], opt_ap=100 * v.opt_stats["AP"], delta_ap=v.delta_ap,
                    ci_low=ci.get("low_points"), ci_high=ci.get("high_points"), agreement=v.agreement.matched_share,
-                   tolerance=v.tolerance, verdict=v.verdict, expected=v.expected, reason=v.reason, baseline=baseline,
+                   tolerance=v.tolerance, verdict=v.verdict, expected=v.expected, reason=reason(v), baseline=baseline,
                    directory=directory, pictures=tuple(pictures), dataset=v.dataset,
                    points_went=_points_went(v.extras.get("attribution")))
 

@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from mapgate.decision import PRECISIONS
+
 if TYPE_CHECKING:
     from mapgate.manifest import ModelSpec
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
