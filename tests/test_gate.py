@@ -21,7 +21,7 @@ import pytest
 
 from mapgate import report
 from mapgate.backends.base import BuildContext
-from mapgate.baselines import BaselineCheck, BaselineRegression
+from mapgate.baselines import BaselineCheck, BaselineKind
 from mapgate.calibration import calibration_images, check_disjoint, image_ids_of
 from mapgate.cache import PROVENANCE_SUFFIX
 from mapgate.compare import Agreement, Verdict, detection_agreement, outcome
@@ -473,28 +473,35 @@ BASELINES = {"m": {"tflite:int8": {"AP": 0.30, "AP50": 0.50}}}
 
 
 def test_a_result_within_tolerance_of_its_baseline_passes() -> None:
-    status = BaselineCheck("m", "tflite:int8", 0.2951, 0.4951, 0.5).check(BASELINES)
-    assert "within 0.5 points" in status
+    status = BaselineCheck("m", "tflite:int8", 0.2951, 0.4951, 0.5).compare(BASELINES)
+    assert status.kind is BaselineKind.WITHIN and "within 0.5 points" in report.baseline_text(status)
 
 
-def test_a_result_below_its_baseline_by_more_than_tolerance_raises() -> None:
-    with pytest.raises(BaselineRegression) as exc:
-        BaselineCheck("m", "tflite:int8", 0.28, 0.50, 1.5).check(BASELINES)
-    msg = str(exc.value)
+def test_a_result_below_its_baseline_by_more_than_tolerance_regresses() -> None:
+    status = BaselineCheck("m", "tflite:int8", 0.28, 0.50, 1.5).compare(BASELINES)
+    msg = report.baseline_text(status)
+    assert status.regressed and status.stat == "AP" and status.drop == pytest.approx(2.0)
     assert "AP 28.00 is 2.00 points below its baseline 30.00" in msg and "--update-baselines" in msg
 
 
-def test_an_ap50_regression_alone_also_raises() -> None:
-    with pytest.raises(BaselineRegression, match="AP50 47.00 is 3.00 points below"):
-        BaselineCheck("m", "tflite:int8", 0.31, 0.47, 1.5).check(BASELINES)
+def test_an_ap50_regression_alone_also_regresses() -> None:
+    status = BaselineCheck("m", "tflite:int8", 0.31, 0.47, 1.5).compare(BASELINES)
+    assert status.regressed and "AP50 47.00 is 3.00 points below" in report.baseline_text(status)
 
 
 def test_a_result_above_its_baseline_passes() -> None:
-    assert "within" in BaselineCheck("m", "tflite:int8", 0.35, 0.55, 0.0).check(BASELINES)
+    assert BaselineCheck("m", "tflite:int8", 0.35, 0.55, 0.0).compare(BASELINES).kind is BaselineKind.WITHIN
 
 
 def test_no_baseline_recorded_is_reported_not_failed() -> None:
-    assert "no baseline recorded" in BaselineCheck("m", "tensorrt:fp16", 0.1, 0.2, 0.5).check(BASELINES)
+    status = BaselineCheck("m", "tensorrt:fp16", 0.1, 0.2, 0.5).compare(BASELINES)
+    assert status.kind is BaselineKind.MISSING and "no baseline recorded" in report.baseline_text(status)
+
+
+def test_a_baseline_of_another_data_set_is_not_compared() -> None:
+    status = BaselineCheck("m", "tflite:int8", 0.1, 0.2, 0.5, "b").compare(
+        {"m": {"tflite:int8": {"AP": 0.3, "AP50": 0.5, "dataset": "a"}}})
+    assert status.kind is BaselineKind.OTHER_DATASET and "not compared" in report.baseline_text(status)
 
 
 def test_the_committed_baselines_hold_for_the_yolox_reference(first: dict) -> None:
