@@ -362,7 +362,9 @@ def _notes(rows: list[CaseRow]) -> list[str]:
     """Why a case did not simply pass, and baseline remarks; one line per distinct reason."""
     grouped: dict[str, list[str]] = {}
     for r in rows:
-        if r.result in ("failed", "warning", "skipped", "error") or r.verdict == "inconclusive":
+        regressed_only = r.baseline_status == BaselineKind.REGRESSED.value and r.verdict == "pass"
+        if (r.result in ("failed", "warning", "skipped", "error") or r.verdict == "inconclusive") \
+                and not regressed_only:  # a passing verdict's reason does not explain a failed baseline
             grouped.setdefault(f"{r.result}: {r.reason}", []).append(f"{r.model} {r.optimized}")
         if r.baseline and r.baseline_status not in (BaselineKind.WITHIN.value, ""):
             grouped.setdefault(f"baseline: {r.baseline.split(': ', 1)[-1]}", []).append(f"{r.model} {r.optimized}")
