@@ -12,7 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-PRECISIONS = ("fp32", "fp16", "int8")
+from mapgate.decision import PRECISIONS
+
 
 
 def positive_int(text: str) -> int:

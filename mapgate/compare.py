@@ -1,20 +1,20 @@
 """Original vs optimized: deltas, a paired bootstrap CI, detection agreement, and the verdict.
 
-A verdict is an object holding the numbers and the reason; it never prints, renders or exits itself
-(mapgate.report renders it).
+A verdict is an object holding the numbers and the decision (mapgate.decision); it never prints,
+renders or exits itself (mapgate.report renders it, its reason included).
 All deltas are in AP *points* (x100) and are opt - ref, so a loss is negative.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
+
+from mapgate.decision import Decision, decide
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 AGREEMENT_MIN_SCORE = 0.3
@@ -83,29 +83,10 @@ def detection_agreement(ref: list[dict], opt: list[dict], min_score: float = AGR
                      float(np.mean(ious)) if ious else None, worst_list)
 
 
-# The decision is a one-sided non-inferiority test on the paired-bootstrap interval of dAP.
-DECISION_RULE = "non-inferiority: pass if ci_low > -tolerance; fail if delta_ap < -tolerance; else inconclusive"
-IMAGES_NEEDED_FORMULA = "n_needed = ceil(n * (z * se / (delta_ap + tolerance))^2)"
-
-
-def images_needed(n_images: int, se_points: float | None, delta_points: float, tolerance: float,
-                  z: float) -> int | None:
-    """Images that would make an inconclusive comparison conclusive, if dAP stayed where it is.
-
-    The bootstrap standard error of dAP shrinks like 1/sqrt(n) (images are the resampling unit), so
-    the lower bound ``delta - z * se * sqrt(n / n')`` clears ``-tolerance`` once
-    ``n' > n * (z * se / (delta + tolerance))^2``. None when dAP sits on the boundary (no n suffices).
-    """
-    margin = delta_points + tolerance
-    if se_points is None or n_images <= 0 or margin <= 0:
-        return None
-    return max(n_images + 1, math.ceil(n_images * (z * se_points / margin) ** 2))
-
-
 @dataclass
 class Verdict:
-    """The decision for one (model, optimized target): numbers and reasons, no rendering
-    (mapgate.report renders it as terminal text, Markdown, JUnit properties and PNGs)."""
+    """The decision for one (model, optimized target): numbers and the typed decision, no rendering
+    (mapgate.report renders it, and its reason, as terminal text, Markdown, JUnit properties and PNGs)."""
 
     model: str
     ref: dict[str, Any]  # backend, precision, files/engine hashes
@@ -122,49 +103,18 @@ class Verdict:
     expected: str = "pass"  # manifest expected verdict: pass | fail | inconclusive
     ref_detections: int | None = None  # None: not known (a verdict built by hand)
     extras: dict[str, Any] = field(default_factory=dict)  # further analyses by name (e.g. "attribution")
-    verdict: str = field(init=False)  # pass | fail | inconclusive
-    reason: str = field(init=False)
+    verdict: str = field(init=False)  # pass | fail | inconclusive (mapgate.decision.decide)
     decision_rule: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
-        d, tol = self.deltas["AP"], self.tolerance
-        ci = self.ci or {}
-        has_ci = "low_points" in ci and "high_points" in ci
-        ci_text = f"95% CI [{ci['low_points']:+.2f}, {ci['high_points']:+.2f}]" if has_ci else "no CI"
-        confidence = float(ci.get("confidence", 0.95))
-        z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
-        # Bootstrap SE of dAP; an interval without it (older cache entries) gives it from its width.
-        se = ci.get("se_points")
-        if se is None and has_ci:
-            se = (ci["high_points"] - ci["low_points"]) / (2.0 * z)
-        n = int(ci.get("n_images", 0) or 0)
-        needed = None
-        if self.ref_detections == 0:
-            self.verdict = "fail"
-            self.reason = ("the reference produced no detections on these images: there is nothing to compare "
-                           "against (check the reference backend, the model files and the pre/post-processing)")
-        elif d < -tol:
-            self.verdict = "fail"
-            self.reason = (f"dAP {d:+.2f} points ({ci_text}) loses more than the tolerance of {tol:g} points "
-                           f"({self.tolerance_source}); dAP50 {self.deltas['AP50']:+.2f}")
-        elif has_ci and ci["low_points"] > -tol:
-            self.verdict = "pass"
-            self.reason = (f"dAP {d:+.2f} points and its whole {ci_text} are above -{tol:g} "
-                           f"(tolerance from {self.tolerance_source})")
-        else:
-            self.verdict = "inconclusive"
-            needed = images_needed(n, se, d, tol, z)
-            more = (f"about {needed} images (this run: {n}) would make it conclusive if dAP stayed at {d:+.2f}"
-                    if needed is not None else "no number of images would: dAP sits on the tolerance")
-            self.reason = (f"dAP {d:+.2f} points is within the tolerance of -{tol:g} ({self.tolerance_source}) "
-                           f"but its {ci_text} reaches below it: the data cannot tell; {more}"
-                           if has_ci else f"dAP {d:+.2f} points has no CI to decide with ({self.tolerance_source})")
-        self.decision_rule = {
-            "rule": DECISION_RULE, "outcome": self.verdict, "delta_ap": d, "tolerance": tol,
-            "ci_low": ci.get("low_points"), "ci_high": ci.get("high_points"), "confidence": confidence,
-            "z": z, "se_points": se, "n_images": n, "images_needed": needed,
-            "images_needed_formula": IMAGES_NEEDED_FORMULA, "reference_detections": self.ref_detections,
-        }
+        self._decision = decide(self.deltas["AP"], self.ci, self.tolerance, delta_ap50=self.deltas["AP50"],
+                                reference_detections=self.ref_detections)
+        self.verdict = self._decision.status.value
+        self.decision_rule = self._decision.rule()
+
+    @property
+    def decision(self) -> Decision:
+        return self._decision
 
     @property
     def delta_ap(self) -> float:

@@ -30,7 +30,8 @@ from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
 from mapgate.files import verified_sha256
 from mapgate.fsutil import fault_point, sha256_bytes, sha256_json, write_bytes_atomic, write_json_atomic
-from mapgate.manifest import DEFAULT_TOLERANCES, ModelSpec
+from mapgate.decision import resolve_tolerance
+from mapgate.manifest import ModelSpec
 from mapgate.paths import safe_component, target_component
 
 # Relative to a run's base (mapgate.catalog: the manifest's folder, else the working directory), so
@@ -340,12 +341,7 @@ class Gate:
                             f"model's preprocessing and postprocessing in {model.manifest_path} (scale, class_space, "
                             "score_threshold) and its files")
         opt_side = self.side(model_name, opt_target)
-        if tolerance is not None:
-            tol, source = tolerance, "command line"
-        elif precision in model.tolerances:
-            tol, source = model.tolerances[precision], f"manifest {model.manifest_path.name}, {precision}"
-        else:
-            tol, source = DEFAULT_TOLERANCES[precision], f"default for {precision}"
+        tol, source = resolve_tolerance(precision, model.tolerances, model.manifest_path.name, tolerance)
         verdict = build_verdict(
             model=model_name, ref=ref_side.describe(), opt=opt_side.describe(), dataset=self.dataset.label,
             ref_metrics=ref_side.metrics, opt_metrics=opt_side.metrics, ci=self._bootstrap(ref_side, opt_side),
@@ -357,7 +353,7 @@ class Gate:
         from mapgate import report
 
         d = self.case_dir(model_name, opt_side.target)
-        write_json_atomic(d / "comparison.json", verdict.to_dict())
+        write_json_atomic(d / "comparison.json", report.comparison_record(verdict))
         report.write_case(verdict, d, ref_side.metrics, opt_side.metrics)
         return verdict
 

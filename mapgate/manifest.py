@@ -19,10 +19,10 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from mapgate.decision import DEFAULT_TOLERANCES, PRECISIONS, resolve_tolerance  # noqa: F401 (DEFAULT_TOLERANCES: re-exported)
 from mapgate.errors import ConfigError
 from mapgate.paths import safe_component
 
-DEFAULT_TOLERANCES = {"fp32": 0.1, "fp16": 0.5, "int8": 1.5}  # AP points
 VERDICTS = ("pass", "fail", "inconclusive")  # the non-inferiority test's outcomes (mapgate.compare)
 INT8_CALIBRATIONS = ("minmax", "percentile", "entropy")  # activation-range calibration of INT8 converters
 
@@ -166,7 +166,7 @@ class ModelSpec:
         safe_component(self.name, "model name", str(self.manifest_path) if self.manifest_path != Path() else "")
 
     def tolerance(self, precision: str) -> float:
-        return self.tolerances.get(precision, DEFAULT_TOLERANCES[precision])
+        return resolve_tolerance(precision, self.tolerances)[0]
 
     def expected_verdict(self, target: str, int8_saturates: bool) -> str:
         """The verdict the manifest expects for ``target`` on this kind of CPU (default "pass")."""
@@ -402,7 +402,7 @@ def _target(entry: _Entry, fld: str, key: object) -> str:
     if not isinstance(key, str):
         raise entry.error(fld or where, f"entries must be strings like BACKEND:PRECISION, got {key!r}")
     backend, sep, precision = key.partition(":")
-    if not sep or not backend or precision not in DEFAULT_TOLERANCES:
+    if not sep or not backend or precision not in PRECISIONS:
         raise entry.error(where, "keys must look like BACKEND:PRECISION with precision fp32, fp16 or int8")
     return key
 
@@ -471,7 +471,7 @@ def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> Model
 
     te = e.sub("tolerance")
     # only explicit overrides are kept, so a verdict can say where its tolerance came from
-    tolerances = {p: te.get(p, float) for p in DEFAULT_TOLERANCES if p in te.table}
+    tolerances = {p: te.get(p, float) for p in PRECISIONS if p in te.table}
     te.reject_unknown()
     for precision, value in tolerances.items():
         if value < 0:

@@ -47,7 +47,9 @@ from mapgate.argtypes import (
     shard_spec,
 )
 from mapgate.catalog import MANIFEST_NAME
-from mapgate.manifest import DEFAULT_TOLERANCES
+from mapgate.baselines import BaselineCheck, BaselineKind, BaselineStatus, baselines_path
+from mapgate.decision import DEFAULT_TOLERANCES, PRECISIONS
+from mapgate.fsutil import write_json_atomic
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -56,7 +58,7 @@ def _backend_list(text: str) -> list[str]:
     items = csv_list(text)
     for item in items:
         name, sep, precision = item.partition(":")
-        if sep and precision not in DEFAULT_TOLERANCES:
+        if sep and precision not in PRECISIONS:
             raise argparse.ArgumentTypeError(
                 f"{item!r}: expected BACKEND or BACKEND:PRECISION with precision fp32, fp16 or int8")
     return items
@@ -113,6 +115,7 @@ class MapgateSession:
     rows: list[dict[str, Any]] = field(default_factory=list)  # report.CaseRow dicts, in report order
     baseline_updates: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     table: str = ""  # the session table, once the run is over
+    refused: list[str] = field(default_factory=list)  # failing cases --update-baselines would not record
     messages: list[str] = field(default_factory=list)  # what was written at the end of the run
 
     def option(self, name: str) -> Any:
@@ -121,8 +124,10 @@ class MapgateSession:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         _on_logreport(self, report)
 
-    def pytest_sessionfinish(self) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
         _on_sessionfinish(self)
+        if self.refused and not hasattr(self.config, "workerinput"):
+            session.exitstatus = 2  # a usage error: the baselines asked for were not all recorded
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         _on_terminal_summary(self, terminalreporter)
@@ -363,6 +368,10 @@ class ManifestFile(pytest.File):
         if isinstance(tree, Exception):
             raise tree
         models, _ = tree
+        for manifest in sorted({spec.manifest_path for spec in models.values()}):
+            # a broken baselines file is a collection error now, never a check silently switched off
+            if PACKAGE_DIR not in baselines_path(manifest).resolve().parents:
+                session.baselines(baselines_path(manifest))
         pairs: dict[str, list[str]] = {}
         for name, target in session.selected(models):
             pairs.setdefault(name, []).append(target)
@@ -438,25 +447,32 @@ class GateCase(pytest.Item):
         for key, value in report.junit_properties(verdict):
             self.user_properties.append((key, value))
         result = outcome(verdict, session.inconclusive)
-        baseline, baseline_failure = self._baselines(session, verdict, gate.dataset.label)
-        failed = result == "fail" or baseline_failure is not None
+        status, path = self._baselines(session, verdict, gate.dataset.label, refuse=result == "fail")
+        failed = result == "fail" or status.regressed
+        baseline = report.baseline_text(status, str(path))
+        if status.kind in (BaselineKind.MISSING, BaselineKind.OTHER_DATASET):
+            baseline += f" [{path.name}]"
+        elif status.regressed:
+            baseline += f" ({path})"
+        write_json_atomic(directory / "comparison.json", report.comparison_record(verdict, status))
         word = "failed" if failed else ("warning" if result == "warn" else "passed")
         pictures = tuple(p.name for p in (directory / report.PR_CURVES_PNG, directory / report.CLASS_DELTAS_PNG)
                          if p.is_file())
         row = report.CaseRow.of(verdict, word, directory=os.path.relpath(directory, gate.run_dir),
-                                baseline=baseline_failure or baseline, pictures=pictures)
+                                baseline=baseline, pictures=pictures, baseline_status=status.kind.value)
         self.mapgate_row = row.to_dict()
         if failed:
-            text = report.case_text(verdict, directory, result, baseline_failure or baseline)
+            text = report.case_text(verdict, directory, result, baseline, status)
             raise CaseFailed(text)
         if result == "warn":
             warnings.warn(pytest.PytestWarning(
-                f"{model} {self.target}: inconclusive ({verdict.reason}); passing because --inconclusive is not "
-                "set and CI is not set (use --inconclusive=fail to fail)"), stacklevel=1)
+                f"{model} {self.target}: inconclusive ({report.reason(verdict)}); passing because --inconclusive is "
+                "not set and CI is not set (use --inconclusive=fail to fail)"), stacklevel=1)
 
-    def _baselines(self, session: MapgateSession, verdict: Any, dataset: str) -> tuple[str, str | None]:
-        """(status, failure message or None) of both sides against the baselines beside the manifest."""
-        from mapgate.baselines import BaselineCheck, BaselineRegression, baselines_path
+    def _baselines(self, session: MapgateSession, verdict: Any, dataset: str,
+                   refuse: bool) -> tuple[BaselineStatus, Path]:
+        """Both sides against the baselines beside the manifest: the first regressed side, else the
+        optimized side's status. ``refuse``: this case fails, so --update-baselines must not record it."""
         from mapgate.errors import ConfigError
 
         path = baselines_path(self.spec.manifest_path)
@@ -469,22 +485,15 @@ class GateCase(pytest.Item):
                                 verdict.ref_stats["AP50"], DEFAULT_TOLERANCES["fp32"], dataset),
                   BaselineCheck(self.spec.name, self.target, verdict.opt_stats["AP"], verdict.opt_stats["AP50"],
                                 self.spec.tolerance(precision), dataset)]
-        if session.option("update_baselines"):
+        if session.option("update_baselines") and not refuse:  # a failing case is refused at the end of the run
             for check in checks:
                 check.refuse_replacing_another_data_set(data, path)
                 self.mapgate_baselines.setdefault(str(path), {}).setdefault(check.model, {})[check.target] = \
                     check.record()
-            return f"to be recorded in {path}", None
-        statuses = []
-        for check in checks:
-            try:
-                statuses.append(check.check(data))
-            except BaselineRegression as exc:
-                return "", f"{exc} ({path})"
-        opt_status = statuses[-1]
-        if "no baseline recorded" in opt_status or "not compared" in opt_status:
-            return f"{opt_status} [{path.name}]", None
-        return statuses[-1] if all("within" in s for s in statuses) else "; ".join(statuses), None
+            return BaselineStatus(BaselineKind.TO_BE_RECORDED, self.spec.name, self.target,
+                                  checks[-1].tolerance_points, dataset=dataset), path
+        statuses = [check.compare(data) for check in checks]
+        return next((s for s in statuses if s.regressed), statuses[-1]), path
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CaseFailed):
@@ -589,6 +598,12 @@ def _on_sessionfinish(session: MapgateSession) -> None:
     """Write the baselines and report.md (the terminal summary only prints what was written)."""
     if hasattr(session.config, "workerinput"):  # xdist workers: the controller reports
         return
+    if session.option("update_baselines"):
+        session.refused = [f"{r['model']} {r['optimized']}" for r in session.rows if r["result"] == "failed"]
+        if session.refused:
+            session.messages.append(
+                f"mapgate: --update-baselines refused to record {len(session.refused)} failing case(s) "
+                f"({', '.join(session.refused)}): fix them first, a baseline must be a result that passes")
     if session.baseline_updates and session.option("update_baselines"):
         from mapgate.baselines import write_updates
 

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from mapgate.baselines import BaselineKind, BaselineStatus
 from mapgate.compare import STAT_NAMES, Verdict
+from mapgate.decision import ReasonKind
 
 PR_CURVES_PNG = "pr-curves.png"
 CLASS_DELTAS_PNG = "per-class-dap.png"
@@ -27,6 +29,57 @@ STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 
 
 # ----------------------------------------------------------------------------------- one case
+def reason(v: Verdict) -> str:
+    """Why the verdict is what it is, in words, from the decision's kind and numbers alone."""
+    d, tol, src = v.decision, v.tolerance, v.tolerance_source
+    has_ci = d.ci_low is not None and d.ci_high is not None
+    ci_text = f"95% CI [{d.ci_low:+.2f}, {d.ci_high:+.2f}]" if has_ci else "no CI"
+    if d.kind is ReasonKind.NO_REFERENCE_DETECTIONS:
+        return ("the reference produced no detections on these images: there is nothing to compare "
+                "against (check the reference backend, the model files and the pre/post-processing)")
+    if d.kind is ReasonKind.LOSS_BEYOND_TOLERANCE:
+        return (f"dAP {d.delta_ap:+.2f} points ({ci_text}) loses more than the tolerance of {tol:g} points "
+                f"({src}); dAP50 {d.delta_ap50:+.2f}")
+    if d.kind is ReasonKind.CI_ABOVE_TOLERANCE:
+        return f"dAP {d.delta_ap:+.2f} points and its whole {ci_text} are above -{tol:g} (tolerance from {src})"
+    if d.kind is ReasonKind.CI_REACHES_BELOW:
+        more = (f"about {d.images_needed} images (this run: {d.n_images}) would make it conclusive if dAP stayed at "
+                f"{d.delta_ap:+.2f}" if d.images_needed is not None
+                else "no number of images would: dAP sits on the tolerance")
+        return (f"dAP {d.delta_ap:+.2f} points is within the tolerance of -{tol:g} ({src}) "
+                f"but its {ci_text} reaches below it: the data cannot tell; {more}")
+    return f"dAP {d.delta_ap:+.2f} points has no CI to decide with ({src})"
+
+
+def comparison_record(v: Verdict, baseline: BaselineStatus | None = None) -> dict[str, Any]:
+    """comparison.json: the verdict's fields with its reason rendered, and the baseline comparison
+    (``baseline``: status within / regressed / missing / other_dataset / to_be_recorded, numbers)."""
+    out = {**v.to_dict(), "reason": reason(v)}
+    if baseline is not None:
+        out["baseline"] = baseline.to_dict()
+    return out
+
+
+BASELINE_WORDS = {BaselineKind.WITHIN: "matched", BaselineKind.REGRESSED: "regressed",
+                  BaselineKind.MISSING: "none recorded", BaselineKind.OTHER_DATASET: "other data set",
+                  BaselineKind.TO_BE_RECORDED: "to be recorded"}
+
+
+def baseline_text(b: BaselineStatus, where: str = "") -> str:
+    """One side's baseline comparison as a sentence (``where``: the baselines file, for the fix)."""
+    head = f"{b.model} {b.target}: "
+    if b.kind is BaselineKind.WITHIN:
+        return head + f"within {b.tolerance_points:g} points of its baseline"
+    if b.kind is BaselineKind.MISSING:
+        return head + "no baseline recorded (run with --update-baselines to record one)"
+    if b.kind is BaselineKind.OTHER_DATASET:
+        return head + f"baseline recorded on {b.recorded_on}, this run is on {b.dataset}: not compared"
+    if b.kind is BaselineKind.TO_BE_RECORDED:
+        return head + f"to be recorded in {where}"
+    return head + (f"{b.stat} {b.value:.2f} is {b.drop:.2f} points below its baseline {b.baseline:.2f} (tolerance "
+                   f"{b.tolerance_points:g}); if the change is intended, re-record with --update-baselines")
+
+
 def _ci_text(v: Verdict) -> str:
     ci = v.ci or {}
     return f"[{ci['low_points']:+.2f}, {ci['high_points']:+.2f}]" if "low_points" in ci else "no CI"
@@ -90,7 +143,7 @@ def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str
         + (f"; images needed to be conclusive: ~{rule['images_needed']} ({rule['images_needed_formula']}, "
            f"se {rule['se_points']:.3f}, z {rule['z']:.2f})" if rule["images_needed"] else ""),
         *(f"- {line}" for line in _extras_lines(v)),
-        f"- **verdict: {v.verdict}** (expected: {v.expected}) — {v.reason}",
+        f"- **verdict: {v.verdict}** (expected: {v.expected}) — {reason(v)}",
         "",
     ]
     if isinstance(v.extras.get("attribution"), dict) and "where_points_went" in v.extras["attribution"]:
@@ -102,7 +155,7 @@ def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str
 
 
 def case_text(v: Verdict, directory: Path | None = None, result: str | None = None,
-              baseline: str | None = None) -> str:
+              baseline: str | None = None, baseline_status: BaselineStatus | None = None) -> str:
     """One case for a terminal: the comparison table, the reason and where the artifacts are."""
     width = 13
     lines = [f"{v.model}: {v.opt['target']} vs {v.ref['target']} on {v.dataset}",
@@ -115,8 +168,11 @@ def case_text(v: Verdict, directory: Path | None = None, result: str | None = No
         f"  {'agreement':{width}} {_agreement_text(v)}",
         f"  {'tolerance':{width}} {v.tolerance:g} points ({v.tolerance_source})",
         *(f"  {line}" for line in _extras_lines(v)),
-        f"  {'verdict':{width}} {v.verdict} (expected {v.expected})" + (f" -> {result}" if result else ""),
-        f"  {'reason':{width}} {v.reason}",
+        (f"  {'verdict':{width}} fail: {baseline_status.stat} {baseline_status.value:.2f} is "
+         f"{baseline_status.drop:.2f} points below its baseline ({baseline_status.target}); gate verdict "
+         f"{v.verdict} (expected {v.expected})" if baseline_status is not None and baseline_status.regressed else
+         f"  {'verdict':{width}} {v.verdict} (expected {v.expected})" + (f" -> {result}" if result else "")),
+        f"  {'reason':{width}} {reason(v)}",
     ]
     if baseline:
         lines.append(f"  {'baseline':{width}} {baseline}")
@@ -245,7 +301,8 @@ class CaseRow:
     verdict: str = ""
     expected: str = ""
     reason: str = ""
-    baseline: str = ""
+    baseline: str = ""  # the baseline comparison in words
+    baseline_status: str = ""  # its kind (mapgate.baselines.BaselineKind value), "" when none was made
     directory: str = ""  # the case folder, relative to the run folder
     pictures: tuple[str, ...] = ()
     dataset: str = ""
@@ -253,12 +310,12 @@ class CaseRow:
 
     @classmethod
     def of(cls, v: Verdict, result: str, directory: str = "", baseline: str = "",
-           pictures: tuple[str, ...] = ()) -> "CaseRow":
+           pictures: tuple[str, ...] = (), baseline_status: str = "") -> "CaseRow":
         ci = v.ci or {}
         return cls(model=v.model, optimized=v.opt["target"], result=result, reference=v.ref["target"],
                    ref_ap=100 * v.ref_stats["AP"], opt_ap=100 * v.opt_stats["AP"], delta_ap=v.delta_ap,
                    ci_low=ci.get("low_points"), ci_high=ci.get("high_points"), agreement=v.agreement.matched_share,
-                   tolerance=v.tolerance, verdict=v.verdict, expected=v.expected, reason=v.reason, baseline=baseline,
+                   tolerance=v.tolerance, verdict=v.verdict, expected=v.expected, reason=reason(v), baseline=baseline, baseline_status=baseline_status,
                    directory=directory, pictures=tuple(pictures), dataset=v.dataset,
                    points_went=_points_went(v.extras.get("attribution")))
 
@@ -279,11 +336,12 @@ class CaseRow:
         verdict = self.verdict + (f" (expected {self.expected})" if self.expected and self.expected != "pass" else "")
         return [self.model, self.reference, self.optimized, num(self.ref_ap, ".2f"), num(self.opt_ap, ".2f"),
                 num(self.delta_ap, "+.2f"), ci, "" if self.agreement is None else f"{100 * self.agreement:.1f}%",
-                num(self.tolerance, "g"), verdict or "-", self.result]
+                num(self.tolerance, "g"), verdict or "-", self.result,
+                BASELINE_WORDS[BaselineKind(self.baseline_status)] if self.baseline_status else "-"]
 
 
 HEADERS = ["model", "reference", "optimized", "ref AP", "opt AP", "dAP", "95% CI", "agreement", "tolerance",
-           "verdict", "result"]
+           "verdict", "result", "baseline"]
 _NUMERIC = {3, 4, 5, 7, 8}
 
 
@@ -304,9 +362,11 @@ def _notes(rows: list[CaseRow]) -> list[str]:
     """Why a case did not simply pass, and baseline remarks; one line per distinct reason."""
     grouped: dict[str, list[str]] = {}
     for r in rows:
-        if r.result in ("failed", "warning", "skipped", "error") or r.verdict == "inconclusive":
+        regressed_only = r.baseline_status == BaselineKind.REGRESSED.value and r.verdict == "pass"
+        if (r.result in ("failed", "warning", "skipped", "error") or r.verdict == "inconclusive") \
+                and not regressed_only:  # a passing verdict's reason does not explain a failed baseline
             grouped.setdefault(f"{r.result}: {r.reason}", []).append(f"{r.model} {r.optimized}")
-        if r.baseline and not r.baseline.endswith("of its baseline"):
+        if r.baseline and r.baseline_status not in (BaselineKind.WITHIN.value, ""):
             grouped.setdefault(f"baseline: {r.baseline.split(': ', 1)[-1]}", []).append(f"{r.model} {r.optimized}")
     notes = [f"{cases[0]} ({text})" if len(cases) == 1 else
              f"{', '.join(cases)} ({text})" if len(cases) <= 3 else

@@ -19,8 +19,9 @@ from statistics import NormalDist
 
 import pytest
 
+from mapgate import report
 from mapgate.backends.base import BuildContext
-from mapgate.baselines import BaselineCheck, BaselineRegression
+from mapgate.baselines import BaselineCheck, BaselineKind
 from mapgate.calibration import calibration_images, check_disjoint, image_ids_of
 from mapgate.cache import PROVENANCE_SUFFIX
 from mapgate.compare import Agreement, Verdict, detection_agreement, outcome
@@ -114,12 +115,12 @@ def test_fp16_is_within_tolerance_on_too_few_images_and_the_broken_vendor_int8_f
     fp16, int8 = first["fp16"], first["int8"]
     assert abs(fp16.delta_ap) < 0.5
     assert fp16.verdict == "inconclusive" and fp16.ci["low_points"] < -0.5  # on 12 images the CI is wide
-    assert fp16.images_needed > N_IMAGES and f"about {fp16.images_needed} images" in fp16.reason
+    assert fp16.images_needed > N_IMAGES and f"about {fp16.images_needed} images" in report.reason(fp16)
     assert fp16.agreement.matched_share > 0.9
     assert int8.verdict == "fail" and int8.expected == "fail" and int8.as_expected
     assert int8.delta_ap < -10  # the vendor INT8 file squeezes its boxes
     assert int8.tolerance == 1.5
-    assert f"{int8.delta_ap:+.2f}" in int8.reason
+    assert f"{int8.delta_ap:+.2f}" in report.reason(int8)
 
 
 def test_summary_md_is_the_verdict_as_a_table_with_the_subset_label(first: dict) -> None:
@@ -347,15 +348,15 @@ def test_the_verdict_passes_only_when_the_whole_ci_is_above_minus_tolerance() ->
     assert verdict(+2.0).verdict == "pass"
     v = verdict(-0.1, low=-0.39)
     assert v.verdict == "pass" and v.passed and v.images_needed is None
-    assert "dAP -0.10 points" in v.reason and "[-0.49, +0.10]" in v.reason and "-0.5" in v.reason
+    assert "dAP -0.10 points" in report.reason(v) and "[-0.49, +0.10]" in report.reason(v) and "-0.5" in report.reason(v)
 
 
 def test_the_verdict_fails_when_the_point_estimate_is_below_minus_tolerance_and_says_by_how_much() -> None:
     v = verdict(-0.51)
     assert v.verdict == "fail" and not v.passed and not v.as_expected
-    assert "dAP -0.51 points" in v.reason
-    assert "tolerance of 0.5 points" in v.reason and "default for fp16" in v.reason
-    assert "dAP50 -0.60" in v.reason
+    assert "dAP -0.51 points" in report.reason(v)
+    assert "tolerance of 0.5 points" in report.reason(v) and "default for fp16" in report.reason(v)
+    assert "dAP50 -0.60" in report.reason(v)
     assert verdict(-0.01, tolerance=0.0).verdict == "fail"
 
 
@@ -368,7 +369,7 @@ def test_a_ci_reaching_below_minus_tolerance_is_inconclusive_with_the_images_nee
     # n' = n * (z * se / (dAP + tol))^2 = 206 * (1.96 * 0.574 / 0.39)^2
     assert v.images_needed == math.ceil(206 * (NormalDist().inv_cdf(0.975) * se / (1.5 - 1.11)) ** 2)
     assert 1600 < v.images_needed < 1800
-    assert f"about {v.images_needed} images (this run: 206)" in v.reason and "cannot tell" in v.reason
+    assert f"about {v.images_needed} images (this run: 206)" in report.reason(v) and "cannot tell" in report.reason(v)
     rule = v.to_dict()["decision_rule"]
     assert rule["outcome"] == "inconclusive" and rule["ci_low"] == -2.34 and rule["tolerance"] == 1.5
     assert rule["rule"].startswith("non-inferiority") and "images_needed_formula" in rule
@@ -376,17 +377,17 @@ def test_a_ci_reaching_below_minus_tolerance_is_inconclusive_with_the_images_nee
 
 def test_an_estimate_sitting_on_the_tolerance_needs_no_finite_number_of_images() -> None:
     v = verdict(-0.5, tolerance=0.5)
-    assert v.verdict == "inconclusive" and v.images_needed is None and "no number of images" in v.reason
+    assert v.verdict == "inconclusive" and v.images_needed is None and "no number of images" in report.reason(v)
 
 
 def test_a_reference_without_detections_is_never_a_pass() -> None:
     v = verdict(0.0, ref_detections=0)
-    assert v.verdict == "fail" and "reference produced no detections" in v.reason
+    assert v.verdict == "fail" and "reference produced no detections" in report.reason(v)
 
 
 def test_a_verdict_without_a_ci_cannot_pass() -> None:
     v = verdict(-0.1, ci={})
-    assert v.verdict == "inconclusive" and "no CI" in v.reason
+    assert v.verdict == "inconclusive" and "no CI" in report.reason(v)
 
 
 @pytest.mark.parametrize(("got", "expected", "policy", "result"), [
@@ -472,28 +473,35 @@ BASELINES = {"m": {"tflite:int8": {"AP": 0.30, "AP50": 0.50}}}
 
 
 def test_a_result_within_tolerance_of_its_baseline_passes() -> None:
-    status = BaselineCheck("m", "tflite:int8", 0.2951, 0.4951, 0.5).check(BASELINES)
-    assert "within 0.5 points" in status
+    status = BaselineCheck("m", "tflite:int8", 0.2951, 0.4951, 0.5).compare(BASELINES)
+    assert status.kind is BaselineKind.WITHIN and "within 0.5 points" in report.baseline_text(status)
 
 
-def test_a_result_below_its_baseline_by_more_than_tolerance_raises() -> None:
-    with pytest.raises(BaselineRegression) as exc:
-        BaselineCheck("m", "tflite:int8", 0.28, 0.50, 1.5).check(BASELINES)
-    msg = str(exc.value)
+def test_a_result_below_its_baseline_by_more_than_tolerance_regresses() -> None:
+    status = BaselineCheck("m", "tflite:int8", 0.28, 0.50, 1.5).compare(BASELINES)
+    msg = report.baseline_text(status)
+    assert status.regressed and status.stat == "AP" and status.drop == pytest.approx(2.0)
     assert "AP 28.00 is 2.00 points below its baseline 30.00" in msg and "--update-baselines" in msg
 
 
-def test_an_ap50_regression_alone_also_raises() -> None:
-    with pytest.raises(BaselineRegression, match="AP50 47.00 is 3.00 points below"):
-        BaselineCheck("m", "tflite:int8", 0.31, 0.47, 1.5).check(BASELINES)
+def test_an_ap50_regression_alone_also_regresses() -> None:
+    status = BaselineCheck("m", "tflite:int8", 0.31, 0.47, 1.5).compare(BASELINES)
+    assert status.regressed and "AP50 47.00 is 3.00 points below" in report.baseline_text(status)
 
 
 def test_a_result_above_its_baseline_passes() -> None:
-    assert "within" in BaselineCheck("m", "tflite:int8", 0.35, 0.55, 0.0).check(BASELINES)
+    assert BaselineCheck("m", "tflite:int8", 0.35, 0.55, 0.0).compare(BASELINES).kind is BaselineKind.WITHIN
 
 
 def test_no_baseline_recorded_is_reported_not_failed() -> None:
-    assert "no baseline recorded" in BaselineCheck("m", "tensorrt:fp16", 0.1, 0.2, 0.5).check(BASELINES)
+    status = BaselineCheck("m", "tensorrt:fp16", 0.1, 0.2, 0.5).compare(BASELINES)
+    assert status.kind is BaselineKind.MISSING and "no baseline recorded" in report.baseline_text(status)
+
+
+def test_a_baseline_of_another_data_set_is_not_compared() -> None:
+    status = BaselineCheck("m", "tflite:int8", 0.1, 0.2, 0.5, "b").compare(
+        {"m": {"tflite:int8": {"AP": 0.3, "AP50": 0.5, "dataset": "a"}}})
+    assert status.kind is BaselineKind.OTHER_DATASET and "not compared" in report.baseline_text(status)
 
 
 def test_the_committed_baselines_hold_for_the_yolox_reference(first: dict) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from test_gate import verdict  # the hand-built verdict of the verdict-rule tests
 
+import pytest
+
 from mapgate import report
 
 
@@ -15,7 +17,7 @@ def test_a_case_reads_the_same_in_markdown_and_on_the_terminal() -> None:
     md = report.case_markdown(v, ["pr-curves.png"])
     text = report.case_text(v, Path("/r/m/tflite-fp16"), "warn", "m tflite:fp16: no baseline recorded")
     for out in (md, text):
-        assert "inconclusive" in out and "[-0.70, -0.20]" in out and v.reason in out
+        assert "inconclusive" in out and "[-0.70, -0.20]" in out and report.reason(v) in out
     assert "images needed to be conclusive" in md and "![pr-curves.png](pr-curves.png)" in md
     assert "artifacts     /r/m/tflite-fp16" in text and "no baseline recorded" in text
 
@@ -44,8 +46,29 @@ def test_the_run_table_links_every_case_and_explains_what_did_not_pass() -> None
     assert "- m tensorrt:fp16, m tensorrt:int8 (skipped: tensorrt: missing)" in md  # one line per reason
     table = report.run_table(rows).splitlines()
     assert table[0].split() == ["model", "reference", "optimized", "ref", "AP", "opt", "AP", "dAP", "95%", "CI",
-                                "agreement", "tolerance", "verdict", "result"]
-    assert table[2].split()[-2:] == ["pass", "passed"] and "inconclusive" in table[3]
+                                "agreement", "tolerance", "verdict", "result", "baseline"]
+    assert table[2].split()[-3:] == ["pass", "passed", "-"] and "inconclusive" in table[3]
+
+
+@pytest.mark.parametrize(("kind", "word"), [("within", "matched"), ("regressed", "regressed"),
+                                            ("missing", "none recorded"), ("other_dataset", "other data set")])
+def test_every_case_says_what_its_baseline_comparison_did(kind: str, word: str) -> None:
+    row = report.CaseRow.of(verdict(0.0), "passed", baseline="m tflite:fp16: words", baseline_status=kind)
+    table = report.run_table([report.CaseRow.from_dict(row.to_dict())])
+    assert table.splitlines()[2].rstrip().endswith(word)
+    assert ("baseline: words" in table) is (kind != "within")  # a match is in the table, not in the notes
+
+
+def test_a_regressed_baseline_says_fail_first_on_the_verdict_line() -> None:
+    from mapgate.baselines import BaselineCheck
+
+    status = BaselineCheck("m", "tflite:fp16", 0.30, 0.40, 0.5).compare({"m": {"tflite:fp16": {"AP": 0.3, "AP50": 0.5}}})
+    text = report.case_text(verdict(0.0), None, "pass", report.baseline_text(status), status)
+    line = next(x for x in text.splitlines() if x.lstrip().startswith("verdict"))
+    assert line.split(None, 1)[1].startswith("fail: AP50 40.00 is 10.00 points below its baseline"), line
+    record = report.comparison_record(verdict(0.0), status)
+    assert record["baseline"]["status"] == "regressed" and record["baseline"]["stat"] == "AP50"
+    assert record["reason"] == report.reason(verdict(0.0)) and record["verdict"] == "pass"
 
 
 def test_a_case_that_lost_points_says_where_they_went_under_the_run_table() -> None:

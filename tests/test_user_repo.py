@@ -67,7 +67,7 @@ def test_a_passing_gate_prints_the_table_and_writes_the_report_junit_and_step_su
     assert "mapgate accuracy gate" in out
     row = next(line for line in result.stdout.lines if line.startswith(MODEL) and "onnxruntime:fp32" in line)
     assert re.search(r"opencv\s+onnxruntime:fp32\s+\d+\.\d\d\s+\d+\.\d\d\s+[+-]\d\.\d\d\s+\[", row), row
-    assert row.split()[-2:] == ["pass", "passed"]
+    assert row.split()[-4:] == ["pass", "passed", "none", "recorded"]  # the baseline column: none recorded yet
     assert re.search(rf"{MODEL}\s+opencv\s+tensorrt:fp16\s+.*skipped", out)
     assert "no baseline recorded" in out  # a fresh repository: the report says so
     # reports/<run-id>/: report.md linking each case's summary and pictures

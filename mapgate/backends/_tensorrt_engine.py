@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from mapgate.cache import ArtifactCache, CorruptArtifact, Entry, Slot, cache_key
+from mapgate.decision import PRECISIONS
 from mapgate.errors import ConfigError, ConversionError
 from mapgate.fsutil import part_name, sha256_bytes
 
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 ENTROPY_CALIBRATOR_2 = "IInt8EntropyCalibrator2"
 CALIBRATION_KIND = "tensorrt-calib"
-_PRECISIONS = ("fp32", "fp16", "int8")
 _VERSION_HINT = "The TensorRT build and runtime libraries probably differ in version."
 
 T = TypeVar("T")
@@ -96,9 +96,9 @@ class EngineSpec:
     recipe: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.precision not in _PRECISIONS:
+        if self.precision not in PRECISIONS:
             raise ConfigError(f"engine for model {self.model!r}: precision must be one of "
-                              f"{', '.join(_PRECISIONS)}, got {self.precision!r}")
+                              f"{', '.join(PRECISIONS)}, got {self.precision!r}")
         if (self.precision == "int8") != (self.calibration is not None):
             raise ConfigError(f"engine for model {self.model!r}: calibration info is required for int8 "
                               f"and meaningless for {self.precision}; got precision={self.precision!r}, "

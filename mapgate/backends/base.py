@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
+from mapgate.decision import PRECISIONS
 from mapgate.convert import BuildContext, artifact_for, artifact_identity, can_make
 from mapgate.optional import require, version_of
 
@@ -46,7 +47,6 @@ __all__ = ["PRECISIONS", "Availability", "Backend", "BackendFacts", "BuildContex
 if TYPE_CHECKING:
     from mapgate.manifest import ModelSpec
 
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)

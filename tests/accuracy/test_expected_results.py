@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from mapgate import report
 from mapgate.backends import get_backend
 from mapgate.cpu import this_cpu
 
@@ -35,19 +36,19 @@ def _verdict(session, model: str, target: str):  # noqa: ANN001, ANN202
 def test_an_fp32_onnx_conversion_matches_its_original_within_0_001_ap(mapgate_session, model: str) -> None:  # noqa: ANN001
     v = _verdict(mapgate_session, model, "onnxruntime:fp32")
     assert v.verdict == "pass"
-    assert abs(v.ref_stats["AP"] - v.opt_stats["AP"]) <= 0.001, v.reason
+    assert abs(v.ref_stats["AP"] - v.opt_stats["AP"]) <= 0.001, report.reason(v)
     assert v.agreement.matched_share >= 0.99
 
 
 def test_yolox_vendor_fp16_tflite_passes(mapgate_session) -> None:  # noqa: ANN001
     v = _verdict(mapgate_session, "yolox-nano-416", "tflite:fp16")
-    assert v.verdict == "pass", v.reason
+    assert v.verdict == "pass", report.reason(v)
 
 
 def test_yolox_vendor_int8_tflite_is_caught_as_a_large_regression(mapgate_session) -> None:  # noqa: ANN001
     v = _verdict(mapgate_session, "yolox-nano-416", "tflite:int8")
     assert v.verdict == "fail"
-    assert v.delta_ap < -10.0, f"the broken INT8 file should lose far more than 10 points: {v.reason}"
+    assert v.delta_ap < -10.0, f"the broken INT8 file should lose far more than 10 points: {report.reason(v)}"
     assert v.ci["high_points"] < -v.tolerance, "even the CI's optimistic end must be beyond the tolerance"
 
 
@@ -59,7 +60,7 @@ def test_every_int8_result_comes_with_its_bootstrap_ci(mapgate_session, model: s
     v = _verdict(mapgate_session, model, target)
     assert v.ci["n_resamples"] >= 1000
     assert v.ci["low_points"] <= v.delta_ap <= v.ci["high_points"]
-    assert v.verdict == v.expected, v.reason
+    assert v.verdict == v.expected, report.reason(v)
 
 
 def test_yolo_fastest_int8_passes_the_gate_with_its_repaired_recipe(mapgate_session) -> None:  # noqa: ANN001
@@ -73,9 +74,9 @@ def test_yolo_fastest_int8_passes_the_gate_with_its_repaired_recipe(mapgate_sess
     assert model.convert.int8_calibration == "percentile" and len(model.convert.int8_keep_float) == 12
     v = _verdict(mapgate_session, "yolo-fastest-1.1-320", "onnxruntime:int8")
     if this_cpu().saturates:
-        assert v.verdict == "inconclusive" and v.delta_ap > -v.tolerance, v.reason
+        assert v.verdict == "inconclusive" and v.delta_ap > -v.tolerance, report.reason(v)
     else:
-        assert v.verdict == "pass" and v.ci["low_points"] > -v.tolerance, v.reason
+        assert v.verdict == "pass" and v.ci["low_points"] > -v.tolerance, report.reason(v)
     assert "attribution" in v.extras  # where the remaining points went, even for a pass
 
 
@@ -86,5 +87,5 @@ def test_picodet_int8_recipe_keeps_it_within_3_ap_points_of_fp32(mapgate_session
     model = mapgate_session.models["picodet-s-416"]
     assert model.convert.int8_calibration == "percentile" and len(model.convert.int8_keep_float) == 11
     v = _verdict(mapgate_session, "picodet-s-416", "onnxruntime:int8")
-    assert v.delta_ap > -3.0, v.reason
-    assert v.verdict == v.expected == "inconclusive", v.reason
+    assert v.delta_ap > -3.0, report.reason(v)
+    assert v.verdict == v.expected == "inconclusive", report.reason(v)
