@@ -635,6 +635,9 @@ def _on_sessionfinish(session: MapgateSession) -> None:
     run_dir = Path(session.option("reports_dir")) / default_run_id()
     dataset = next((r.dataset for r in rows if r.dataset), "")
     session.messages.append(f"mapgate: report {report.write_run(rows, run_dir, dataset=dataset)}")
+    warning = report.write_step_summary(rows, run_dir, dataset=dataset)
+    if warning:
+        session.messages.append(warning)
     session.table = report.run_table(rows)
 
 
