@@ -111,6 +111,7 @@ class MapgateSession:
     manifests: list[Path] = field(default_factory=list)  # the collected manifests (resolved)
     unreadable: list[Path] = field(default_factory=list)  # manifests that are not regular files (a folder, a loop)
     collection_errors: int = 0  # broken manifests reported as collection errors (they do not stop the session)
+    unreadable_reported: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)  # report.CaseRow dicts, in report order
     baseline_updates: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     table: str = ""  # the session table, once the run is over
@@ -340,9 +341,22 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 def pytest_collection_finish(session: pytest.Session) -> None:
     """A manifest that is not a regular file (a folder named mapgate.toml, a dangling link, a loop
     of links) is a collection error naming it, as a broken TOML file is; the rest is collected."""
+    _report_unreadable(session)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    """Under pytest-xdist the controller collects nothing (its workers do, and they never see a
+    manifest that is not a file), so it reports those manifests itself, before the workers start."""
+    if session.config.pluginmanager.getplugin("dsession") is not None:
+        _report_unreadable(session)
+
+
+def _report_unreadable(session: pytest.Session) -> None:
     mapgate: MapgateSession | None = getattr(session.config, "mapgate", None)
-    if mapgate is None or hasattr(session.config, "workerinput"):
+    if mapgate is None or hasattr(session.config, "workerinput") or mapgate.unreadable_reported:
         return
+    mapgate.unreadable_reported = True
     from mapgate.errors import ConfigError
     from mapgate.manifest import read_toml
 

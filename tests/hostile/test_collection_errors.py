@@ -81,3 +81,17 @@ def test_a_broken_manifest_named_with_mapgate_manifest_does_not_stop_the_rootdir
     out = result.stdout.str()
     assert "Traceback" not in out and "bad.toml is not UTF-8 text" in out, out
     result.assert_outcomes(passed=1, errors=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["folder", "not-utf8"])
+def test_under_xdist_a_broken_manifest_is_reported_too(pytester: pytest.Pytester, case: str) -> None:
+    """The controller collects nothing under -n: a manifest that is not a file is reported by it."""
+    pytest.importorskip("xdist")
+    says = CASES[case](pytester.path)
+    pytester.makepyfile(test_other="def test_other():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    out = result.stdout.str()
+    assert "Traceback" not in out and says in out and str(pytester.path / "mapgate.toml") in out, out
+    result.assert_outcomes(passed=1, errors=1)
+    assert result.ret == 1
