@@ -181,7 +181,10 @@ def walk(root: Path) -> tuple[dict[str, ModelSpec], list[ManifestHeader]]:
 
 def _check_include(parent: Path, target: Path, repository: str, chain: tuple[Path, ...]) -> None:
     where = f"{parent}: field 'include'"
-    rel = os.path.relpath(target, parent.parent)
+    try:  # the include as written: pathlib joins lexically, so the text is recovered exactly
+        rel = str(target.relative_to(parent.parent))
+    except ValueError:  # an absolute path elsewhere
+        rel = str(target)
     full = os.path.normpath(target.absolute())
     if os.path.commonpath([repository, full]) != repository:
         raise ConfigError(f"{where}: {rel!r} points outside the repository {repository}; included manifests must "

@@ -112,6 +112,8 @@ class MapgateSession:
     config: pytest.Config
     manifests: list[Path] = field(default_factory=list)  # the collected manifests (resolved)
     unreadable: list[Path] = field(default_factory=list)  # manifests that are not regular files (a folder, a loop)
+    collection_errors: int = 0  # broken manifests reported as collection errors (they do not stop the session)
+    unreadable_reported: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)  # report.CaseRow dicts, in report order
     baseline_updates: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     table: str = ""  # the session table, once the run is over
@@ -264,7 +266,9 @@ def _manifests(config: pytest.Config) -> list[Path]:
         found.append(p)
     out: list[Path] = []
     for p in found:
-        p = Path(os.path.realpath(p))  # realpath: never raises, even on a loop of links
+        # realpath (never raises, even on a loop of links) identifies a file; a broken link keeps
+        # its own name, so its error names the manifest the user has, not where it points
+        p = Path(os.path.realpath(p)) if p.is_file() else Path(os.path.abspath(p))
         if p not in out:
             out.append(p)
     return out
@@ -342,9 +346,22 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 def pytest_collection_finish(session: pytest.Session) -> None:
     """A manifest that is not a regular file (a folder named mapgate.toml, a dangling link, a loop
     of links) is a collection error naming it, as a broken TOML file is; the rest is collected."""
+    _report_unreadable(session)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection(session: pytest.Session) -> None:
+    """Under pytest-xdist the controller collects nothing (its workers do, and they never see a
+    manifest that is not a file), so it reports those manifests itself, before the workers start."""
+    if session.config.pluginmanager.getplugin("dsession") is not None:
+        _report_unreadable(session)
+
+
+def _report_unreadable(session: pytest.Session) -> None:
     mapgate: MapgateSession | None = getattr(session.config, "mapgate", None)
-    if mapgate is None or hasattr(session.config, "workerinput"):
+    if mapgate is None or hasattr(session.config, "workerinput") or mapgate.unreadable_reported:
         return
+    mapgate.unreadable_reported = True
     from mapgate.errors import ConfigError
     from mapgate.manifest import read_toml
 
@@ -356,7 +373,35 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             message = f"ConfigError: {exc}"
         nodeid = os.path.relpath(path, session.config.rootpath)
         report = pytest.CollectReport(nodeid, "failed", message, [])
+        mapgate.collection_errors += 1
         session.config.hook.pytest_collectreport(report=report)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """A broken manifest's collection error is its one-line message (also in the short summary),
+    counted so that it does not interrupt the session: the other manifests and test files run."""
+    rep = yield
+    session: MapgateSession | None = getattr(collector.config, "mapgate", None)
+    if session is not None and rep.failed and isinstance(collector, (ManifestFile, ModelCases)):
+        session.collection_errors += 1
+        if not isinstance(rep.longrepr, str):
+            rep.longrepr = str(rep.longrepr).strip()
+    return rep
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session: pytest.Session) -> Iterator[None]:
+    """pytest stops before running anything when collection failed; a broken manifest is reported
+    as a collection error but, like --continue-on-collection-errors for it alone, the rest runs.
+    The count is restored afterwards, so the run still exits non-zero."""
+    mapgate: MapgateSession | None = getattr(session.config, "mapgate", None)
+    held = min(mapgate.collection_errors, session.testsfailed) if mapgate is not None else 0
+    session.testsfailed -= held
+    try:
+        return (yield)
+    finally:
+        session.testsfailed += held
 
 
 class ManifestFile(pytest.File):
@@ -619,6 +664,9 @@ def _on_sessionfinish(session: MapgateSession) -> None:
     run_dir = Path(session.option("reports_dir")) / default_run_id()
     dataset = next((r.dataset for r in rows if r.dataset), "")
     session.messages.append(f"mapgate: report {report.write_run(rows, run_dir, dataset=dataset)}")
+    warning = report.write_step_summary(rows, run_dir, dataset=dataset)
+    if warning:
+        session.messages.append(warning)
     session.table = report.run_table(rows)
 
 

@@ -376,21 +376,28 @@ def _notes(rows: list[CaseRow]) -> list[str]:
                     if r.points_went and r.verdict in ("fail", "inconclusive")]
 
 
-def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", dataset: str = "") -> str:
-    """report.md: the session table with a link to each case's summary.md and pictures."""
+def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", dataset: str = "",
+                 artifacts: Path | None = None) -> str:
+    """report.md: the session table with a link to each case's summary.md and pictures. With
+    ``artifacts`` (the step summary, rendered away from the run folder, where relative links are
+    dead) no links: each case's folder is named as text, under the run folder's absolute path."""
     counts: dict[str, int] = {}
     for r in rows:
         counts[r.result] = counts.get(r.result, 0) + 1
     out = [f"# {title}", ""]
     if dataset:
         out += [f"Data set: **{dataset}**.", ""]
+    if artifacts is not None:
+        out += [f"Artifacts (per case: summary.md, comparison.json, pictures): `{artifacts}`", ""]
     plural = {"warning": "warnings", "error": "errors"}
     out += [", ".join(f"{n} {plural.get(k, k) if n > 1 else k}" for k, n in sorted(counts.items())) or "no cases", "",
             "| " + " | ".join(HEADERS + ["details"]) + " |",
             "|" + "|".join("---:" if i in _NUMERIC else "---" for i in range(len(HEADERS) + 1)) + "|"]
     for r in rows:
         links = []
-        if r.directory:
+        if r.directory and artifacts is not None:
+            links.append(f"`{r.directory}/`")
+        elif r.directory:
             links.append(f"[summary]({r.directory}/summary.md)")
             links += [f"[{Path(p).stem}]({r.directory}/{p})" for p in r.pictures]
         cells = [c.replace("|", "\\|") for c in r.cells()]
@@ -402,17 +409,37 @@ def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", data
 
 
 def write_run(rows: list[CaseRow], run_dir: Path, dataset: str = "") -> Path:
-    """reports/<run-id>/report.md, and the same table appended to $GITHUB_STEP_SUMMARY when set."""
+    """reports/<run-id>/report.md."""
     from mapgate.fsutil import write_bytes_atomic
 
-    text = run_markdown(rows, dataset=dataset)
     path = run_dir / REPORT_MD
-    write_bytes_atomic(path, text.encode())
-    summary = os.environ.get(STEP_SUMMARY_ENV)
-    if summary:
-        with open(summary, "a", encoding="utf-8") as f:  # appended: other steps write there too
-            f.write(text + "\n")
+    write_bytes_atomic(path, run_markdown(rows, dataset=dataset).encode())
     return path
+
+
+def write_step_summary(rows: list[CaseRow], run_dir: Path, dataset: str = "") -> str | None:
+    """Append the run's table to $GITHUB_STEP_SUMMARY when set; returns a one-line warning when it
+    cannot be written. A CI summary is a convenience: failing to write it never loses the result
+    (the table, report.md, the exit code)."""
+    summary = os.environ.get(STEP_SUMMARY_ENV)
+    if not summary:
+        return None
+    text = run_markdown(rows, dataset=dataset, artifacts=Path(run_dir).absolute())
+    target = Path(summary)
+    problem = None
+    if target.is_dir():
+        problem = "it is a folder"
+    elif not target.parent.is_dir():
+        problem = f"its folder {target.parent} does not exist"
+    else:
+        try:
+            with open(target, "a", encoding="utf-8") as f:  # appended: other steps write there too
+                f.write(text + "\n")
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    if problem is None:
+        return None
+    return f"mapgate: warning: step summary not written: {STEP_SUMMARY_ENV}={summary}: {problem}"
 
 
 def plot_int8_pareto(record: dict[str, Any], out: Path) -> Path:
