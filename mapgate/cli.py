@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from mapgate.evaluate import evaluate, load_detections, load_ground_truth
+    from mapgate.evaluate import class_index_hint, evaluate, load_detections, load_ground_truth
     from mapgate.fsutil import write_json_atomic
 
     from mapgate.errors import ConfigError, ContractError, DataError
@@ -232,12 +232,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--out {args.out} is the {role} input file; writing the metrics there would "
                                   "destroy it. Give another file name, e.g. metrics.json")
     gt = load_ground_truth(args.gt)
+    dets = load_detections(args.dets)
     try:
-        metrics = evaluate(gt, load_detections(args.dets), label=args.label)
+        metrics = evaluate(gt, dets, label=args.label)
     except ContractError as exc:
         raise DataError(f"{args.dets} against {args.gt}: {exc}") from exc
     print("\n".join(metrics.summary_lines()))
     print(f"data set: {metrics.dataset.label}")
+    hint = class_index_hint(gt, dets)
+    if hint is not None:
+        print(f"mapgate: hint: {args.dets}: {hint}", file=sys.stderr)
     if args.out:
         write_json_atomic(args.out, metrics.to_dict())
         print(f"metrics written to {args.out}")
