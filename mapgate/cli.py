@@ -370,13 +370,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    gate = _gate(args, reports=args.out)
-    gate.bootstrap_resamples = args.resamples
-    gate.write_env()
     from mapgate.compare import outcome
+    from mapgate.fsutil import mark_complete, mark_incomplete
     from mapgate.report import case_text
 
+    gate = _gate(args, reports=args.out)
+    gate.bootstrap_resamples = args.resamples
+    mark_incomplete(gate.run_dir, "mapgate compare")  # a kill anywhere below leaves the run marked
+    gate.write_env()
     verdict = gate.compare(args.model, args.opt, ref=args.ref, tolerance=args.tolerance)
+    mark_complete(gate.run_dir)
     # the command judges the verdict itself: a manifest's expected verdicts are for the test suite
     result = outcome(verdict, args.inconclusive, expected="pass")
     print(case_text(verdict, gate.case_dir(args.model, verdict.opt["target"]), result))
@@ -404,7 +407,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_int8_repair(args: argparse.Namespace) -> int:
     from mapgate.errors import ConfigError
-    from mapgate.fsutil import write_bytes_atomic, write_json_atomic
+    from mapgate.fsutil import mark_complete, mark_incomplete, write_bytes_atomic, write_json_atomic
     from mapgate.int8_repair import NO_RECIPE, RepairConfig, recipe_toml, repair
     from mapgate.manifest import INT8_CALIBRATIONS
     from mapgate.report import plot_int8_pareto
@@ -436,6 +439,8 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
     gate.progress = gate.progress and sys.stderr.isatty()
     say = (lambda msg: print(f"int8-repair: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
         (lambda msg: None)
+    if not args.no_verify:  # the verification writes a run folder: marked until it is whole
+        mark_incomplete(gate.run_dir, "mapgate int8-repair")
     result = repair(gate, args.model, cfg, verify=not args.no_verify, say=say)
     text = recipe_toml(result)
     record = result.to_dict()
@@ -443,6 +448,7 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
     if args.json:
         write_json_atomic(args.json, record)
     plot_int8_pareto(record, plot)
+    mark_complete(gate.run_dir)
     print(text)
     print(f"recipe written to {args.out}; Pareto plot {plot}" + (f"; record {args.json}" if args.json else ""))
     if result.status == NO_RECIPE:
