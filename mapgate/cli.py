@@ -407,7 +407,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 def _cmd_int8_repair(args: argparse.Namespace) -> int:
     from mapgate.errors import ConfigError
-    from mapgate.fsutil import mark_complete, mark_incomplete, write_bytes_atomic, write_json_atomic
+    from mapgate.fsutil import write_bytes_atomic, write_json_atomic
     from mapgate.int8_repair import NO_RECIPE, RepairConfig, recipe_toml, repair
     from mapgate.manifest import INT8_CALIBRATIONS
     from mapgate.report import plot_int8_pareto
@@ -439,8 +439,6 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
     gate.progress = gate.progress and sys.stderr.isatty()
     say = (lambda msg: print(f"int8-repair: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
         (lambda msg: None)
-    if not args.no_verify:  # the verification writes a run folder: marked until it is whole
-        mark_incomplete(gate.run_dir, "mapgate int8-repair")
     result = repair(gate, args.model, cfg, verify=not args.no_verify, say=say)
     text = recipe_toml(result)
     record = result.to_dict()
@@ -448,7 +446,6 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
     if args.json:
         write_json_atomic(args.json, record)
     plot_int8_pareto(record, plot)
-    mark_complete(gate.run_dir)
     print(text)
     print(f"recipe written to {args.out}; Pareto plot {plot}" + (f"; record {args.json}" if args.json else ""))
     if result.status == NO_RECIPE:

@@ -26,7 +26,7 @@ from mapgate.bootstrap import per_image_results
 from mapgate.catalog import Catalog, cli_manifests, load_catalog
 from mapgate.dataset import DataSource
 from mapgate.errors import ConfigError, ContractError, DataError
-from mapgate.fsutil import INCOMPLETE, is_incomplete, mark_complete, mark_incomplete, sha256_bytes, write_json_atomic
+from mapgate.fsutil import INCOMPLETE, fault_point, is_incomplete, mark_complete, mark_incomplete, sha256_bytes, write_json_atomic
 
 # identity entries that name where a file was on the machine that ran the shard, not what ran
 _LOCAL_KEYS = ("artifact", "stored")
@@ -275,6 +275,7 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, catal
         gate.add_side(side)
     for key, (first, where) in comparisons.items():
         verdicts.append(_gate_union(gate, key, first, where))
+    fault_point("merge")  # the comparisons written, the record of what was joined not yet
     write_json_atomic(gate.run_dir / "merge.json", record)
     gate.write_env()
     mark_complete(gate.run_dir)
