@@ -20,6 +20,9 @@ from mapgate.fsutil import INCOMPLETE, sha256_bytes
 
 MODEL, OPT, N = "yolox-nano-416", "onnxruntime:fp32", 4
 
+# every case needs the three real shard runs (~30 s on this CPU): out of the fast tier's budget
+pytestmark = pytest.mark.slow
+
 
 def _shard_run(work: Path, root: Path, index: int, engines: Path) -> Path:
     from mapgate.cli import main
@@ -63,7 +66,6 @@ def _copy(shards: dict[str, object], sandbox: Sandbox, *names: str) -> list[Path
     return [shutil.copytree(shards[n], sandbox.root / n) for n in names]  # type: ignore[arg-type]
 
 
-@pytest.mark.slow
 def test_untouched_shards_merge(capsys, sandbox: Sandbox, shards) -> None:
     s1, s2 = _copy(shards, sandbox, "s1", "s2")
     code, err = _merge(capsys, sandbox, shards["root"], s1, s2)

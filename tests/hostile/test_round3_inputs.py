@@ -177,3 +177,16 @@ def test_an_edited_detections_cache_does_not_reuse_a_stale_bootstrap_ci(capsys, 
     assert ci["delta_ap_points"] == pytest.approx(second["delta_ap"])  # the CI is of these detections
     assert ci["low_points"] <= second["delta_ap"] <= ci["high_points"]
     assert len(list((engines / MODEL).glob(f"bootstrap-*{PROVENANCE_SUFFIX}"))) == 2
+
+
+@pytest.mark.parametrize(("where", "field"), [("images", "images[0].id"), ("annotations", "annotations[0].image_id")])
+def test_a_huge_id_in_the_ground_truth_names_the_field(capsys, sandbox: Sandbox, where: str, field: str) -> None:
+    gt = small_gt()
+    gt[where][0]["id" if where == "images" else "image_id"] = "__BIG__"
+    ann = sandbox.root / "gt.json"
+    ann.write_text(json.dumps(gt).replace('"__BIG__"', "1e30"))
+    dets = write_json(sandbox.root / "dets.json", [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        code, err = cli(capsys, "evaluate", "--gt", ann, "--dets", dets)
+    assert code == 2 and f"{ann}: {field} is 1e+30" in err and len(err.strip().splitlines()) == 1
