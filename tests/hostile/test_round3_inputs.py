@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import mapgate.gate
 from hostile_helpers import Sandbox, bundled_gt, cli, coco_root, perfect_detections, small_gt, write_json
+from mapgate.cache import PROVENANCE_SUFFIX
 from mapgate.dataset import BUNDLED_ANNOTATIONS
+from mapgate.evaluate import class_index_hint, load_ground_truth
+from mapgate.fsutil import sha256_bytes
 from mapgate.postprocess.coco_ids import COCO80_TO_ID, VALID_IDS
 
 DEEP = 200_000
@@ -95,7 +97,6 @@ def test_class_indices_that_are_valid_ids_give_a_histogram_hint(capsys, sandbox:
     gt = bundled_gt()
     dets = write_json(sandbox.root / "dets.json", _as_indices(gt))
     code, err = cli(capsys, "evaluate", "--gt", BUNDLED_ANNOTATIONS, "--dets", dets)
-    out = capsys.readouterr().out
     assert code == 0
     hint = [line for line in err.splitlines() if "hint:" in line]
     assert len(hint) == 1 and str(dets) in hint[0]
@@ -104,8 +105,6 @@ def test_class_indices_that_are_valid_ids_give_a_histogram_hint(capsys, sandbox:
 
 
 def test_the_hint_counts_are_right(sandbox: Sandbox) -> None:
-    from mapgate.evaluate import class_index_hint, load_ground_truth
-
     gt = bundled_gt()
     dets = _as_indices(gt)
     hint = class_index_hint(load_ground_truth(gt), dets)
@@ -141,9 +140,6 @@ def test_a_symlinked_model_folder_in_the_engines_folder_is_not_followed(capsys, 
 # ---- a consistently edited detections cache and the bootstrap CI ----------------------------------
 @pytest.mark.slow
 def test_an_edited_detections_cache_does_not_reuse_a_stale_bootstrap_ci(capsys, sandbox: Sandbox) -> None:
-    from mapgate.cache import PROVENANCE_SUFFIX
-    from mapgate.fsutil import sha256_bytes
-
     root = coco_root(sandbox.root / "coco", n=6)
     engines = sandbox.root / "engines"
 
