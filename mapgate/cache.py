@@ -36,7 +36,7 @@ from pathlib import Path, PurePath
 from typing import Any, Generic, TypeVar
 
 from mapgate import __version__ as MAPGATE_VERSION
-from mapgate.errors import ConversionError, DataError, MapgateError
+from mapgate.errors import ConversionError, DataError, MapgateError, StorageError
 from mapgate.paths import safe_component
 from mapgate.fsutil import (
     PART_SUFFIX,
@@ -120,7 +120,11 @@ class Slot:
 
     @property
     def dir(self) -> Path:
-        return self.root / safe_component(self.model, "model name")
+        d = self.root / safe_component(self.model, "model name")
+        if d.is_symlink():  # a planted link would put cache files (and reads of them) outside --engines-dir
+            raise StorageError(f"engines folder {self.root}: {d.name} is a symbolic link (to {os.readlink(d)}), "
+                               "not a folder; cache files stay inside the engines folder: remove the link")
+        return d
 
     @property
     def path(self) -> Path:

@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from mapgate.evaluate import evaluate, load_detections, load_ground_truth
+    from mapgate.evaluate import class_index_hint, evaluate, load_detections, load_ground_truth
     from mapgate.fsutil import write_json_atomic
 
     from mapgate.errors import ConfigError, ContractError, DataError
@@ -232,12 +232,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--out {args.out} is the {role} input file; writing the metrics there would "
                                   "destroy it. Give another file name, e.g. metrics.json")
     gt = load_ground_truth(args.gt)
+    dets = load_detections(args.dets)
     try:
-        metrics = evaluate(gt, load_detections(args.dets), label=args.label)
+        metrics = evaluate(gt, dets, label=args.label)
     except ContractError as exc:
         raise DataError(f"{args.dets} against {args.gt}: {exc}") from exc
     print("\n".join(metrics.summary_lines()))
     print(f"data set: {metrics.dataset.label}")
+    hint = class_index_hint(gt, dets)
+    if hint is not None:
+        print(f"mapgate: hint: {args.dets}: {hint}", file=sys.stderr)
     if args.out:
         write_json_atomic(args.out, metrics.to_dict())
         print(f"metrics written to {args.out}")
@@ -367,13 +371,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    gate = _gate(args, reports=args.out)
-    gate.bootstrap_resamples = args.resamples
-    gate.write_env()
     from mapgate.compare import outcome
+    from mapgate.fsutil import mark_complete, mark_incomplete
     from mapgate.report import case_text
 
+    gate = _gate(args, reports=args.out)
+    gate.bootstrap_resamples = args.resamples
+    mark_incomplete(gate.run_dir, "mapgate compare")  # a kill anywhere below leaves the run marked
+    gate.write_env()
     verdict = gate.compare(args.model, args.opt, ref=args.ref, tolerance=args.tolerance)
+    mark_complete(gate.run_dir)
     # the command judges the verdict itself: a manifest's expected verdicts are for the test suite
     result = outcome(verdict, args.inconclusive, expected="pass")
     print(case_text(verdict, gate.case_dir(args.model, verdict.opt["target"]), result))

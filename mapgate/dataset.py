@@ -203,8 +203,12 @@ class CocoDataset:
         rewritten in place (same name, same size) misses it. Each file is hashed once per process
         (remembered by path, size, mtime and inode): ~40 ms for val2017-mini."""
         return sha256_json({"annotations": _content_hash(self.annotations_path, "annotation file"),
-                            "images": [[i, self.images[i]["file_name"], _content_hash(self.path_of(i), "image")]
-                                       for i in self.image_ids]})
+                            "images": self._image_rows()})
+
+    def _image_rows(self) -> list[list[Any]]:
+        """[id, file name, sha256 of the bytes] of every evaluated image: the one content hash of the
+        images, shared by the cache fingerprint and a shard's identity."""
+        return [[i, self.images[i]["file_name"], _content_hash(self.path_of(i), "image")] for i in self.image_ids]
 
     shard_info: dict[str, Any] | None = None  # set on the slice shard() returns
 
@@ -236,11 +240,11 @@ class CocoDataset:
     def content_identity(self) -> dict[str, Any]:
         """What makes two copies of this image set the same set wherever they live (another
         Jetson's folder, a CI runner's checkout): the annotation file's bytes, the evaluated ids
-        and file names, and the label. Paths and mtimes are left out on purpose."""
-        from mapgate.fsutil import sha256_file
-
-        return {"label": self.label, "n_images": len(self.image_ids), "annotations_sha256": sha256_file(self.annotations_path),
-                "images_sha256": sha256_json([[i, self.images[i]["file_name"]] for i in self.image_ids])}
+        and file names, the bytes of every image, and the label. Paths and mtimes are left out on
+        purpose; a mirrored image under its old name is another set."""
+        return {"label": self.label, "n_images": len(self.image_ids),
+                "annotations_sha256": _content_hash(self.annotations_path, "annotation file"),
+                "images_sha256": sha256_json(self._image_rows())}
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -38,6 +38,7 @@ import numpy as np
 
 from mapgate.errors import ConfigError, ContractError, DataError
 from mapgate.fsutil import sha256_json
+from mapgate.postprocess.coco_ids import COCO80_TO_ID
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -256,6 +257,9 @@ def _read_json(path: Path, what: str) -> Any:
         raise DataError(f"{path}: cannot read {what} file: {exc}") from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: {what} file is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the C decoder recurses per nesting level
+        raise DataError(f"{path}: {what} file is nested too deeply to be COCO JSON (arrays/objects "
+                        f"thousands of levels deep)") from exc
 
 
 _DET_KEYS = ("image_id", "category_id", "bbox", "score")
@@ -341,6 +345,9 @@ def _first_non_number(dets: Sequence[Mapping[str, Any]], key: str) -> int:
     return next((i for i, d in enumerate(dets) if not _is_number(d[key])), -1)
 
 
+_MAX_EXACT_ID = 2.0 ** 53
+
+
 def _int_column(col: np.ndarray, key: str, dets: Sequence[Mapping[str, Any]]) -> np.ndarray:
     if col.dtype.kind in "iuf" and _has_non_number(dets, key):
         bad = _first_non_number(dets, key)
@@ -349,12 +356,18 @@ def _int_column(col: np.ndarray, key: str, dets: Sequence[Mapping[str, Any]]) ->
     if col.dtype.kind in "iu":
         return col.astype(np.int64, copy=False)
     if col.dtype.kind == "f":
-        integral = np.isfinite(col) & (col == np.round(col))
+        # beyond 2**53 a float is no longer an exact id, and beyond int64 the cast is undefined
+        integral = np.isfinite(col) & (col == np.round(col)) & (np.abs(col) <= _MAX_EXACT_ID)
         if integral.all():
             return col.astype(np.int64)
         bad = int(np.flatnonzero(~integral)[0])
-        raise ContractError(f"detections[{bad}]: {key} {col[bad]!r} is not an integer id")
+        whole = bool(np.isfinite(col[bad]) and col[bad] == np.round(col[bad]))
+        raise ContractError(f"detections[{bad}]: {key} {float(col[bad])!r} is "
+                            + (f"out of range for an id (|id| <= 2**53)" if whole else "not an integer id"))
     bad = _first_non_number(dets, key)
+    if bad < 0:  # all numbers, yet no numeric column: a JSON integer too large for int64
+        bad = next(i for i, d in enumerate(dets) if abs(d[key]) > _MAX_EXACT_ID)
+        raise ContractError(f"detections[{bad}]: {key} {dets[bad][key]!r:.40} is out of range for an id (|id| <= 2**53)")
     raise ContractError(f"detections[{bad}]: {key} {dets[bad][key]!r:.40} is not an integer id (COCO ids are JSON "
                         "integers; strings are not coerced)")
 
@@ -741,3 +754,32 @@ def _metrics(g: GroundTruth, mt: _Matched, precision: np.ndarray, recall: np.nda
     info = DatasetInfo(_dataset_label(g, eval_ids, label), tuple(int(i) for i in eval_ids), int(eval_ids.size),
                        n_gt, n_crowd, mt.n_dets, n_input)
     return Metrics(stats, per_cat, m07, m10, info, precision, recall)
+
+
+def class_index_hint(gt: GroundTruth, dets: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why detections may score near 0: their category ids are 0-based indices into the 80 COCO
+    classes, not COCO ids. Judged from a histogram, per image, of how many detections carry a class
+    the image's ground truth has, read as ids vs read as indices; None when nothing suggests it."""
+    pairs = [(d["image_id"], d["category_id"]) for d in dets
+             if type(d.get("image_id")) is int and type(d.get("category_id")) is int]
+    if not pairs or not all(0 <= c < len(COCO80_TO_ID) for _, c in pairs):
+        return None
+    present = set(zip(gt.ann_img.tolist(), gt.ann_cat.tolist()))
+    as_ids = sum((i, c) in present for i, c in pairs)
+    as_indices = sum((i, int(COCO80_TO_ID[c])) in present for i, c in pairs)
+    if as_indices < 2 * max(as_ids, 1) or as_indices < 0.2 * len(pairs):
+        return None
+    cats = sorted({c for _, c in pairs})
+    common = ", ".join(f"{c}->{int(COCO80_TO_ID[c])} {gt.cat_names.get(int(COCO80_TO_ID[c]), '?')}"
+                       for c, _ in sorted(_histogram(c for _, c in pairs).items(), key=lambda kv: -kv[1])[:3])
+    return (f"detections use category ids {cats[0]}..{cats[-1]}; read as COCO ids {as_ids} of {len(pairs)} are "
+            f"a class their image's ground truth has, read as 0-based indices into the 80 COCO classes "
+            f"{as_indices} are (most frequent: {common}). Write COCO ids (for a manifest model: "
+            f"postprocess.class_space = \"coco80\" maps index i to the i-th COCO id)")
+
+
+def _histogram(values: Iterable[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    return counts

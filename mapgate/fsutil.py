@@ -225,6 +225,30 @@ def write_json_atomic(dest: str | os.PathLike[str], obj: Any, *, indent: int | N
     write_bytes_atomic(dest, (json.dumps(obj, indent=indent, default=_json_default) + "\n").encode())
 
 
+INCOMPLETE = ".incomplete"
+
+
+def mark_incomplete(folder: Path, what: str) -> Path:
+    """Mark ``folder`` as being written (before its first file): a kill at any later point leaves
+    the mark, and readers (``merge``, stored references) refuse the folder until
+    :func:`mark_complete` removes it as the last step."""
+    ensure_dir(folder)
+    write_bytes_atomic(folder / INCOMPLETE, f"{what} by pid {os.getpid()} did not finish\n".encode())
+    return folder / INCOMPLETE
+
+
+def mark_complete(folder: Path) -> None:
+    """Remove the mark of :func:`mark_incomplete` (one unlink: atomic)."""
+    try:
+        os.unlink(folder / INCOMPLETE)
+    except FileNotFoundError:
+        pass
+
+
+def is_incomplete(folder: Path) -> bool:
+    return os.path.lexists(folder / INCOMPLETE)
+
+
 def _json_default(obj: Any) -> Any:
     # numpy scalars and arrays appear in metrics; JSON wants plain Python numbers.
     if hasattr(obj, "tolist"):

@@ -29,8 +29,9 @@ from mapgate.cache import ArtifactCache, CorruptArtifact, remembered_hashes, swe
 from mapgate.dataset import CocoDataset
 from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
 from mapgate.files import verified_sha256
-from mapgate.fsutil import fault_point, sha256_bytes, sha256_json, write_bytes_atomic, write_json_atomic
 from mapgate.decision import resolve_tolerance
+from mapgate.fsutil import (INCOMPLETE, fault_point, is_incomplete, mark_complete, mark_incomplete, sha256_bytes,
+                            sha256_json, write_bytes_atomic, write_json_atomic)
 from mapgate.manifest import ModelSpec
 from mapgate.paths import safe_component, target_component
 
@@ -260,6 +261,7 @@ class Gate:
         # half-written files of killed runs (once per process; `eval --out DIR` is the user's: only DIR itself)
         sweep(self.side_dir or self.reports_dir, max_depth=0 if self.side_dir else 4)
         data = orjson.dumps(side.detections)
+        mark_incomplete(d, "a mapgate run writing this side")
         write_bytes_atomic(d / "detections.json", data)
         fault_point("report")
         metrics = side.metrics.to_dict()
@@ -275,6 +277,7 @@ class Gate:
         if shard is not None:  # what `mapgate merge` checks before joining shards
             metrics["shard"] = {**shard, "detections_sha256": sha256_bytes(data)}
         write_json_atomic(d / "metrics.json", metrics)
+        mark_complete(d)
         return d
 
     # -- stored reference -------------------------------------------------------------------
@@ -286,6 +289,9 @@ class Gate:
         if detections_json.is_dir():
             detections_json = detections_json / "detections.json"
         meta_path = detections_json.with_name("metrics.json")
+        if is_incomplete(detections_json.parent):
+            raise DataError(f"stored reference {detections_json.parent}: marked incomplete ({INCOMPLETE}): the run "
+                            "that wrote it was killed or is still running; re-run it")
         if not detections_json.is_file() or not meta_path.is_file():
             raise DataError(f"stored reference {detections_json}: needs detections.json and metrics.json side by side "
                             "(as written by `mapgate eval --out DIR`)")
@@ -353,8 +359,10 @@ class Gate:
         from mapgate import report
 
         d = self.case_dir(model_name, opt_side.target)
+        mark_incomplete(d, "a mapgate comparison")
         write_json_atomic(d / "comparison.json", report.comparison_record(verdict))
         report.write_case(verdict, d, ref_side.metrics, opt_side.metrics)
+        mark_complete(d)
         return verdict
 
     def case_dir(self, model_name: str, target: str) -> Path:
@@ -379,7 +387,11 @@ class Gate:
 
         if not (self.use_cache and ref.cache_key and opt.cache_key):
             return compute()
+        # the detections resampled, by content: a cache entry edited with its recorded hash keeps its
+        # slot key, and must not get the CI of the detections it held before
         inputs = {"ref": ref.cache_key, "opt": opt.cache_key, "images": self.images_fingerprint(),
+                  "ref_detections": sha256_bytes(orjson.dumps(ref.detections)),
+                  "opt_detections": sha256_bytes(orjson.dumps(opt.detections)),
                   "n_resamples": self.bootstrap_resamples, "seed": self.bootstrap_seed, "code": code_fingerprint()}
 
         def _build(out: Path) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 from mapgate.calibration import check_disjoint
 from mapgate.errors import BackendUnavailable, ConfigError
+from mapgate.fsutil import mark_complete, mark_incomplete
 from mapgate.manifest import INT8_CALIBRATIONS, ModelSpec
 from mapgate.sensitivity import ImageLog, LayerSensitivity, Proxy, ProxyScore, Speed, conv_nodes, gain_per_ms, \
     layer_sensitivity, rank_per_ms, split_calibration
@@ -340,6 +341,7 @@ def repair(gate: Any, model_name: str, cfg: RepairConfig, verify: bool = True,
     check_disjoint(result.images_read, ctx.evaluated_image_ids, f"int8-repair search of {model_name}")
     if verify and result.status != NO_RECIPE:
         say("verifying once on the evaluation set")
+        mark_incomplete(gate.run_dir, "mapgate int8-repair's verification")  # until both comparisons are written
         before = gate.compare(model_name, cfg.target)
         gate.models[model_name] = result.recipe.apply(model, cfg.target)
         gate._sides.pop((model_name, cfg.target), None)
@@ -352,6 +354,7 @@ def repair(gate: Any, model_name: str, cfg: RepairConfig, verify: bool = True,
                       "opt_AP": 100.0 * after.opt_stats["AP"], "ref_AP": 100.0 * after.ref_stats["AP"]},
             "passed": after.passed,
         }
+        mark_complete(gate.run_dir)
     return result
 
 

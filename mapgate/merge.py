@@ -22,10 +22,11 @@ import orjson
 
 from mapgate.backends import parse_target
 from mapgate.backends.base import PRECISIONS
+from mapgate.bootstrap import per_image_results
 from mapgate.catalog import Catalog, cli_manifests, load_catalog
 from mapgate.dataset import DataSource
 from mapgate.errors import ConfigError, ContractError, DataError
-from mapgate.fsutil import sha256_bytes, write_json_atomic
+from mapgate.fsutil import INCOMPLETE, fault_point, is_incomplete, mark_complete, mark_incomplete, sha256_bytes, write_json_atomic
 
 # identity entries that name where a file was on the machine that ran the shard, not what ran
 _LOCAL_KEYS = ("artifact", "stored")
@@ -66,6 +67,10 @@ def _int_list(value: Any) -> bool:
 
 def read_side(folder: Path) -> ShardSide:
     """A shard side folder, with every field merge relies on type-checked."""
+    for where in (folder, folder.parent.parent):
+        if is_incomplete(where):
+            raise _fail(where, f"marked incomplete ({INCOMPLETE}): the run that wrote it was killed or is still "
+                               "running; re-run that shard")
     meta = _read_json(folder / "metrics.json")
     if not isinstance(meta, dict):
         raise _fail(folder, "metrics.json: top level must be an object")
@@ -174,7 +179,6 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, catal
     """Check, join, evaluate and gate shard runs; returns the Gate of the merged run and its verdicts.
     ``catalog``: the manifests the shards ran with (default: as the CLI finds them); ``data``: their
     data set (default: the catalog's [dataset], else the bundled val2017-mini)."""
-    from mapgate.bootstrap import per_image_results
     from mapgate.gate import DEFAULT_REPORTS, Gate, Side, contract_hash
 
     catalog = catalog if catalog is not None else load_catalog(cli_manifests(()))
@@ -253,6 +257,8 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, catal
         except (ContractError, TypeError, ValueError, KeyError) as exc:
             raise DataError(f"shards of {model_name} {key[1]} ({', '.join(str(p.folder) for p in parts)}): "
                             f"detections are not valid COCO results ({exc})") from exc
+        for p in parts:
+            _check_recorded_stats(gate, p)
         n_total = sum(len(p.shard["image_ids"]) for p in parts)
         try:  # the image-weighted mean of the shards' per-image timings
             timings = {stage: sum(float(p.meta["timings_ms_per_image"].get(stage, 0.0)) * len(p.shard["image_ids"])
@@ -264,13 +270,33 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, catal
                            per_image.metrics, timings, dict(parts[0].meta["identity"]), from_cache=True,
                            per_image=per_image))
         record["sides"][f"{model_name} {key[1]}"] = [p.shard["detections_sha256"] for p in parts]
+    mark_incomplete(gate.run_dir, "mapgate merge")
     for side in merged:  # written only once every shard has passed every check
         gate.add_side(side)
     for key, (first, where) in comparisons.items():
         verdicts.append(_gate_union(gate, key, first, where))
+    fault_point("merge")  # the comparisons written, the record of what was joined not yet
     write_json_atomic(gate.run_dir / "merge.json", record)
     gate.write_env()
+    mark_complete(gate.run_dir)
     return gate, verdicts
+
+
+def _check_recorded_stats(gate: Any, part: ShardSide) -> None:
+    """The stats a shard recorded are those of its detections: a shard whose detections were edited
+    together with their recorded sha256 still disagrees with its own evaluation."""
+    recorded = part.meta.get("stats")
+    if not isinstance(recorded, dict) or not recorded:
+        raise _fail(part.folder, "metrics.json: missing or non-object 'stats'")
+    try:
+        own = per_image_results(gate.ground_truth, part.detections, part.shard["image_ids"]).metrics.stats
+    except (ContractError, TypeError, ValueError, KeyError) as exc:
+        raise _fail(part.folder, f"detections.json: not valid COCO results ({exc})") from exc
+    for name, value in own.items():
+        got = recorded.get(name)
+        if not isinstance(got, (int, float)) or isinstance(got, bool) or abs(float(got) - float(value)) > 1e-9:
+            raise _fail(part.folder, f"metrics.json: stats.{name} {got!r} is not what its detections.json "
+                                     f"evaluates to ({float(value):.6f}); the shard's files were edited after the run")
 
 
 def _check_comparisons(parts: list[ShardSide]) -> dict[str, Any] | None:
@@ -280,7 +306,8 @@ def _check_comparisons(parts: list[ShardSide]) -> dict[str, Any] | None:
         return None
     for p, c in zip(parts, comps):
         if c is None:
-            raise _fail(p.folder, f"has no comparison.json, but {parts[0].folder} has one")
+            having = next(q.folder for q, k in zip(parts, comps) if k is not None)
+            raise _fail(p.folder, f"has no comparison.json, but {having} has one (a killed or partial shard run?)")
         for field in ("tolerance", "tolerance_source"):
             if c.get(field) != comps[0].get(field):
                 raise _fail(p.folder, f"comparison.json {field} {c.get(field)!r} differs from {parts[0].folder}'s "

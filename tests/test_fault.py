@@ -24,7 +24,7 @@ import pytest
 
 from mapgate.cache import PROVENANCE_SUFFIX
 from mapgate.dataset import CALIB_DIR
-from mapgate.fsutil import sha256_file
+from mapgate.fsutil import INCOMPLETE, sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,8 @@ def _orphan_artifact(work: Path) -> bool:
 
 def _half_report(work: Path) -> bool:
     side = work / "reports" / "killed" / MODEL / OPT.replace(":", "-")
-    return (side / "detections.json").is_file() and not (side / "metrics.json").exists()
+    return (side / "detections.json").is_file() and not (side / "metrics.json").exists() \
+        and (side / INCOMPLETE).is_file() and (side.parent.parent / INCOMPLETE).is_file()
 
 
 PHASES = {
@@ -151,16 +152,31 @@ def test_killed_at_a_named_point_then_rerun_gives_the_same_result_and_no_debris(
     assert debris(work) == []
 
 
-@pytest.mark.parametrize("fraction", [0.5])
+def marked_or_whole(reports: Path) -> list[str]:
+    """Run folders (and their side folders) under ``reports`` that are neither marked incomplete nor
+    whole: a killed run must never leave a folder that reads as finished."""
+    bad = []
+    for run_dir in (p for p in reports.iterdir() if p.is_dir()) if reports.is_dir() else ():
+        if (run_dir / INCOMPLETE).exists():
+            continue
+        for side in run_dir.glob("*/*"):
+            if side.is_dir() and not (side / INCOMPLETE).exists() and not (side / "metrics.json").is_file():
+                bad.append(str(side))
+    return bad
+
+
+@pytest.mark.parametrize(("fraction", "sig"), [(0.5, signal.SIGKILL), (0.7, signal.SIGTERM)])
 def test_killed_at_a_moment_then_rerun_gives_the_same_result_and_no_debris(
-        baseline: dict[str, Any], tmp_path: Path, fraction: float) -> None:
+        baseline: dict[str, Any], tmp_path: Path, fraction: float, sig: int) -> None:
     work = prepare(tmp_path)
     proc = subprocess.Popen(command(work), env=env("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=baseline["seconds"] * fraction)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(sig)
         proc.wait(30)
+        assert (work / "reports" / "killed" / INCOMPLETE).is_file()  # the killed run reads as unfinished
+    assert marked_or_whole(work / "reports") == []
     again = run(work, RUN)
     assert again.returncode == baseline["rc"], again.stderr[-3000:]
     assert results(work, RUN) == baseline["results"]
@@ -172,3 +188,138 @@ def test_the_uninterrupted_run_itself_leaves_no_debris(baseline: dict[str, Any])
     assert {"opencv/detections.json", "opencv/metrics.json", "onnxruntime-int8/detections.json",
             "onnxruntime-int8/metrics.json", "onnxruntime-int8/comparison.json",
             "onnxruntime-int8/summary.md"} <= set(baseline["results"])
+
+
+# ---- merge and int8-repair ------------------------------------------------------------------------
+def _mapgate(work: Path, run_id: str, *argv: object, phase: str | None = None) -> subprocess.Popen:
+    # int8-repair has no reports option: its verification run goes to the default reports folder,
+    # pointed into ``work`` as the hostile tests do
+    code = ("import pathlib, sys; import mapgate.gate; mapgate.gate.DEFAULT_REPORTS = pathlib.Path(sys.argv[1]); "
+            "from mapgate.cli import main; sys.exit(main(sys.argv[2:]))")
+    return subprocess.Popen([sys.executable, "-c", code, str(work / "reports"), *map(str, argv)],
+                            env=env(run_id, phase), cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> int:
+    _, err = proc.communicate(timeout=600)
+    proc.stderr_text = err  # type: ignore[attr-defined]
+    return proc.returncode
+
+
+def _kill_after(proc: subprocess.Popen, seconds: float, sig: int) -> None:
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(sig)
+        proc.wait(30)
+
+
+def _corrupt_json(work: Path) -> list[str]:
+    bad = []
+    for p in work.rglob("*.json"):
+        try:
+            json.loads(p.read_bytes())
+        except ValueError:
+            bad.append(str(p))
+    return bad
+
+
+MERGE_MODEL = "yolox-nano-416"
+
+
+@pytest.fixture(scope="module")
+def shard_runs(tmp_path_factory: pytest.TempPathFactory, require_backend) -> dict[str, Any]:
+    """Two shards of YOLOX-nano ORT fp32 vs ORT on 4 images, and how long merging them takes."""
+    require_backend("onnxruntime")
+    work = tmp_path_factory.mktemp("fault-merge")
+    for i in (1, 2):
+        proc = _mapgate(work, "shard", "compare", "--model", MERGE_MODEL, "--opt", "onnxruntime:fp32",
+                        "--max-images", 4, "--engines-dir", work / "engines", "--out", work / f"s{i}",
+                        "--no-progress", "--resamples", 50, "--inconclusive", "pass", "--shard", f"{i}/2")
+        assert _finish(proc) == 0, proc.stderr_text  # type: ignore[attr-defined]
+    started = time.monotonic()
+    proc = _mapgate(work, RUN, "merge", work / "s1" / "shard", work / "s2" / "shard", "--out", work / "merged",
+                    "--inconclusive", "pass")
+    assert _finish(proc) == 0, proc.stderr_text  # type: ignore[attr-defined]
+    return {"work": work, "seconds": time.monotonic() - started,
+            "results": {p.relative_to(work / "merged" / RUN).as_posix(): normalized(p, work)
+                        for p in sorted((work / "merged" / RUN / MERGE_MODEL).rglob("*")) if p.is_file()}}
+
+
+@pytest.mark.parametrize(("phase", "sig"), [("report@1", None), ("report@2", None), ("merge", None), (0.5, signal.SIGKILL),
+                                            (0.5, signal.SIGTERM)])
+def test_a_killed_merge_leaves_its_folder_marked_and_no_corrupt_json(shard_runs: dict[str, Any], phase: Any,
+                                                                     sig: int | None) -> None:
+    work = shard_runs["work"]
+    out = work / f"killed-{phase}-{sig}"
+    argv = ("merge", work / "s1" / "shard", work / "s2" / "shard", "--out", out, "--inconclusive", "pass")
+    if sig is None:
+        proc = _mapgate(work, "killed", *argv, phase=phase)
+        assert _finish(proc) == -signal.SIGKILL, proc.stderr_text  # type: ignore[attr-defined]
+    else:
+        proc = _mapgate(work, "killed", *argv)
+        _kill_after(proc, shard_runs["seconds"] * phase, sig)
+    if (out / "killed").exists():
+        assert (out / "killed" / INCOMPLETE).is_file() or (out / "killed" / "merge.json").is_file()
+    if sig is None:
+        assert (out / "killed" / INCOMPLETE).is_file() and not (out / "killed" / "merge.json").exists()
+    assert _corrupt_json(work) == []
+    again = _mapgate(work, "again", *argv)  # the shards are untouched: merging again gives the same result
+    assert _finish(again) == 0, again.stderr_text  # type: ignore[attr-defined]
+    got = {p.relative_to(out / "again").as_posix(): normalized(p, work)
+           for p in sorted((out / "again" / MERGE_MODEL).rglob("*")) if p.is_file()}
+    assert got == shard_runs["results"]
+
+
+def _repair_argv(work: Path) -> list[object]:
+    return ["int8-repair", "--model", MODEL, "--methods", "minmax", "--max-candidates", 1, "--max-float-layers", 1,
+            "--no-data-free", "--min-speedup", 0.01, "--calib-dir", work / "calib", "--max-images", 10,
+            "--engines-dir", work / "engines", "--out", work / "recipe.toml", "--json", work / "record.json",
+            "--no-progress", "--force"]
+
+
+@pytest.fixture(scope="module")
+def repaired(tmp_path_factory: pytest.TempPathFactory, require_backend) -> dict[str, Any]:
+    require_backend("opencv")
+    require_backend("onnxruntime")
+    work = prepare(tmp_path_factory.mktemp("fault-repair"))
+    started = time.monotonic()
+    proc = _mapgate(work, RUN, *_repair_argv(work))
+    rc = _finish(proc)
+    assert rc in (0, 1), proc.stderr_text  # type: ignore[attr-defined]
+    return {"work": work, "rc": rc, "seconds": time.monotonic() - started, "recipe": _recipe(work)}
+
+
+def _recipe(work: Path) -> list[str]:
+    """The recipe's fields without its measured latencies and the comments quoting them (timings vary
+    from run to run)."""
+    return [line for line in (work / "recipe.toml").read_text().splitlines()
+            if not line.startswith(("latency_ms", "speedup", "#"))]
+
+
+@pytest.mark.parametrize(("phase", "sig"), [("convert@1", None), ("report@2", None), (0.6, signal.SIGKILL),
+                                            (0.4, signal.SIGTERM)])
+def test_a_killed_int8_repair_writes_no_half_recipe_and_marks_its_run(repaired: dict[str, Any], tmp_path: Path,
+                                                                      phase: Any, sig: int | None) -> None:
+    work = prepare(tmp_path)
+    if sig is None:
+        proc = _mapgate(work, "killed", *_repair_argv(work), phase=phase)
+        assert _finish(proc) == -signal.SIGKILL, proc.stderr_text  # type: ignore[attr-defined]
+    else:
+        proc = _mapgate(work, "killed", *_repair_argv(work))
+        _kill_after(proc, repaired["seconds"] * phase, sig)
+    assert _corrupt_json(work) == []
+    if not (work / "record.json").exists():  # killed before the end: neither output is there, half or whole
+        assert not (work / "recipe.toml").exists()
+    reports = [p for p in work.rglob("killed") if p.is_dir()]
+    if phase == "report@2":
+        assert reports and (reports[0] / INCOMPLETE).is_file()
+    for run_dir in reports:
+        assert (run_dir / INCOMPLETE).is_file() or (work / "record.json").exists()
+    again = _mapgate(work, RUN, *_repair_argv(work))
+    assert _finish(again) == repaired["rc"], again.stderr_text  # type: ignore[attr-defined]
+    assert debris(work) == []
+    assert _recipe(work) == repaired["recipe"]
+    assert not list((work / "reports").rglob(INCOMPLETE)) or (work / "reports" / "killed" / INCOMPLETE).is_file()
+    assert not (work / "reports" / RUN / INCOMPLETE).exists()  # the finished run is not marked
