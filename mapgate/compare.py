@@ -124,6 +124,8 @@ class Verdict:
     extras: dict[str, Any] = field(default_factory=dict)  # further analyses by name (e.g. "attribution")
     # mapgate.benchmarking.SpeedVsFp32.to_dict() of an FP16/INT8 engine vs its backend's FP32 (None: not timed)
     speed: dict[str, Any] | None = None
+    # the Q/DQ form an INT8 file of mapgate.convert.ort_quant was built in: {"ops", "activation_type"}
+    int8_form: dict[str, str] | None = None
     verdict: str = field(init=False)  # pass | fail | inconclusive
     reason: str = field(init=False)
     decision_rule: dict[str, Any] = field(init=False)

@@ -26,6 +26,7 @@ from mapgate.benchmarking import SPEED_IMAGES, load_batch, speed_vs_fp32
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
 from mapgate.convert import can_make
+from mapgate.convert.ort_quant import form_of
 from mapgate.cpu import this_cpu
 from mapgate.cache import ArtifactCache, CorruptArtifact, remembered_hashes, sweep, without_paths
 from mapgate.dataset import CocoDataset
@@ -41,6 +42,7 @@ DEFAULT_ENGINES = Path("engines")
 DEFAULT_REPORTS = Path("reports")
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+QDQ_TARGETS = ("onnxruntime:int8", "tensorrt:int8")  # built from mapgate.convert.ort_quant's Q/DQ file
 
 
 @lru_cache(maxsize=1)
@@ -361,6 +363,8 @@ class Gate:
         verdict.extras["attribution"] = self._attribution(ref_side, opt_side)
         key = (model_name, opt_side.target)
         verdict.speed = self.recorded_speed[key] if key in self.recorded_speed else self._speed(model, opt_side)
+        if opt_side.target in QDQ_TARGETS and opt_side.target not in model.prebuilt:
+            verdict.int8_form = form_of(model)
         from mapgate import report
 
         d = self.case_dir(model_name, opt_side.target)

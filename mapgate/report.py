@@ -66,6 +66,20 @@ def _speed_text(v: Verdict) -> str:
             f"{s['optimized_ms']:.2f} ms)")
 
 
+def form_text(form: dict[str, str] | None) -> str:
+    """``conv/s8``: which op types carry Q/DQ and the activation type ("" when not a Q/DQ INT8 file)."""
+    return f"{form['ops']}/{form['activation_type']}" if form else ""
+
+
+def _form_line(v: Verdict) -> str:
+    f = v.int8_form
+    if not f:
+        return ""
+    ops = "convolutions only" if f["ops"] == "conv" else "every op type ONNX Runtime quantizes"
+    return f"Q/DQ on {ops}, {f['activation_type']} activations (convert.int8_ops = \"{f['ops']}\", " \
+           f"convert.int8_activation_type = \"{f['activation_type']}\")"
+
+
 def _precision_of(v: Verdict) -> str:
     return str(v.opt.get("precision") or v.opt.get("target", "").partition(":")[2] or "optimized")
 
@@ -110,6 +124,7 @@ def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str
         + (f"; images needed to be conclusive: ~{rule['images_needed']} ({rule['images_needed_formula']}, "
            f"se {rule['se_points']:.3f}, z {rule['z']:.2f})" if rule["images_needed"] else ""),
         *(f"- {line}" for line in _extras_lines(v)),
+        *([f"- int8 form: {_form_line(v)}"] if v.int8_form else []),
         *([f"- speed: {_speed_text(v)}"] if v.speed else []),
         *([f"- **{line}**"] if (line := does_not_pay(speed_pays(v.speed, _precision_of(v)))) else []),
         f"- **verdict: {v.verdict}** (expected: {v.expected}) — {v.reason}",
@@ -137,6 +152,7 @@ def case_text(v: Verdict, directory: Path | None = None, result: str | None = No
         f"  {'agreement':{width}} {_agreement_text(v)}",
         f"  {'tolerance':{width}} {v.tolerance:g} points ({v.tolerance_source})",
         *(f"  {line}" for line in _extras_lines(v)),
+        *([f"  {'int8 form':{width}} {_form_line(v)}"] if v.int8_form else []),
         *([f"  {'speed':{width}} {_speed_text(v)}"] if v.speed else []),
         *([f"  {'':{width}} {line}"] if (line := does_not_pay(speed_pays(v.speed, _precision_of(v)))) else []),
         f"  {'verdict':{width}} {v.verdict} (expected {v.expected})" + (f" -> {result}" if result else ""),
@@ -276,6 +292,7 @@ class CaseRow:
     points_went: str = ""  # the TIDE attribution line; shown under the table for cases that did not pass
     speedup: float | None = None  # FP32 time / optimized time on the same backend (None: not timed)
     speed_note: str = ""  # "INT8 does not pay on this backend: ..." when slower than FP32
+    int8_form: str = ""  # "conv/s8": the Q/DQ form of an INT8 file (shown beside the target)
 
     @classmethod
     def of(cls, v: Verdict, result: str, directory: str = "", baseline: str = "",
@@ -288,7 +305,7 @@ class CaseRow:
                    directory=directory, pictures=tuple(pictures), dataset=v.dataset,
                    points_went=_points_went(v.extras.get("attribution")),
                    speedup=v.speed["speedup_vs_fp32"] if v.speed else None,
-                   speed_note=does_not_pay(speed_pays(v.speed, _precision_of(v))))
+                   speed_note=does_not_pay(speed_pays(v.speed, _precision_of(v))), int8_form=form_text(v.int8_form))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -305,7 +322,8 @@ class CaseRow:
 
         ci = f"[{self.ci_low:+.2f}, {self.ci_high:+.2f}]" if self.ci_low is not None and self.ci_high is not None else ""
         verdict = self.verdict + (f" (expected {self.expected})" if self.expected and self.expected != "pass" else "")
-        return [self.model, self.reference, self.optimized, num(self.ref_ap, ".2f"), num(self.opt_ap, ".2f"),
+        optimized = self.optimized + (f" ({self.int8_form})" if self.int8_form else "")
+        return [self.model, self.reference, optimized, num(self.ref_ap, ".2f"), num(self.opt_ap, ".2f"),
                 num(self.delta_ap, "+.2f"), "" if self.speedup is None else f"x{self.speedup:.2f}", ci, "" if self.agreement is None else f"{100 * self.agreement:.1f}%",
                 num(self.tolerance, "g"), verdict or "-", self.result]
 
