@@ -253,3 +253,50 @@ def record(benchmark: Any, timed: Timed, times_s: Sequence[float], *, model: Mod
     }
     benchmark.extra_info.update(info)
     return info
+
+
+# ---- speed beside every dAP ---------------------------------------------------------------
+SPEED_IMAGES = 20  # the first evaluation images: a few seconds per comparison, and the count is recorded
+SPEED_WARMUP = 1
+
+
+@dataclass(frozen=True)
+class SpeedVsFp32:
+    """Engine-only, batch-1 median ms per image of an optimized engine and of its backend's FP32,
+    timed in one run on the same images (comparison.json's ``speed``)."""
+
+    fp32_ms: float
+    optimized_ms: float
+    n_images: int
+    backend: str
+
+    @property
+    def speedup_vs_fp32(self) -> float:
+        """FP32 time / optimized time: below 1 the optimized engine is slower."""
+        return self.fp32_ms / self.optimized_ms if self.optimized_ms > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fp32_ms": self.fp32_ms, "optimized_ms": self.optimized_ms,
+                "speedup_vs_fp32": self.speedup_vs_fp32, "n_images": self.n_images, "backend": self.backend}
+
+
+def speed_vs_fp32(fp32: Runner, optimized: Runner, batches: Sequence[np.ndarray], backend: str,
+                  warmup: int = SPEED_WARMUP) -> SpeedVsFp32:
+    """Time two active runners on the same preprocessed batch-1 inputs, the order alternating image
+    by image so a shared machine's load falls on both alike; medians, after ``warmup`` untimed
+    images each. Both runners are the backend's own, with its engine settings (threads included)
+    exactly as the benchmarks and the gate run them."""
+    if not batches:
+        raise ConfigError("speed_vs_fp32 needs at least one image")
+    for batch in list(batches)[:max(warmup, 0)]:
+        fp32.infer(batch)
+        optimized.infer(batch)
+    times: dict[str, list[float]] = {"fp32": [], "opt": []}
+    runners = {"fp32": fp32, "opt": optimized}
+    for k, batch in enumerate(batches):
+        for key in (("fp32", "opt") if k % 2 == 0 else ("opt", "fp32")):
+            t0 = time.perf_counter()
+            runners[key].infer(batch)
+            times[key].append(time.perf_counter() - t0)
+    return SpeedVsFp32(1000.0 * float(np.median(times["fp32"])), 1000.0 * float(np.median(times["opt"])),
+                       len(batches), backend)

@@ -103,6 +103,10 @@ class Verdict:
     expected: str = "pass"  # manifest expected verdict: pass | fail | inconclusive
     ref_detections: int | None = None  # None: not known (a verdict built by hand)
     extras: dict[str, Any] = field(default_factory=dict)  # further analyses by name (e.g. "attribution")
+    # mapgate.benchmarking.SpeedVsFp32.to_dict() of an FP16/INT8 engine vs its backend's FP32 (None: not timed)
+    speed: dict[str, Any] | None = None
+    # the Q/DQ form an INT8 file of mapgate.convert.ort_quant was built in: {"ops", "activation_type"}
+    int8_form: dict[str, str] | None = None
     verdict: str = field(init=False)  # pass | fail | inconclusive (mapgate.decision.decide)
     decision_rule: dict[str, Any] = field(init=False)
 
@@ -143,6 +147,29 @@ class Verdict:
         if "attribution" in self.extras:  # comparison.json's documented key, at the top level
             out["attribution"] = self.extras["attribution"]
         return out
+
+
+@dataclass(frozen=True)
+class SpeedDecision:
+    """Whether an optimized precision buys speed over its backend's FP32 (FP32 time / its time)."""
+
+    precision: str
+    speedup_vs_fp32: float
+    pays: bool
+
+    @property
+    def slower_by(self) -> float:
+        """How many times the FP32 time the optimized engine takes (meaningful when it does not pay)."""
+        return 1.0 / self.speedup_vs_fp32 if self.speedup_vs_fp32 > 0 else math.inf
+
+
+def speed_pays(speed: dict[str, Any] | None, precision: str) -> SpeedDecision | None:
+    """The speed decision of a comparison's ``speed`` record: it pays at a speedup of 1.0 or more.
+    None when nothing was timed (FP32 targets, or a backend that cannot make FP32 here)."""
+    if not speed:
+        return None
+    s = float(speed["speedup_vs_fp32"])
+    return SpeedDecision(precision, s, s >= 1.0)
 
 
 def default_inconclusive_policy() -> str:

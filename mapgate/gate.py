@@ -22,8 +22,10 @@ from typing import Any
 from mapgate import __version__
 from mapgate.backends import get_backend, parse_target
 from mapgate.backends.base import BuildContext
+from mapgate.benchmarking import SPEED_IMAGES, load_batch, speed_vs_fp32
 from mapgate.calibration import calibration_images, image_ids_of
 from mapgate.compare import Verdict, build_verdict, detection_agreement
+from mapgate.convert.ort_quant import form_of
 from mapgate.cpu import this_cpu
 from mapgate.cache import ArtifactCache, CorruptArtifact, remembered_hashes, sweep, without_paths
 from mapgate.dataset import CocoDataset
@@ -41,6 +43,7 @@ DEFAULT_ENGINES = Path("engines")
 DEFAULT_REPORTS = Path("reports")
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+QDQ_TARGETS = ("onnxruntime:int8", "tensorrt:int8")  # built from mapgate.convert.ort_quant's Q/DQ file
 
 
 @lru_cache(maxsize=1)
@@ -121,6 +124,9 @@ class Gate:
     side_dir: Path | None = None  # write a side's detections/metrics here instead of the run tree (`eval --out`)
     workers: int | None = None  # decode/preprocess threads of the detection loop (None: per core, 0: sequential)
     batch_size: int = 1  # images per infer() where the engine takes a batch
+    # (model, target) -> a ``speed`` record timed elsewhere (`mapgate merge`: the shards timed it), used
+    # instead of timing here
+    recorded_speed: dict[tuple[str, str], dict[str, Any] | None] = field(default_factory=dict)
     _sides: dict[tuple[str, str], Side] = field(default_factory=dict)
 
     @property
@@ -356,6 +362,10 @@ class Gate:
             ref_detections=len(ref_side.detections),
         )
         verdict.extras["attribution"] = self._attribution(ref_side, opt_side)
+        key = (model_name, opt_side.target)
+        verdict.speed = self.recorded_speed[key] if key in self.recorded_speed else self._speed(model, opt_side)
+        if opt_side.target in QDQ_TARGETS and opt_side.target not in model.prebuilt:
+            verdict.int8_form = form_of(model)
         from mapgate import report
 
         d = self.case_dir(model_name, opt_side.target)
@@ -364,6 +374,20 @@ class Gate:
         report.write_case(verdict, d, ref_side.metrics, opt_side.metrics)
         mark_complete(d)
         return verdict
+
+    def _speed(self, model: ModelSpec, opt: Side) -> dict[str, Any] | None:
+        """An FP16/INT8 engine timed beside its own backend's FP32 on the first evaluation images
+        (engine only, batch 1): what the precision buys. None for FP32, or where the backend cannot
+        make FP32 for this model."""
+        backend = get_backend(opt.backend)
+        if opt.precision not in ("fp16", "int8") or "fp32" not in backend.precisions \
+                or not backend.facts.can_make(model, f"{opt.backend}:fp32"):
+            return None
+        ids = list(self.dataset.image_ids)[:SPEED_IMAGES]
+        batches = [load_batch(model, [self.dataset.path_of(i)]) for i in ids]
+        with backend.runner(model, "fp32", self.build_context(calibration=False)) as fp32, \
+                backend.runner(model, opt.precision, self.build_context(calibration=opt.precision == "int8")) as optimized:
+            return speed_vs_fp32(fp32, optimized, batches, opt.backend).to_dict()
 
     def case_dir(self, model_name: str, target: str) -> Path:
         """The folder of one comparison's artifacts (``:`` of a target becomes ``-``)."""

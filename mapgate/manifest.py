@@ -25,6 +25,10 @@ from mapgate.paths import safe_component
 
 VERDICTS = ("pass", "fail", "inconclusive")  # the non-inferiority test's outcomes (mapgate.compare)
 INT8_CALIBRATIONS = ("minmax", "percentile", "entropy")  # activation-range calibration of INT8 converters
+# Which op types carry Q/DQ: "conv" (convolutions only, TensorRT's legal explicit-quantization form) or
+# "all" (every op type ONNX Runtime's quantize_static quantizes and its CPU engine fuses)
+INT8_OPS = ("conv", "all")
+INT8_ACTIVATION_TYPES = ("s8", "u8")  # signed symmetric (TensorRT) | unsigned asymmetric (ORT's U8S8 kernels)
 
 REQUIRED: Any = ...  # a decoder Setting without a default must be given by the manifest
 
@@ -136,6 +140,9 @@ class ConvertOptions:
     # equalization of consecutive convolutions, bias correction on the calibration images.
     int8_cle: bool = False
     int8_bias_correction: bool = False
+    # The Q/DQ form: which op types are quantized, and the activation type (INT8_OPS, INT8_ACTIVATION_TYPES).
+    int8_ops: str = "conv"
+    int8_activation_type: str = "s8"
 
 
 @dataclass(frozen=True)
@@ -493,7 +500,14 @@ def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> Model
         int8_per_channel=ce.get("int8_per_channel", bool, True),
         int8_cle=ce.get("int8_cle", bool, False),
         int8_bias_correction=ce.get("int8_bias_correction", bool, False),
+        int8_ops=ce.get("int8_ops", str, "conv", INT8_OPS),
+        int8_activation_type=ce.get("int8_activation_type", str, "s8", INT8_ACTIVATION_TYPES),
     )
+    if "tensorrt:int8" in optimized:
+        for field_name, legal in (("int8_ops", "conv"), ("int8_activation_type", "s8")):
+            if getattr(convert, field_name) != legal:
+                raise ce.error(field_name, f"{getattr(convert, field_name)!r} is not TensorRT's explicit-quantization "
+                                           f"form, and tensorrt:int8 is gated: use {legal!r} (the default)")
     ce.reject_unknown()
     e.reject_unknown()
     return ModelSpec(

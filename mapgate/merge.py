@@ -334,6 +334,7 @@ def _gate_union(gate: Any, key: tuple[str, str], first: dict[str, Any], where: P
     resamples, ref, tolerance = first["ci"]["n_resamples"], first["ref"]["target"], first["tolerance"]
     gate.bootstrap_resamples, gate.bootstrap_seed = resamples, first["ci"]["seed"]
     model_name, target = key
+    gate.recorded_speed[key] = first.get("speed")  # timed by the shard runs, on their machine
     verdict = gate.compare(model_name, target, ref=ref,
                            tolerance=tolerance if first.get("tolerance_source") == "command line" else None)
     if verdict.tolerance != tolerance:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mapgate.baselines import BaselineKind, BaselineStatus
-from mapgate.compare import STAT_NAMES, Verdict
+from mapgate.compare import STAT_NAMES, SpeedDecision, Verdict, speed_pays
 from mapgate.decision import ReasonKind
 
 PR_CURVES_PNG = "pr-curves.png"
@@ -103,6 +103,40 @@ def _points_went(attribution: Any) -> str:
         ", ".join(f"{r['name']} {r['points']:.2f}" for r in lost) if lost else "none")
 
 
+def does_not_pay(decision: SpeedDecision | None) -> str:
+    """The summary line of an optimized precision slower than its backend's FP32 ("" when it pays)."""
+    if decision is None or decision.pays:
+        return ""
+    return f"{decision.precision.upper()} does not pay on this backend: {decision.slower_by:.2f} x slower than FP32"
+
+
+def _speed_text(v: Verdict) -> str:
+    s = v.speed
+    if not s:
+        return ""
+    return (f"x{s['speedup_vs_fp32']:.2f} FP32 speed ({s['backend']}, engine only, batch 1, median of "
+            f"{s['n_images']} images: FP32 {s['fp32_ms']:.2f} ms, {v.opt.get('precision', 'optimized')} "
+            f"{s['optimized_ms']:.2f} ms)")
+
+
+def form_text(form: dict[str, str] | None) -> str:
+    """``conv/s8``: which op types carry Q/DQ and the activation type ("" when not a Q/DQ INT8 file)."""
+    return f"{form['ops']}/{form['activation_type']}" if form else ""
+
+
+def _form_line(v: Verdict) -> str:
+    f = v.int8_form
+    if not f:
+        return ""
+    ops = "convolutions only" if f["ops"] == "conv" else "every op type ONNX Runtime quantizes"
+    return f"Q/DQ on {ops}, {f['activation_type']} activations (convert.int8_ops = \"{f['ops']}\", " \
+           f"convert.int8_activation_type = \"{f['activation_type']}\")"
+
+
+def _precision_of(v: Verdict) -> str:
+    return str(v.opt.get("precision") or v.opt.get("target", "").partition(":")[2] or "optimized")
+
+
 def _extras_lines(v: Verdict) -> list[str]:
     """Analyses other modules attach to a verdict (``Verdict.extras``), one line each."""
     lines = []
@@ -143,6 +177,9 @@ def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str
         + (f"; images needed to be conclusive: ~{rule['images_needed']} ({rule['images_needed_formula']}, "
            f"se {rule['se_points']:.3f}, z {rule['z']:.2f})" if rule["images_needed"] else ""),
         *(f"- {line}" for line in _extras_lines(v)),
+        *([f"- int8 form: {_form_line(v)}"] if v.int8_form else []),
+        *([f"- speed: {_speed_text(v)}"] if v.speed else []),
+        *([f"- **{line}**"] if (line := does_not_pay(speed_pays(v.speed, _precision_of(v)))) else []),
         f"- **verdict: {v.verdict}** (expected: {v.expected}) — {reason(v)}",
         "",
     ]
@@ -168,6 +205,9 @@ def case_text(v: Verdict, directory: Path | None = None, result: str | None = No
         f"  {'agreement':{width}} {_agreement_text(v)}",
         f"  {'tolerance':{width}} {v.tolerance:g} points ({v.tolerance_source})",
         *(f"  {line}" for line in _extras_lines(v)),
+        *([f"  {'int8 form':{width}} {_form_line(v)}"] if v.int8_form else []),
+        *([f"  {'speed':{width}} {_speed_text(v)}"] if v.speed else []),
+        *([f"  {'':{width}} {line}"] if (line := does_not_pay(speed_pays(v.speed, _precision_of(v)))) else []),
         (f"  {'verdict':{width}} fail: {baseline_status.stat} {baseline_status.value:.2f} is "
          f"{baseline_status.drop:.2f} points below its baseline ({baseline_status.target}); gate verdict "
          f"{v.verdict} (expected {v.expected})" if baseline_status is not None and baseline_status.regressed else
@@ -307,6 +347,9 @@ class CaseRow:
     pictures: tuple[str, ...] = ()
     dataset: str = ""
     points_went: str = ""  # the TIDE attribution line; shown under the table for cases that did not pass
+    speedup: float | None = None  # FP32 time / optimized time on the same backend (None: not timed)
+    speed_note: str = ""  # "INT8 does not pay on this backend: ..." when slower than FP32
+    int8_form: str = ""  # "conv/s8": the Q/DQ form of an INT8 file (shown beside the target)
 
     @classmethod
     def of(cls, v: Verdict, result: str, directory: str = "", baseline: str = "",
@@ -317,7 +360,9 @@ class CaseRow:
                    ci_low=ci.get("low_points"), ci_high=ci.get("high_points"), agreement=v.agreement.matched_share,
                    tolerance=v.tolerance, verdict=v.verdict, expected=v.expected, reason=reason(v), baseline=baseline, baseline_status=baseline_status,
                    directory=directory, pictures=tuple(pictures), dataset=v.dataset,
-                   points_went=_points_went(v.extras.get("attribution")))
+                   points_went=_points_went(v.extras.get("attribution")),
+                   speedup=v.speed["speedup_vs_fp32"] if v.speed else None,
+                   speed_note=does_not_pay(speed_pays(v.speed, _precision_of(v))), int8_form=form_text(v.int8_form))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -334,15 +379,17 @@ class CaseRow:
 
         ci = f"[{self.ci_low:+.2f}, {self.ci_high:+.2f}]" if self.ci_low is not None and self.ci_high is not None else ""
         verdict = self.verdict + (f" (expected {self.expected})" if self.expected and self.expected != "pass" else "")
-        return [self.model, self.reference, self.optimized, num(self.ref_ap, ".2f"), num(self.opt_ap, ".2f"),
-                num(self.delta_ap, "+.2f"), ci, "" if self.agreement is None else f"{100 * self.agreement:.1f}%",
+        optimized = self.optimized + (f" ({self.int8_form})" if self.int8_form else "")
+        return [self.model, self.reference, optimized, num(self.ref_ap, ".2f"), num(self.opt_ap, ".2f"),
+                num(self.delta_ap, "+.2f"), "" if self.speedup is None else f"x{self.speedup:.2f}", ci,
+                "" if self.agreement is None else f"{100 * self.agreement:.1f}%",
                 num(self.tolerance, "g"), verdict or "-", self.result,
                 BASELINE_WORDS[BaselineKind(self.baseline_status)] if self.baseline_status else "-"]
 
 
-HEADERS = ["model", "reference", "optimized", "ref AP", "opt AP", "dAP", "95% CI", "agreement", "tolerance",
-           "verdict", "result", "baseline"]
-_NUMERIC = {3, 4, 5, 7, 8}
+HEADERS = ["model", "reference", "optimized", "ref AP", "opt AP", "dAP", "speedup", "95% CI", "agreement",
+           "tolerance", "verdict", "result", "baseline"]
+_NUMERIC = {3, 4, 5, 6, 8, 9}
 
 
 def run_table(rows: list[CaseRow]) -> str:
@@ -373,7 +420,8 @@ def _notes(rows: list[CaseRow]) -> list[str]:
              f"{len(cases)} cases: {cases[0]} and {len(cases) - 1} more ({text})" for text, cases in grouped.items()]
     # a case that lost points says where they went, one line each (the numbers differ per case)
     return notes + [f"{r.model} {r.optimized}: {r.points_went}" for r in rows
-                    if r.points_went and r.verdict in ("fail", "inconclusive")]
+                    if r.points_went and r.verdict in ("fail", "inconclusive")] \
+        + [f"{r.model} {r.optimized}: {r.speed_note}" for r in rows if r.speed_note]
 
 
 def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", dataset: str = "",

@@ -45,7 +45,7 @@ def test_the_run_table_links_every_case_and_explains_what_did_not_pass() -> None
     assert "1 passed, 2 skipped, 1 warning" in md
     assert "- m tensorrt:fp16, m tensorrt:int8 (skipped: tensorrt: missing)" in md  # one line per reason
     table = report.run_table(rows).splitlines()
-    assert table[0].split() == ["model", "reference", "optimized", "ref", "AP", "opt", "AP", "dAP", "95%", "CI",
+    assert table[0].split() == ["model", "reference", "optimized", "ref", "AP", "opt", "AP", "dAP", "speedup", "95%", "CI",
                                 "agreement", "tolerance", "verdict", "result", "baseline"]
     assert table[2].split()[-3:] == ["pass", "passed", "-"] and "inconclusive" in table[3]
 

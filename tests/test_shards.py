@@ -51,9 +51,16 @@ def test_four_shards_merge_to_the_unsharded_run_bit_for_bit(runs, tmp_path: Path
     target = OPT.replace(":", "-")
     a = json.loads((full / MODEL / target / "comparison.json").read_text())
     b = json.loads((merged / MODEL / target / "comparison.json").read_text())
-    assert b == a  # stats, per-category deltas, bootstrap CI, agreement, verdict and reason: every field
+    # speed is a clock reading, never bit-identical: the merge carries the shards' own timing
+    shard_speed = json.loads((runs["shards"][0] / MODEL / target / "comparison.json").read_text())["speed"]
+    assert b.pop("speed") == shard_speed and set(a.pop("speed")) == set(shard_speed)
+    assert b == a  # stats, per-category deltas, bootstrap CI, agreement, verdict and reason: every other field
     assert a["ci"]["low"] < a["ci"]["high"]  # a real interval, not a degenerate one
-    assert (merged / MODEL / target / "summary.md").read_text() == (full / MODEL / target / "summary.md").read_text()
+
+    def untimed(path: Path) -> list[str]:
+        return [ln for ln in path.read_text().splitlines() if not ln.startswith(("- speed:", "- **INT8 does not pay"))]
+
+    assert untimed(merged / MODEL / target / "summary.md") == untimed(full / MODEL / target / "summary.md")
     for side in ("opencv", target):
         assert (merged / MODEL / side / "detections.json").read_bytes() == \
                (full / MODEL / side / "detections.json").read_bytes()

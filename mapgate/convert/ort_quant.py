@@ -34,7 +34,7 @@ from mapgate.cpu import this_cpu
 from mapgate.fsutil import fault_point, write_bytes_atomic
 from mapgate.errors import ConfigError, ConversionError, MapgateError
 from mapgate.files import verified_sha256
-from mapgate.manifest import INT8_CALIBRATIONS, ModelSpec
+from mapgate.manifest import INT8_ACTIVATION_TYPES, INT8_CALIBRATIONS, INT8_OPS, ModelSpec
 from mapgate.optional import require, version_of
 
 QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear needs the 'axis' attribute of opset 13
@@ -49,6 +49,15 @@ EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "Quantize
 _METHOD_NAMES = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 _COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 assert set(_METHOD_NAMES) == set(INT8_CALIBRATIONS)
+# convert.int8_ops -> quantize_static's op_types_to_quantize (None: every op type it has a QDQ rule for)
+_OP_TYPES: dict[str, list[str] | None] = {"conv": ["Conv"], "all": None}
+assert set(_OP_TYPES) == set(INT8_OPS) and INT8_ACTIVATION_TYPES == ("s8", "u8")
+TENSORRT_FORM = {"ops": "conv", "activation_type": "s8"}
+
+
+def form_of(model: ModelSpec) -> dict[str, str]:
+    """The Q/DQ form of the model's INT8 recipe (convert.int8_ops, convert.int8_activation_type)."""
+    return {"ops": model.convert.int8_ops, "activation_type": model.convert.int8_activation_type}
 
 
 def recipe_of(model: ModelSpec) -> dict[str, Any]:
@@ -58,12 +67,18 @@ def recipe_of(model: ModelSpec) -> dict[str, Any]:
               "keep_float": list(c.int8_keep_float)}
     # the data-free fixes enter the key only when on, so recipes without them keep their cached builds
     recipe.update({k: True for k, on in (("cle", c.int8_cle), ("bias_correction", c.int8_bias_correction)) if on})
+    # likewise the Q/DQ form: only a non-default form enters the key (the default is every file built so far)
+    recipe.update({f"int8_{k}": v for k, v in form_of(model).items() if v != TENSORRT_FORM[k]})
     return recipe
 
 
 def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
     from mapgate.convert import onnx_for
 
+    if target.startswith("tensorrt:") and form_of(model) != TENSORRT_FORM:
+        raise ConfigError(f"{model.manifest_path}: model {model.name!r}, field 'convert.int8_ops'/"
+                          f"'convert.int8_activation_type': {form_of(model)} is not TensorRT's explicit-quantization "
+                          f"form {TENSORRT_FORM}; tensorrt:int8 needs the default")
     source = onnx_for(model, ctx)
     images = ctx.calib_images or calibration_images(limit=ctx.max_calib_images)
     check_disjoint(ctx.calib_image_ids or image_ids_of(images), ctx.evaluated_image_ids,
@@ -87,7 +102,8 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
     def _build(out: Path) -> dict[str, Any]:
         kept = quantize(source, out, model, images, method=recipe["calibration"], per_channel=recipe["per_channel"],
                         keep_float=model.convert.int8_keep_float, reduce_range=reduce_range, cle=model.convert.int8_cle,
-                        bias_correction=model.convert.int8_bias_correction)
+                        bias_correction=model.convert.int8_bias_correction, ops=model.convert.int8_ops,
+                        activation_type=model.convert.int8_activation_type)
         return {"source": str(source), "kept_float_nodes": len(kept), "calibration_image_names": [p.name for p in images],
                 "reduce_range": reduce_range, "int8_dot_product": this_cpu().to_dict()}
 
@@ -141,7 +157,7 @@ def keep_float_nodes(proto: Any, keep_float: Iterable[str]) -> list[str]:
 def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], *, method: str = "minmax",
              per_channel: bool = True, keep_float: Iterable[str] = (), calibration_cache: Path | None = None,
              proto: Any = None, reduce_range: bool = False, cle: bool = False,
-             bias_correction: bool = False) -> list[str]:
+             bias_correction: bool = False, ops: str = "conv", activation_type: str = "s8") -> list[str]:
     """Write the Q/DQ INT8 model of ``source`` to ``out``; returns the node names left in float.
 
     ``calibration_cache``: a file where ONNX Runtime keeps the calibrated tensor ranges, so many
@@ -149,11 +165,17 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     without it (they recalibrate each time, same result, slower).
     ``cle`` / ``bias_correction``: the data-free fixes of :mod:`mapgate.convert.dfq`, before and
     after quantization.
+    ``ops`` / ``activation_type``: the Q/DQ form (manifest ``convert.int8_ops`` / ``int8_activation_type``);
+    "u8" activations are asymmetric (zero point free), as ONNX Runtime's U8S8 CPU kernels take them.
     """
     q = require("onnxruntime.quantization", "onnxruntime")
     ort = require("onnxruntime", "onnxruntime")
     if method not in _METHOD_NAMES:
         raise ConfigError(f"INT8 calibration method {method!r} is not one of {', '.join(_METHOD_NAMES)}")
+    if ops not in _OP_TYPES or activation_type not in INT8_ACTIVATION_TYPES:
+        raise ConfigError(f"INT8 form ops={ops!r}, activation_type={activation_type!r}: ops must be one of "
+                          f"{', '.join(INT8_OPS)}, activation_type one of {', '.join(INT8_ACTIVATION_TYPES)}")
+    u8 = activation_type == "u8"
     input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     # quantize_static rewrites the proto it is given (weights become external data): never share one
     proto = copy.deepcopy(proto) if proto is not None else load_for_quantization(source)
@@ -177,10 +199,11 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     # the histogram calibrators print() their progress; stdout belongs to mapgate's own output
     with contextlib.redirect_stdout(io.StringIO()), _without_preprocess_advice(), _one_line_failure(model):
         q.quantize_static(
-            proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=SETTINGS["op_types"],
-            quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
+            proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=_OP_TYPES[ops],
+            quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8 if u8 else q.QuantType.QInt8,
+            weight_type=q.QuantType.QInt8,
             per_channel=per_channel, reduce_range=reduce_range, calibrate_method=getattr(q.CalibrationMethod, _METHOD_NAMES[method]),
-            extra_options=dict(EXTRA_OPTIONS), **kwargs,
+            extra_options={**EXTRA_OPTIONS, **({"ActivationSymmetric": False} if u8 else {})}, **kwargs,
         )
     if float_proto is not None:
         onnx = require("onnx", "onnxruntime")
