@@ -196,6 +196,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Pareto plot of every candidate (default: --out with .pareto.png)")
     _add_data_options(p)
 
+    p = sub.add_parser("convert", help="write the exact ONNX an engine is built from and its build recipe (no GPU)",
+                       description="Write, on any machine and without a GPU, the ONNX file BACKEND:PRECISION is built "
+                                   "from (OUT/<model>.<backend>-<precision>[-<typing>].onnx) and a JSON of its build "
+                                   "recipe beside it: builder flags, typing mode, FP32-pinned layers, calibration "
+                                   "images and cache, the Q/DQ settings, and an equivalent trtexec command line.")
+    p.add_argument("--model", required=True, help="a model name from `mapgate models`")
+    p.add_argument("--opt", required=True, metavar="BACKEND:PRECISION",
+                   help="tensorrt:fp32|fp16|int8 or onnxruntime:fp32|int8")
+    p.add_argument("--trt-typing", choices=("weak", "strong"),
+                   help="TensorRT build mode (default: the installed TensorRT's, see `mapgate doctor`; without "
+                        "TensorRT: strong, the only mode of TensorRT 11)")
+    p.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                   help="folder to write into (created if missing; refused if not empty, unless --force)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out (same-named files replaced)")
+    p.add_argument("--calib-dir", type=existing_dir, metavar="DIR",
+                   help="INT8 calibration images (default: the bundled calib-val2017)")
+    p.add_argument("--engines-dir", type=output_dir, metavar="DIR",
+                   help="reuse this conversion cache (default: a private one inside --out, removed afterwards)")
+    _add_manifest_options(p)
+
     p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",
                        description="Read pytest-benchmark runs saved with --benchmark-autosave and show images/s and "
                                    "p99 latency over time, per device fingerprint.")
@@ -449,6 +469,38 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
     return EXIT_OK if v is None or v["passed"] else EXIT_FAIL
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import os
+
+    from mapgate.backends.base import BuildContext
+    from mapgate.backends.tensorrt import installed_version
+    from mapgate.calibration import calibration_images, image_ids_of
+    from mapgate.convert.export import check_out_dir, export, parse_opt, private_cache, remove_tree, resolve_typing
+    from mapgate.errors import ConfigError
+
+    target = parse_opt(args.opt)
+    check_out_dir(args.out, args.force)
+    if args.mirror:
+        os.environ["MAPGATE_MIRROR"] = str(args.mirror)
+    models = _catalog(args).models
+    if args.model not in models:
+        raise ConfigError(f"--model {args.model!r} is not in the manifest; known: {', '.join(sorted(models))}")
+    model = models[args.model]
+    typing = resolve_typing(args.trt_typing, installed_version()[0] if target.backend == "tensorrt" else None)
+    calib = calibration_images(args.calib_dir) if target.precision == "int8" else []
+    engines = args.engines_dir or private_cache(args.out)
+    try:
+        ctx = BuildContext(engines_dir=engines, calib_images=calib, calib_image_ids=frozenset(image_ids_of(calib)),
+                           progress=False)
+        onnx_path, json_path = export(model, target, typing, args.out, ctx)
+    finally:
+        if args.engines_dir is None:
+            remove_tree(engines)
+    print(f"{target.name}" + (f" ({typing} typing)" if target.backend == "tensorrt" else "")
+          + f" of {model.name}: {onnx_path}; recipe {json_path}")
+    return EXIT_OK
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     from mapgate.history import run_history
 
@@ -456,7 +508,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"evaluate": _cmd_evaluate, "models": _cmd_models, "eval": _cmd_eval, "compare": _cmd_compare,
-             "merge": _cmd_merge, "history": _cmd_history, "int8-repair": _cmd_int8_repair}
+             "merge": _cmd_merge, "history": _cmd_history, "int8-repair": _cmd_int8_repair,
+             "convert": _cmd_convert}
 
 if __name__ == "__main__":
     sys.exit(main())
