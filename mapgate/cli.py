@@ -216,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse this conversion cache (default: a private one inside --out, removed afterwards)")
     _add_manifest_options(p)
 
+    p = sub.add_parser("doctor", help="what this machine can run; --run: a TensorRT self-check report for an issue",
+                       description="Print the backends found (with framework versions, and the pip extra that fixes a "
+                                   "missing one), the GPU, the TensorRT version and typing mode, trtexec, and the "
+                                   "CPU's INT8 dot product. With --run: build every buildable TensorRT precision of "
+                                   "every model, run it on the images, and check it against ONNX Runtime (FP32 "
+                                   "|dAP| <= 0.1 and FP16 <= 0.5 AP points vs onnxruntime:fp32, Q/DQ INT8 agreement "
+                                   "with onnxruntime:int8 >= 0.8), with engine-only times beside trtexec's where it "
+                                   "is on PATH; writes doctor.json and doctor.md. Exit codes: 0 ok, 1 a check "
+                                   "failed, 2 (with --run) TensorRT cannot run here: nothing to run.")
+    p.add_argument("--run", action="store_true", help="build, run and check the TensorRT engines (needs TensorRT and a GPU)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME",
+                   help="with --run: only this model (repeatable; default: every model of the manifest)")
+    p.add_argument("--out", type=output_dir, metavar="DIR",
+                   help="with --run: reports folder (default: reports/ beside the manifest); a run-id subfolder is made")
+    _add_data_options(p)
+
     p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",
                        description="Read pytest-benchmark runs saved with --benchmark-autosave and show images/s and "
                                    "p99 latency over time, per device fingerprint.")
@@ -501,6 +517,38 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from mapgate.doctor import NOTHING_TO_RUN, machine_facts, run_checks, run_record, tensorrt_missing
+    from mapgate.errors import ConfigError
+    from mapgate.fsutil import write_bytes_atomic, write_json_atomic
+    from mapgate.report import doctor_markdown, doctor_text
+
+    facts = machine_facts()
+    print(doctor_text(facts))
+    if not args.run:
+        return EXIT_OK
+    missing = tensorrt_missing(facts)
+    if missing is not None:
+        print(f"mapgate: error: doctor --run: {NOTHING_TO_RUN}: TensorRT cannot run here: {missing}", file=sys.stderr)
+        return EXIT_USAGE
+    gate = _gate(args, reports=args.out)
+    unknown = [m for m in args.model if m not in gate.models]
+    if unknown:
+        raise ConfigError(f"--model {unknown[0]!r} is not in the manifest; known: {', '.join(sorted(gate.models))}")
+    import shutil
+
+    say = (lambda msg: print(f"doctor: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
+        (lambda msg: None)
+    checks = run_checks(gate, args.model or list(gate.models), say=say, trtexec=shutil.which("trtexec"))
+    record = run_record(facts, checks, gate.dataset.label)
+    markdown = doctor_markdown(record)
+    write_json_atomic(gate.run_dir / "doctor.json", record)
+    write_bytes_atomic(gate.run_dir / "doctor.md", markdown.encode())
+    print(markdown)
+    print(f"report: {gate.run_dir / 'doctor.json'}, {gate.run_dir / 'doctor.md'}")
+    return EXIT_OK if record["passed"] else EXIT_FAIL
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     from mapgate.history import run_history
 
@@ -509,7 +557,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"evaluate": _cmd_evaluate, "models": _cmd_models, "eval": _cmd_eval, "compare": _cmd_compare,
              "merge": _cmd_merge, "history": _cmd_history, "int8-repair": _cmd_int8_repair,
-             "convert": _cmd_convert}
+             "convert": _cmd_convert, "doctor": _cmd_doctor}
 
 if __name__ == "__main__":
     sys.exit(main())
