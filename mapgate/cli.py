@@ -491,10 +491,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from mapgate.backends.base import BuildContext
     from mapgate.backends.tensorrt import installed_version
     from mapgate.calibration import calibration_images, image_ids_of
-    from mapgate.convert.export import check_out_dir, export, parse_opt, private_cache, remove_tree, resolve_typing
+    from mapgate.convert.export import (check_out_dir, check_typing_applies, export, parse_opt, private_cache,
+                                        remove_tree, resolve_typing)
     from mapgate.errors import ConfigError
 
     target = parse_opt(args.opt)
+    check_typing_applies(target, args.trt_typing)
     check_out_dir(args.out, args.force)
     if args.mirror:
         os.environ["MAPGATE_MIRROR"] = str(args.mirror)

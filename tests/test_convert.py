@@ -74,3 +74,15 @@ def test_parse_opt_takes_only_targets_built_from_an_onnx() -> None:
     assert parse_opt("tensorrt:int8").name == "tensorrt:int8"
     with pytest.raises(ConfigError, match="tensorrt:fp16"):
         parse_opt("tflite:int8")
+
+
+def test_weak_fp16_recipe_names_the_pinned_layers_and_the_fp32_onnx(tmp_path: Path) -> None:
+    """yolox-nano's ONNX is bundled: no conversion, so this is fast."""
+    path, recipe = _convert(tmp_path, "yolox-nano-416", "tensorrt:fp16", "--trt-typing", "weak")
+    assert path.name == "yolox-nano-416.tensorrt-fp16-weak.onnx"
+    assert recipe["recipe"]["flags"] == ["fp16"] and recipe["recipe"]["precision_constraints"] == "obey"
+    assert recipe["fp32_layers"] and recipe["recipe"]["fp32_layers"] == len(recipe["fp32_layers"])
+    nodes = {n.name for n in onnx.load(str(path)).graph.node}
+    assert set(recipe["fp32_layers"]) <= nodes  # the tail of this very file
+    assert "--fp16" in recipe["trtexec"] and "--stronglyTyped" not in recipe["trtexec"]
+    assert set(recipe["io_types"].values()) == {"FLOAT"}

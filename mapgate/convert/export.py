@@ -20,7 +20,7 @@ from mapgate.backends import tensorrt as trt_backend
 from mapgate.backends.base import PRECISIONS, BuildContext
 from mapgate.calibration import calibration_set_hash
 from mapgate.convert import artifact_for, onnx_for
-from mapgate.convert import ort_quant
+from mapgate.convert import ort_quant, trt_onnx
 from mapgate.cpu import this_cpu
 from mapgate.errors import ConfigError
 from mapgate.files import verified_sha256
@@ -64,6 +64,11 @@ def resolve_typing(asked: str | None, installed: str | None) -> str:
         return "strong" if trt_backend.select_mode(trt_backend.parse_version(installed)) == trt_backend.STRONG \
             else "weak"
     return "strong"
+
+
+def check_typing_applies(target: ConvertTarget, asked: str | None) -> None:
+    if asked is not None and target.backend != "tensorrt":
+        raise ConfigError(f"--trt-typing {asked} applies to tensorrt targets only, not --opt {target.name}")
 
 
 def check_out_dir(out: Path, force: bool) -> None:
@@ -154,7 +159,16 @@ def recipe(model: ModelSpec, target: ConvertTarget, typing: str, onnx_path: Path
                          "as --calib"} if int8 else None),
         "trtexec": trtexec_command(onnx_name, engine_name, target.precision, typing, input_name, shape, dynamic,
                                    workspace_mb, pinned, calib_cache),
+        "trtexec_note": ("--layerPrecisions names the ONNX nodes, as TensorRT's parser names their layers; mapgate "
+                         "also pins the extra layers a node is lowered to (matched by output tensor), which trtexec "
+                         "cannot address by name" if pinned else None),
     })
+    if target.precision == "fp16" and mode == trt_backend.STRONG:
+        import onnx
+
+        source = onnx.load(str(onnx_for(model, ctx)), load_external_data=False)
+        record["fp16"] = {"converter": trt_onnx.fp16_converter(), "keep_io_types": True,
+                          "kept_float_nodes": trt_onnx.keep_float_nodes(source, model.convert.int8_keep_float)}
     return record
 
 

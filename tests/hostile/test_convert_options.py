@@ -68,3 +68,10 @@ def test_force_writes_into_a_non_empty_out_and_nowhere_else(capsys: pytest.Captu
                                                      f"{MODEL}.onnxruntime-fp32.onnx"]
     assert (out / "keep.onnx").read_bytes() == b"user's file"
     sandbox.assert_only_new_under(out)
+
+
+def test_trt_typing_with_an_onnxruntime_target_is_refused(capsys: pytest.CaptureFixture, sandbox: Sandbox) -> None:
+    code, err = cli(capsys, "convert", "--model", MODEL, "--opt", "onnxruntime:int8", "--trt-typing", "weak",
+                    "--out", sandbox.root / "onnx")
+    assert code == 2 and err.count("error:") == 1 and "--trt-typing" in err and "tensorrt targets only" in err
+    sandbox.assert_only_new_under()
