@@ -520,7 +520,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from mapgate.doctor import NOTHING_TO_RUN, machine_facts, run_checks, run_record, tensorrt_missing
+    from mapgate.doctor import NOTHING_TO_RUN, machine_facts, ran_nothing, run_checks, run_record, tensorrt_missing
     from mapgate.errors import ConfigError
     from mapgate.fsutil import write_bytes_atomic, write_json_atomic
     from mapgate.report import doctor_markdown, doctor_text
@@ -548,6 +548,10 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     write_bytes_atomic(gate.run_dir / "doctor.md", markdown.encode())
     print(markdown)
     print(f"report: {gate.run_dir / 'doctor.json'}, {gate.run_dir / 'doctor.md'}")
+    if ran_nothing(record):
+        print(f"mapgate: error: doctor --run: {NOTHING_TO_RUN}: every check was skipped (reasons in the report)",
+              file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK if record["passed"] else EXIT_FAIL
 
 

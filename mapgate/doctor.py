@@ -25,7 +25,7 @@ from mapgate.backends import all_backends
 from mapgate.backends import tensorrt as trt_backend
 from mapgate.compare import detection_agreement
 from mapgate.cpu import this_cpu
-from mapgate.errors import MapgateError
+from mapgate.errors import BackendUnavailable, MapgateError
 from mapgate.gate import Gate
 
 FP32_MAX_DAP = 0.1  # AP points: the same FP32 graph on two engines differs only by kernel rounding
@@ -162,6 +162,9 @@ def run_checks(gate: Gate, models: Sequence[str], say: Callable[[str], None] = l
             try:
                 trt = gate.side(name, f"tensorrt:{precision}")
                 ref = gate.side(name, check.reference)
+            except BackendUnavailable as exc:  # e.g. a converter's module missing on this machine: not a defect
+                check.reason = str(exc)
+                continue
             except MapgateError as exc:
                 check.status, check.reason = STATUS_ERROR, str(exc)
                 continue
@@ -180,6 +183,11 @@ def run_checks(gate: Gate, models: Sequence[str], say: Callable[[str], None] = l
                 if why:
                     check.extra["trtexec"] = why
     return checks
+
+
+def ran_nothing(record: dict[str, Any]) -> bool:
+    """Every check was skipped: nothing was proven (``doctor --run`` exits 2, as without TensorRT)."""
+    return record["counts"][STATUS_SKIPPED] == len(record["checks"])
 
 
 def run_record(facts: dict[str, Any], checks: Sequence[Check], dataset: str) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 
 from mapgate.calibration import calibration_images
 from mapgate.cli import main
-from mapgate.doctor import Check, judge, parse_trtexec_ms
+from mapgate.doctor import Check, judge, parse_trtexec_ms, ran_nothing, run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN = ROOT / "tests" / "trt_standin"
@@ -126,3 +126,13 @@ def test_doctor_run_on_the_weakly_typed_standin_reports_int8_unjudged(shared: tu
     assert checks["fp32"]["status"] == "pass", log[-3000:]
     assert checks["int8"]["typing"] == "weakly typed" and not checks["int8"]["qdq"]
     assert "not judged" in checks["int8"]["reason"]
+
+
+def test_a_run_where_every_check_was_skipped_proves_nothing() -> None:
+    skipped = [Check("m", p, "onnxruntime:fp32", reason="converter missing") for p in ("fp32", "fp16")]
+    record = run_record({}, skipped, "val2017-mini (206 images)")
+    assert ran_nothing(record) and not record["passed"]
+    one = run_record({}, [*skipped, judge(Check("m", "fp32", "onnxruntime:fp32", dap=0.0))], "d")
+    assert not ran_nothing(one) and one["passed"]
+    failed = run_record({}, [judge(Check("m", "fp32", "onnxruntime:fp32", dap=0.5))], "d")
+    assert not failed["passed"]
