@@ -196,6 +196,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Pareto plot of every candidate (default: --out with .pareto.png)")
     _add_data_options(p)
 
+    p = sub.add_parser("convert", help="write the exact ONNX an engine is built from and its build recipe (no GPU)",
+                       description="Write, on any machine and without a GPU, the ONNX file BACKEND:PRECISION is built "
+                                   "from (OUT/<model>.<backend>-<precision>[-<typing>].onnx) and a JSON of its build "
+                                   "recipe beside it: builder flags, typing mode, FP32-pinned layers, calibration "
+                                   "images and cache, the Q/DQ settings, and an equivalent trtexec command line.")
+    p.add_argument("--model", required=True, help="a model name from `mapgate models`")
+    p.add_argument("--opt", required=True, metavar="BACKEND:PRECISION",
+                   help="tensorrt:fp32|fp16|int8 or onnxruntime:fp32|int8")
+    p.add_argument("--trt-typing", choices=("weak", "strong"),
+                   help="TensorRT build mode (default: the installed TensorRT's, see `mapgate doctor`; without "
+                        "TensorRT: strong, the only mode of TensorRT 11)")
+    p.add_argument("--out", required=True, type=output_dir, metavar="DIR",
+                   help="folder to write into (created if missing; refused if not empty, unless --force)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out (same-named files replaced)")
+    p.add_argument("--calib-dir", type=existing_dir, metavar="DIR",
+                   help="INT8 calibration images (default: the bundled calib-val2017)")
+    p.add_argument("--engines-dir", type=output_dir, metavar="DIR",
+                   help="reuse this conversion cache (default: a private one inside --out, removed afterwards)")
+    _add_manifest_options(p)
+
+    p = sub.add_parser("doctor", help="what this machine can run; --run: a TensorRT self-check report for an issue",
+                       description="Print the backends found (with framework versions, and the pip extra that fixes a "
+                                   "missing one), the GPU, the TensorRT version and typing mode, trtexec, and the "
+                                   "CPU's INT8 dot product. With --run: build every buildable TensorRT precision of "
+                                   "every model, run it on the images, and check it against ONNX Runtime (FP32 "
+                                   "|dAP| <= 0.1 and FP16 <= 0.5 AP points vs onnxruntime:fp32, Q/DQ INT8 agreement "
+                                   "with onnxruntime:int8 >= 0.8), with engine-only times beside trtexec's where it "
+                                   "is on PATH; writes doctor.json and doctor.md. Exit codes: 0 ok, 1 a check "
+                                   "failed, 2 (with --run) TensorRT cannot run here: nothing to run.")
+    p.add_argument("--run", action="store_true", help="build, run and check the TensorRT engines (needs TensorRT and a GPU)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME",
+                   help="with --run: only this model (repeatable; default: every model of the manifest)")
+    p.add_argument("--out", type=output_dir, metavar="DIR",
+                   help="with --run: reports folder (default: reports/ beside the manifest); a run-id subfolder is made")
+    _add_data_options(p)
+
     p = sub.add_parser("history", help="benchmark history: a table per model/backend and a PNG trend plot",
                        description="Read pytest-benchmark runs saved with --benchmark-autosave and show images/s and "
                                    "p99 latency over time, per device fingerprint.")
@@ -457,6 +493,76 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
     return EXIT_OK if v is None or v["passed"] else EXIT_FAIL
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    import os
+
+    from mapgate.backends.base import BuildContext
+    from mapgate.backends.tensorrt import installed_version
+    from mapgate.calibration import calibration_images, image_ids_of
+    from mapgate.convert.export import (check_out_dir, check_typing_applies, export, parse_opt, private_cache,
+                                        remove_tree, resolve_typing)
+    from mapgate.errors import ConfigError
+
+    target = parse_opt(args.opt)
+    check_typing_applies(target, args.trt_typing)
+    check_out_dir(args.out, args.force)
+    if args.mirror:
+        os.environ["MAPGATE_MIRROR"] = str(args.mirror)
+    models = _catalog(args).models
+    if args.model not in models:
+        raise ConfigError(f"--model {args.model!r} is not in the manifest; known: {', '.join(sorted(models))}")
+    model = models[args.model]
+    typing = resolve_typing(args.trt_typing, installed_version()[0] if target.backend == "tensorrt" else None)
+    calib = calibration_images(args.calib_dir) if target.precision == "int8" else []
+    engines = args.engines_dir or private_cache(args.out)
+    try:
+        ctx = BuildContext(engines_dir=engines, calib_images=calib, calib_image_ids=frozenset(image_ids_of(calib)),
+                           progress=False)
+        onnx_path, json_path = export(model, target, typing, args.out, ctx)
+    finally:
+        if args.engines_dir is None:
+            remove_tree(engines)
+    print(f"{target.name}" + (f" ({typing} typing)" if target.backend == "tensorrt" else "")
+          + f" of {model.name}: {onnx_path}; recipe {json_path}")
+    return EXIT_OK
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from mapgate.doctor import NOTHING_TO_RUN, machine_facts, ran_nothing, run_checks, run_record, tensorrt_missing
+    from mapgate.errors import ConfigError
+    from mapgate.fsutil import write_bytes_atomic, write_json_atomic
+    from mapgate.report import doctor_markdown, doctor_text
+
+    facts = machine_facts()
+    print(doctor_text(facts))
+    if not args.run:
+        return EXIT_OK
+    missing = tensorrt_missing(facts)
+    if missing is not None:
+        print(f"mapgate: error: doctor --run: {NOTHING_TO_RUN}: TensorRT cannot run here: {missing}", file=sys.stderr)
+        return EXIT_USAGE
+    gate = _gate(args, reports=args.out)
+    unknown = [m for m in args.model if m not in gate.models]
+    if unknown:
+        raise ConfigError(f"--model {unknown[0]!r} is not in the manifest; known: {', '.join(sorted(gate.models))}")
+    import shutil
+
+    say = (lambda msg: print(f"doctor: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
+        (lambda msg: None)
+    checks = run_checks(gate, args.model or list(gate.models), say=say, trtexec=shutil.which("trtexec"))
+    record = run_record(facts, checks, gate.dataset.label)
+    markdown = doctor_markdown(record)
+    write_json_atomic(gate.run_dir / "doctor.json", record)
+    write_bytes_atomic(gate.run_dir / "doctor.md", markdown.encode())
+    print(markdown)
+    print(f"report: {gate.run_dir / 'doctor.json'}, {gate.run_dir / 'doctor.md'}")
+    if ran_nothing(record):
+        print(f"mapgate: error: doctor --run: {NOTHING_TO_RUN}: every check was skipped (reasons in the report)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK if record["passed"] else EXIT_FAIL
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     from mapgate.history import run_history
 
@@ -464,7 +570,8 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"evaluate": _cmd_evaluate, "models": _cmd_models, "eval": _cmd_eval, "compare": _cmd_compare,
-             "merge": _cmd_merge, "history": _cmd_history, "int8-repair": _cmd_int8_repair}
+             "merge": _cmd_merge, "history": _cmd_history, "int8-repair": _cmd_int8_repair,
+             "convert": _cmd_convert, "doctor": _cmd_doctor}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -539,3 +539,68 @@ def plot_int8_pareto(record: dict[str, Any], out: Path) -> Path:
         return _save(fig, out)
     finally:
         plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# `mapgate doctor`
+# ---------------------------------------------------------------------------------------------
+def doctor_text(facts: dict[str, Any]) -> str:
+    """What this machine can run (``mapgate doctor``), one line per fact, with the fix for each gap."""
+    lines = [f"{'backend':12} {'status':12} versions"]
+    for row in facts["backends"]:
+        versions = ", ".join(f"{m} {v}" for m, v in row["versions"].items() if v) or "-"
+        lines.append(f"{row['backend']:12} {'available' if row['available'] else 'missing':12} {versions}")
+        if not row["available"]:
+            lines.append(f"{'':12}   why: {row['reason']}")
+            if row["fix"]:
+                lines.append(f"{'':12}   fix: {row['fix']}")
+    trt, gpu = facts["tensorrt"], facts["gpu"]
+    if trt["version"] is None:
+        lines.append("\nTensorRT: not importable (why and fix: the tensorrt row above)")
+    else:
+        typing = trt.get("typing") or f"refused: {trt.get('typing_error')}"
+        env = f" (MAPGATE_TRT_TYPING={trt['typing_env']})" if trt["typing_env"] else ""
+        lines.append(f"\nTensorRT {trt['version']} ({trt['where']}): {typing} builds{env}")
+        for precision, st in trt.get("precisions", {}).items():
+            lines.append(f"  tensorrt:{precision:5} {'buildable' if st['ok'] else 'not buildable: ' + st['reason']}")
+    lines.append("TensorRT typing per version: 8.5-10.11 weakly typed; 10.12-10.x weakly typed unless "
+                 "MAPGATE_TRT_TYPING=strong; 11+ strongly typed only")
+    gpu_line = f"GPU: {gpu['cuda_devices']} CUDA device(s)"
+    if gpu.get("name"):
+        gpu_line += f", {gpu['name']} (compute capability {gpu.get('compute_capability', '?')})"
+    if gpu["reason"]:
+        gpu_line += f"; {gpu['reason']}"
+    lines.append(gpu_line)
+    lines.append(f"trtexec: {facts['trtexec'] or 'not on PATH (doctor --run then times with mapgate only)'}")
+    cpu = facts["cpu_int8_dot_product"]
+    lines.append(f"CPU INT8 dot product ({cpu['machine']}): {'saturates' if cpu['saturates'] else 'exact'}: "
+                 f"{cpu['reason']}" + ("; onnxruntime:int8 uses 7-bit weights here" if cpu["saturates"] else ""))
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _pts(value: float | None, sign: bool = False) -> str:
+    return "-" if value is None else (f"{value:+.2f}" if sign else f"{value:.2f}")
+
+
+def doctor_markdown(record: dict[str, Any]) -> str:
+    """The ``doctor --run`` report as Markdown, to attach to an issue."""
+    b = record["bounds"]
+    out = ["# mapgate doctor --run", "",
+           f"Data set: {record['dataset']}. Verdict: **{'PASS' if record['passed'] else 'FAIL'}** "
+           f"({', '.join(f'{k} {v}' for k, v in record['counts'].items())}).", "",
+           f"Bounds: FP32 |dAP| <= {b['fp32_max_dap']} and FP16 |dAP| <= {b['fp16_max_dap']} AP points vs "
+           f"onnxruntime:fp32; Q/DQ INT8 agreement with onnxruntime:int8 >= {b['int8_min_agreement']}.", "",
+           "| model | target | typing | reference | AP | ref AP | dAP | agreement | engine ms | ref ms | trtexec ms "
+           "| status |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in record["checks"]:
+        agreement = "-" if c["agreement"] is None else f"{c['agreement']:.3f}"
+        out.append(f"| {c['model']} | tensorrt:{c['precision']} | {c['typing'] or '-'} | {c['reference']} | "
+                   f"{_pts(c['ap'])} | {_pts(c['reference_ap'])} | {_pts(c['dap'], True)} | {agreement} | "
+                   f"{_ms(c['engine_ms'])} | {_ms(c['reference_engine_ms'])} | {_ms(c['trtexec_ms'])} | "
+                   f"{c['status']}{': ' + c['reason'].replace('|', '/') if c['reason'] else ''} |")
+    out += ["", "## Machine", "", "```", doctor_text(record["machine"]), "```", ""]
+    return "\n".join(out)
