@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mapgate"
 
@@ -128,6 +130,7 @@ def test_function_local_imports_of_own_modules_stay_few() -> None:
     assert local <= MAX_FUNCTION_LOCAL
 
 
+@pytest.mark.slow  # one interpreter per module: ~25 s
 def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
     names = sorted(_module_name(p) for p in PACKAGE.rglob("*.py"))
     code = ("import importlib, subprocess, sys\n"
