@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mapgate.decision import Decision, decide
+from mapgate.decision import Decision, decide, reference_suspect
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 AGREEMENT_MIN_SCORE = 0.3
@@ -109,12 +109,14 @@ class Verdict:
     int8_form: dict[str, str] | None = None
     verdict: str = field(init=False)  # pass | fail | inconclusive (mapgate.decision.decide)
     decision_rule: dict[str, Any] = field(init=False)
+    reference_suspect: bool = field(init=False)  # mapgate.decision.reference_suspect: ref AP too low to mean much
 
     def __post_init__(self) -> None:
         self._decision = decide(self.deltas["AP"], self.ci, self.tolerance, delta_ap50=self.deltas["AP50"],
                                 reference_detections=self.ref_detections)
         self.verdict = self._decision.status.value
         self.decision_rule = self._decision.rule()
+        self.reference_suspect = reference_suspect(100.0 * self.ref_stats["AP"], self._decision.n_images)
 
     @property
     def decision(self) -> Decision:

@@ -47,6 +47,17 @@ def resolve_tolerance(precision: str, manifest_tolerances: Mapping[str, float], 
     return DEFAULT_TOLERANCES[precision], f"default for {precision}"
 
 
+# A reference under 1 AP point on a data set of this many images or more says its own pipeline is broken
+# (class space, preprocessing, decoder): original and optimized agree, the gate passes, and proves nothing.
+SUSPECT_REFERENCE_AP = 1.0
+SUSPECT_REFERENCE_MIN_IMAGES = 100  # the bundled val2017-mini has 206; a 20-image smoke run may score low
+
+
+def reference_suspect(ref_ap_points: float, n_images: int) -> bool:
+    """Whether a reference AP (points) is too low to be a detector working on a data set of ``n_images``."""
+    return n_images >= SUSPECT_REFERENCE_MIN_IMAGES and ref_ap_points < SUSPECT_REFERENCE_AP
+
+
 def images_needed(n_images: int, se_points: float | None, delta_points: float, tolerance: float,
                   z: float) -> int | None:
     """Images that would make an inconclusive comparison conclusive, if dAP stayed where it is.

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from mapgate import __version__
+from mapgate import __version__, preflight
 from mapgate.backends import get_backend, parse_target
 from mapgate.backends.base import BuildContext
 from mapgate.benchmarking import SPEED_IMAGES, load_batch, speed_vs_fp32
@@ -191,7 +191,7 @@ class Gate:
         available = backend.availability()
         if not available.ok:
             raise BackendUnavailable(backend_name, available.reason)
-        preflight(model)
+        preflight.check(model)
         ctx = self.build_context(calibration=precision == "int8")
         identity = self._identity(model, backend, precision, ctx)
         inputs = {
@@ -231,7 +231,7 @@ class Gate:
             run = _detect()
             detections, timings = run.detections, run.timings_ms
             cache_key = None
-        _class_space_hint(model, detections)
+        preflight.class_space_hint(model, detections)
         per_image = self._per_image(detections)
         side = Side(model.name, backend_name, precision, detections, per_image.metrics, timings, identity,
                     from_cache=not fresh, per_image=per_image, cache_key=cache_key)
@@ -437,38 +437,6 @@ def is_backend_ref(ref: str) -> bool:
     from mapgate.backends import all_backends
 
     return ref.partition(":")[0] in all_backends()
-
-
-def preflight(model: ModelSpec) -> None:
-    """Checks of a model's files that no backend makes before running them: a Darknet .weights file
-    of the wrong size for its .cfg (OpenCV runs it and reports AP 0), and class_space = "coco90"
-    on an 80-class Darknet model (AP near 0 without a word)."""
-    if model.format != "darknet":
-        return
-    from mapgate import darknet_cfg
-    from mapgate.files import resolve_role
-
-    cfg, weights = resolve_role(model, "cfg"), resolve_role(model, "weights")
-    darknet_cfg.check_weights_size(cfg, weights, model.input_size)
-    classes = {h.num_classes for h in darknet_cfg.yolo_heads(darknet_cfg.parse_cfg(cfg), model.input_size)}
-    if model.postprocess.class_space == "coco90" and classes == {80}:
-        raise ConfigError(f"{model.manifest_path}: model {model.name!r}, field 'postprocess.class_space': \"coco90\" "
-                          f"but {cfg.name} has 80 classes: class indices would map to the wrong COCO ids (AP near 0). "
-                          "Use class_space = \"coco80\"")
-
-
-def _class_space_hint(model: ModelSpec, detections: list[dict[str, Any]]) -> None:
-    """A warning, not an error: a 90-way model may legitimately never emit the last ten ids on a small
-    image set, but an 80-class model read as coco90 shifts every id past 11 and scores near 0."""
-    if model.postprocess.class_space != "coco90" or not detections:
-        return
-    top = max(d["category_id"] for d in detections)
-    if top <= 80:
-        import warnings
-
-        warnings.warn(f"model {model.name!r} ({model.manifest_path}): class_space = \"coco90\" but no detection has a "
-                      f"COCO id above {top}; an 80-class model needs class_space = \"coco80\" (else ids past 11 are "
-                      "shifted and AP is near 0)", UserWarning, stacklevel=3)
 
 
 RUN_ID_ENV = "MAPGATE_RUN_ID"

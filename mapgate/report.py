@@ -103,6 +103,11 @@ def _points_went(attribution: Any) -> str:
         ", ".join(f"{r['name']} {r['points']:.2f}" for r in lost) if lost else "none")
 
 
+def suspect_reference_text(model: str, reference: str, ref_ap: float, n_images: int) -> str:
+    return (f"WARNING: {model} {reference} scores AP {ref_ap:.2f} on {n_images} images: the reference pipeline itself "
+            "is broken (class_space, preprocess, decoder?), so its comparisons prove nothing")
+
+
 def does_not_pay(decision: SpeedDecision | None) -> str:
     """The summary line of an optimized precision slower than its backend's FP32 ("" when it pays)."""
     if decision is None or decision.pays:
@@ -196,6 +201,8 @@ def case_text(v: Verdict, directory: Path | None = None, result: str | None = No
     """One case for a terminal: the comparison table, the reason and where the artifacts are."""
     width = 13
     lines = [f"{v.model}: {v.opt['target']} vs {v.ref['target']} on {v.dataset}",
+             *([f"  {suspect_reference_text(v.model, v.ref['target'], 100 * v.ref_stats['AP'], v.decision.n_images)}"]
+               if v.reference_suspect else []),
              f"  {'':{width}} {'reference':>10} {'optimized':>10} {'delta':>8}"]
     for name in ("AP", "AP50", "AP75"):
         lines.append(f"  {name:{width}} {100 * v.ref_stats[name]:10.2f} {100 * v.opt_stats[name]:10.2f} "
@@ -350,6 +357,8 @@ class CaseRow:
     speedup: float | None = None  # FP32 time / optimized time on the same backend (None: not timed)
     speed_note: str = ""  # "INT8 does not pay on this backend: ..." when slower than FP32
     int8_form: str = ""  # "conv/s8": the Q/DQ form of an INT8 file (shown beside the target)
+    reference_suspect: bool = False  # the reference AP is too low to mean anything (mapgate.decision)
+    n_images: int = 0
 
     @classmethod
     def of(cls, v: Verdict, result: str, directory: str = "", baseline: str = "",
@@ -362,7 +371,8 @@ class CaseRow:
                    directory=directory, pictures=tuple(pictures), dataset=v.dataset,
                    points_went=_points_went(v.extras.get("attribution")),
                    speedup=v.speed["speedup_vs_fp32"] if v.speed else None,
-                   speed_note=does_not_pay(speed_pays(v.speed, _precision_of(v))), int8_form=form_text(v.int8_form))
+                   speed_note=does_not_pay(speed_pays(v.speed, _precision_of(v))), int8_form=form_text(v.int8_form),
+                   reference_suspect=v.reference_suspect, n_images=v.decision.n_images)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -380,7 +390,8 @@ class CaseRow:
         ci = f"[{self.ci_low:+.2f}, {self.ci_high:+.2f}]" if self.ci_low is not None and self.ci_high is not None else ""
         verdict = self.verdict + (f" (expected {self.expected})" if self.expected and self.expected != "pass" else "")
         optimized = self.optimized + (f" ({self.int8_form})" if self.int8_form else "")
-        return [self.model, self.reference, optimized, num(self.ref_ap, ".2f"), num(self.opt_ap, ".2f"),
+        ref_ap = num(self.ref_ap, ".2f") + (" !" if self.reference_suspect else "")
+        return [self.model, self.reference, optimized, ref_ap, num(self.opt_ap, ".2f"),
                 num(self.delta_ap, "+.2f"), "" if self.speedup is None else f"x{self.speedup:.2f}", ci,
                 "" if self.agreement is None else f"{100 * self.agreement:.1f}%",
                 num(self.tolerance, "g"), verdict or "-", self.result,
@@ -418,8 +429,12 @@ def _notes(rows: list[CaseRow]) -> list[str]:
     notes = [f"{cases[0]} ({text})" if len(cases) == 1 else
              f"{', '.join(cases)} ({text})" if len(cases) <= 3 else
              f"{len(cases)} cases: {cases[0]} and {len(cases) - 1} more ({text})" for text, cases in grouped.items()]
+    # a reference that scores near 0 makes every comparison against it meaningless: first, loud
+    suspects = sorted({(r.model, r.reference, r.ref_ap, r.n_images) for r in rows
+                       if r.reference_suspect and r.ref_ap is not None})
+    loud = [suspect_reference_text(*s) for s in suspects]
     # a case that lost points says where they went, one line each (the numbers differ per case)
-    return notes + [f"{r.model} {r.optimized}: {r.points_went}" for r in rows
+    return loud + notes + [f"{r.model} {r.optimized}: {r.points_went}" for r in rows
                     if r.points_went and r.verdict in ("fail", "inconclusive")] \
         + [f"{r.model} {r.optimized}: {r.speed_note}" for r in rows if r.speed_note]
 

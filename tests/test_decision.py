@@ -53,3 +53,10 @@ def test_no_front_end_compares_a_delta_with_a_tolerance(module: str) -> None:
                              if isinstance(n, (ast.Name, ast.Attribute))).lower()
             assert not ("tol" in names and ("delta" in names or "low" in names or "ci" in names)), \
                 f"{module}:{node.lineno} decides: {ast.unparse(node)}"
+
+
+@pytest.mark.parametrize(("ap", "images", "suspect"), [(0.4, 206, True), (0.99, 100, True), (1.0, 206, False),
+                                                       (24.6, 206, False), (0.4, 20, False)])
+def test_a_reference_under_one_point_is_suspect_only_on_a_data_set_of_bundled_scale(ap: float, images: int,
+                                                                                     suspect: bool) -> None:
+    assert decision.reference_suspect(ap, images) is suspect

@@ -84,3 +84,16 @@ def test_a_case_that_lost_points_says_where_they_went_under_the_run_table() -> N
     assert line in report.run_table(rows).splitlines()
     assert f"- {line}" in report.run_markdown(rows)
     assert report.run_table(rows).count("AP50 points lost") == 1  # the passing case adds no line
+
+
+def test_a_reference_scoring_near_zero_on_a_bundled_scale_set_is_a_loud_warning_in_the_table() -> None:
+    v = verdict(0.0)
+    v.ref_stats = dict(v.ref_stats, AP=0.004)  # 0.4 points: what coco90 on an 80-class model gives
+    v.__post_init__()
+    assert v.reference_suspect and v.to_dict()["reference_suspect"] is True
+    row = report.CaseRow.from_dict(report.CaseRow.of(v, "passed").to_dict())
+    table = report.run_table([row]).splitlines()
+    assert table[2].split()[3:5] == ["0.40", "!"]
+    assert table[4].startswith("WARNING: m onnxruntime scores AP 0.40 on 200 images: the reference pipeline itself")
+    assert "WARNING: m onnxruntime scores AP 0.40" in report.case_text(v)
+    assert "WARNING" not in report.run_table([report.CaseRow.of(verdict(0.0), "passed")])  # 30 points: no warning

@@ -36,12 +36,18 @@ from mapgate.errors import ConfigError
 from mapgate.files import resolve_role
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output
-from mapgate.postprocess.family import Family
+from mapgate.postprocess.family import Family, Setting
 
 FAMILY = Family(
     name="darknet_yolo",
     summary="Darknet [yolo] heads (YOLOv3/v4, tiny, Yolo-Fastest); anchors and strides from the .cfg",
     nms_in_graph=False,
+    decoder={
+        # YOLO is fully convolutional (darknet's own -width/-height, tensorrt_demos' yolov3-416 from the
+        # 608 cfg), but an input_size that differs from the cfg's by mistake runs silently: say it.
+        "resize_network": Setting(bool, False, "true: run the cfg at input_size although its [net] "
+                                  "width/height differ"),
+    },
 )
 
 

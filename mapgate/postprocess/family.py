@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from types import ModuleType
 
-from mapgate.manifest import REQUIRED, Setting
+from mapgate.manifest import REQUIRED, ModelSpec, Setting
 
-__all__ = ["REQUIRED", "Family", "Setting", "all_families", "family_names"]
+__all__ = ["REQUIRED", "ClassesIn", "Family", "Setting", "Shape", "all_families", "family_names"]
+
+Shape = tuple[int | None, ...]  # a tensor's dims as the model file declares them; None = not static
+# output name -> dims, the model -> how many classes the outputs carry (None: the shapes do not tell)
+ClassesIn = Callable[[dict[str, Shape], ModelSpec], int | None]
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,9 @@ class Family:
     summary: str
     nms_in_graph: bool  # True: the graph already ran NMS; the manifest's postprocess.nms must be "none"
     decoder: dict[str, Setting] = field(default_factory=dict)
+    # How many classes a model's static output shapes carry, so mapgate/preflight.py can refuse a
+    # class_space that contradicts them before anything runs (None: the family cannot tell).
+    classes_in: ClassesIn | None = None
 
 
 @lru_cache(maxsize=1)

@@ -23,7 +23,25 @@ import numpy as np
 from mapgate.errors import ConfigError
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output
-from mapgate.postprocess.family import Family, Setting
+from mapgate.postprocess.family import Family, Setting, Shape
+
+
+def _classes_in(outputs: dict[str, Shape], model: ModelSpec) -> int | None:
+    """The class maps' width: after the box bins in the concatenated tensor, the named class maps',
+    or (by shape) the one output width that is not the box maps' 4 * (reg_max + 1)."""
+    cfg = model.postprocess.decoder
+    n_box = 4 * (cfg.get("reg_max", 7) + 1)
+    way = cfg.get("outputs", "by_shape")
+    if way == "concatenated":
+        last = outputs.get(cfg.get("output", "output"), (None,))[-1]
+        return last - n_box if last is not None else None
+    if way == "by_name":
+        names = cfg.get("class_outputs") or []
+        widths = {outputs.get(n, (None,))[-1] for n in names}
+    else:
+        widths = {dims[-1] for dims in outputs.values() if dims} - {n_box}
+    return widths.pop() if len(widths) == 1 and None not in widths else None
+
 
 FAMILY = Family(
     name="gfl",
@@ -42,6 +60,7 @@ FAMILY = Family(
         "pre_nms_top_k_per_level": Setting(int, 0, "keep the k cells of best class score per level (NanoDet: 1000)",
                                            minimum=0),
     },
+    classes_in=_classes_in,
 )
 
 

@@ -14,7 +14,19 @@ import numpy as np
 from mapgate.errors import ConfigError
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output, to_xyxy
-from mapgate.postprocess.family import Family, Setting
+from mapgate.postprocess.family import Family, Setting, Shape
+
+
+def _classes_in(outputs: dict[str, Shape], model: ModelSpec) -> int | None:
+    """v5: [1, N, 5 + C]; v8: [1, 4 + C, N] or its transpose (C + 4 is the short side: N is thousands)."""
+    cfg = model.postprocess.decoder
+    dims = outputs.get(cfg.get("output", "output"), ())
+    if len(dims) != 3 or None in dims[1:]:
+        return None
+    if cfg.get("head") == "v5":
+        return int(dims[2]) - 5  # type: ignore[operator]
+    return min(dims[1:]) - 4  # type: ignore[type-var, operator]
+
 
 FAMILY = Family(
     name="ultralytics",
@@ -25,6 +37,7 @@ FAMILY = Family(
         "output": Setting(str, "output", "name of the output (YOLOv8 exports call it output0)"),
         "num_classes": Setting(int, 80, "number of class-score columns", minimum=1),
     },
+    classes_in=_classes_in,
 )
 
 

@@ -9,8 +9,12 @@ import numpy as np
 
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output
-from mapgate.postprocess.family import Family, Setting
+from mapgate.postprocess.family import Family, Setting, Shape
 
+
+def _classes_in(outputs: dict[str, Shape], model: ModelSpec) -> int | None:
+    dims = outputs.get(model.postprocess.decoder.get("output", "output"), ())
+    return int(dims[-1]) - 5 if len(dims) == 3 and dims[-1] is not None else None
 
 FAMILY = Family(
     name="yolox",
@@ -20,6 +24,7 @@ FAMILY = Family(
         "output": Setting(str, "output", "name of the [1, N, 5+C] output"),
         "strides": Setting(list, [8, 16, 32], "strides of the heads, in output row order", item=int, minimum=1),
     },
+    classes_in=_classes_in,
 )
 
 
