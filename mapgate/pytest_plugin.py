@@ -117,6 +117,7 @@ class MapgateSession:
     rows: list[dict[str, Any]] = field(default_factory=list)  # report.CaseRow dicts, in report order
     baseline_updates: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
     table: str = ""  # the session table, once the run is over
+    table_title: str = "mapgate accuracy gate"
     refused: list[str] = field(default_factory=list)  # failing cases --update-baselines would not record
     messages: list[str] = field(default_factory=list)  # what was written at the end of the run
 
@@ -668,11 +669,12 @@ def _on_sessionfinish(session: MapgateSession) -> None:
     if warning:
         session.messages.append(warning)
     session.table = report.run_table(rows)
+    session.table_title = report.run_title(dataset)
 
 
 def _on_terminal_summary(session: MapgateSession, terminalreporter: Any) -> None:
     if session.table:
-        terminalreporter.write_sep("=", "mapgate accuracy gate")
+        terminalreporter.write_sep("=", session.table_title)
         for line in session.table.splitlines():
             terminalreporter.write_line(line)
     for message in session.messages:

@@ -403,6 +403,11 @@ HEADERS = ["model", "reference", "optimized", "ref AP", "opt AP", "dAP", "speedu
 _NUMERIC = {3, 4, 5, 6, 8, 9}
 
 
+def run_title(dataset: str) -> str:
+    """The heading of a run's table: every number in it is on this data set (never "COCO mAP")."""
+    return f"mapgate accuracy gate on {dataset}" if dataset else "mapgate accuracy gate"
+
+
 def run_table(rows: list[CaseRow]) -> str:
     """The session's table for the terminal, with the notes (reasons, baselines) below it."""
     table = [HEADERS] + [r.cells() for r in rows]
