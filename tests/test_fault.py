@@ -170,7 +170,9 @@ def marked_or_whole(reports: Path) -> list[str]:
     return bad
 
 
-@pytest.mark.parametrize(("fraction", "sig"), [(0.5, signal.SIGKILL), (0.7, signal.SIGTERM)])
+# SIGKILL is what the named points above deliver, each where a half-written file could be left; a kill
+# at a moment adds SIGTERM (mapgate's handler must leave the same state) at one unplanned point
+@pytest.mark.parametrize(("fraction", "sig"), [(0.7, signal.SIGTERM)])
 def test_killed_at_a_moment_then_rerun_gives_the_same_result_and_no_debris(
         baseline: dict[str, Any], tmp_path: Path, fraction: float, sig: int) -> None:
     work = prepare(tmp_path)
@@ -252,8 +254,7 @@ def shard_runs(tmp_path_factory: pytest.TempPathFactory, require_backend) -> dic
                         for p in sorted((work / "merged" / RUN / MERGE_MODEL).rglob("*")) if p.is_file()}}
 
 
-@pytest.mark.parametrize(("phase", "sig"), [("report@1", None), ("report@2", None), ("merge", None), (0.5, signal.SIGKILL),
-                                            (0.5, signal.SIGTERM)])
+@pytest.mark.parametrize(("phase", "sig"), [("report@2", None), ("merge", None), (0.5, signal.SIGTERM)])
 def test_a_killed_merge_leaves_its_folder_marked_and_no_corrupt_json(shard_runs: dict[str, Any], phase: Any,
                                                                      sig: int | None) -> None:
     work = shard_runs["work"]
@@ -303,8 +304,9 @@ def _recipe(work: Path) -> list[str]:
             if not line.startswith(("latency_ms", "speedup", "#"))]
 
 
-@pytest.mark.parametrize(("phase", "sig"), [("convert@1", None), ("report@2", None), (0.6, signal.SIGKILL),
-                                            (0.4, signal.SIGTERM)])
+# each repair runs twice (killed, then again): one kill while converting, one while writing the report
+# and one SIGTERM at an unplanned moment (~40 s each on 2 cores, so not every combination)
+@pytest.mark.parametrize(("phase", "sig"), [("convert@1", None), ("report@2", None), (0.4, signal.SIGTERM)])
 def test_a_killed_int8_repair_writes_no_half_recipe_and_marks_its_run(repaired: dict[str, Any], tmp_path: Path,
                                                                       phase: Any, sig: int | None) -> None:
     work = prepare(tmp_path)
