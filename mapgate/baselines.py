@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mapgate.errors import ConfigError
+from mapgate.fsutil import write_json_atomic
 
 BASELINES_FILE = "mapgate-baselines.json"
 
@@ -134,7 +135,6 @@ class BaselineCheck:
 
 def write_updates(path: Path, updates: Baselines) -> list[str]:
     """Merge ``updates`` into the baselines file at ``path`` (atomically); one line per change."""
-    from mapgate.fsutil import write_json_atomic
 
     merged = load_baselines(path)
     lines = []

@@ -28,6 +28,7 @@ import numpy as np
 
 from mapgate.errors import ConfigError
 from mapgate.evaluate import IOU_THRS, REC_THRS, GroundTruth, Metrics, PathLike, _evaluate
+from mapgate import _coco_kernels as kern
 
 
 @dataclass(frozen=True, eq=False)
@@ -154,8 +155,6 @@ def _chunk_weights(counts: np.ndarray) -> np.ndarray:
 
 
 def _resampled_ap(pi: PerImage, w_chunks: np.ndarray, npig_w: np.ndarray, n_boot: int) -> np.ndarray:
-    from mapgate import _coco_kernels as kern
-
     n = pi.det_img.size
     n_cat = pi.cat_ids.size
     # Runs of equal (category, image, score): pycocotools interleaves their copies.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mapgate.errors import ConfigError
+from mapgate.errors import DataError
 
 NET_INDEX = -1  # [net] is not a layer; darknet gives it no index
 
@@ -398,7 +399,6 @@ def check_weights_size(cfg: Path, weights: Path, input_size: tuple[int, int] | N
     OpenCV's Darknet reader runs a short file and reports AP 0; this check runs before any backend
     does (reading only the 20-byte header, so it costs nothing on 240 MB weights).
     """
-    from mapgate.errors import DataError
 
     cfg, weights = Path(cfg), Path(weights)
     need_floats = weights_floats(parse_cfg(cfg), input_size)

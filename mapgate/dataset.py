@@ -22,6 +22,7 @@ import numpy as np
 
 from mapgate.errors import DataError
 from mapgate.fsutil import content_sha256, sha256_json
+from mapgate.evaluate import _read_json, validate_coco
 
 BUNDLED_DATA = Path(__file__).resolve().parent / "data" / "coco"  # package data: shipped inside the wheel
 BUNDLED_ROOT = BUNDLED_DATA / "val2017-mini"
@@ -155,7 +156,6 @@ class CocoDataset:
     def full_gt(self) -> dict[str, Any]:
         """The annotation file, validated like ``mapgate evaluate`` validates it (same checks,
         same messages) plus what reading images needs: file_name, height and width."""
-        from mapgate.evaluate import _read_json, validate_coco
 
         where = f"annotation file {self.annotations_path}"
         data = _read_json(self.annotations_path, "annotation")

@@ -39,6 +39,7 @@ import numpy as np
 from mapgate.errors import ConfigError, ContractError, DataError
 from mapgate.fsutil import sha256_json
 from mapgate.postprocess.coco_ids import COCO80_TO_ID
+from mapgate import _coco_kernels as kern
 
 STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -556,8 +557,6 @@ def _select_images(g: GroundTruth, img_ids: Iterable[int] | None) -> np.ndarray:
 
 
 def _match(g: GroundTruth, d: _Dets, eval_ids: np.ndarray, area_rng: np.ndarray) -> _Matched:
-    from mapgate import _coco_kernels as kern
-
     n_cat = g.cat_ids.size
     # Detections: keep those on evaluated images, group by (image, category), score order.
     sel = np.flatnonzero(_isin_sorted(d.img, eval_ids))
@@ -616,8 +615,6 @@ def _match(g: GroundTruth, d: _Dets, eval_ids: np.ndarray, area_rng: np.ndarray)
 
 
 def _accumulate(mt: _Matched, max_dets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    from mapgate import _coco_kernels as kern
-
     n_cat, n_area = mt.npig.shape
     precision = -np.ones((IOU_THRS.size, REC_THRS.size, n_cat, n_area, len(max_dets)))
     recall = -np.ones((IOU_THRS.size, n_cat, n_area, len(max_dets)))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mapgate.fsutil import sha256_json
+from mapgate.optional import version_of
 
 PROBE_TIMEOUT_S = 5.0
 SCHEMA = 1
@@ -143,7 +144,6 @@ def _tensorrt_version() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return None
     # JetPack's apt package may ship no dist-info: ask the module itself
-    from mapgate.optional import version_of
 
     return version_of("tensorrt")
 

@@ -41,6 +41,9 @@ from mapgate.fsutil import mark_complete, mark_incomplete
 from mapgate.manifest import INT8_CALIBRATIONS, ModelSpec
 from mapgate.sensitivity import ImageLog, LayerSensitivity, Proxy, ProxyScore, Speed, conv_nodes, gain_per_ms, \
     layer_sensitivity, rank_per_ms, split_calibration
+from mapgate.convert import ort_quant
+from mapgate.backends import get_backend
+from mapgate.convert import onnx_for
 
 TARGETS = ("onnxruntime:int8", "tensorrt:int8")
 # Proxy tolerance: pseudo-AP points (vs the FP32 model's own detections on the proxy images) the
@@ -200,7 +203,6 @@ def _base(candidates: Sequence[Candidate], min_speedup: float) -> Candidate:
 def search(model: ModelSpec, fp32_onnx: Path, calib_images: Sequence[Path], cfg: RepairConfig,
            work_dir: Path, log: ImageLog | None = None, say: Callable[[str], None] = lambda s: None) -> RepairResult:
     """Steps 1-4 on the calibration images only; returns the recipe, every candidate and the proxy numbers."""
-    from mapgate.convert import ort_quant
 
     started = time.perf_counter()
     log = log if log is not None else ImageLog()
@@ -320,8 +322,6 @@ def _describe(r: Recipe) -> str:
 def repair(gate: Any, model_name: str, cfg: RepairConfig, verify: bool = True,
            say: Callable[[str], None] = lambda s: None) -> RepairResult:
     """Search (calibration images only), then verify once with ``gate`` (a mapgate.gate.Gate)."""
-    from mapgate.backends import get_backend
-    from mapgate.convert import onnx_for
 
     if cfg.target not in TARGETS:
         raise ConfigError(f"int8-repair: --target must be one of {', '.join(TARGETS)}, got {cfg.target!r}")

@@ -27,6 +27,7 @@ from mapgate.catalog import Catalog, cli_manifests, load_catalog
 from mapgate.dataset import DataSource
 from mapgate.errors import ConfigError, ContractError, DataError
 from mapgate.fsutil import INCOMPLETE, fault_point, is_incomplete, mark_complete, mark_incomplete, sha256_bytes, write_json_atomic
+from mapgate.gate import DEFAULT_REPORTS, Gate, Side, contract_hash
 
 # identity entries that name where a file was on the machine that ran the shard, not what ran
 _LOCAL_KEYS = ("artifact", "stored")
@@ -179,7 +180,6 @@ def merge_shards(dirs: Sequence[Path], *, reports_dir: Path | None = None, catal
     """Check, join, evaluate and gate shard runs; returns the Gate of the merged run and its verdicts.
     ``catalog``: the manifests the shards ran with (default: as the CLI finds them); ``data``: their
     data set (default: the catalog's [dataset], else the bundled val2017-mini)."""
-    from mapgate.gate import DEFAULT_REPORTS, Gate, Side, contract_hash
 
     catalog = catalog if catalog is not None else load_catalog(cli_manifests(()))
     data = data if data is not None else catalog.data_source()

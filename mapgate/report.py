@@ -21,6 +21,10 @@ from typing import Any
 from mapgate.baselines import BaselineKind, BaselineStatus
 from mapgate.compare import STAT_NAMES, SpeedDecision, Verdict, speed_pays
 from mapgate.decision import ReasonKind
+from mapgate.fsutil import write_bytes_atomic
+from mapgate.fsutil import atomic_path
+from mapgate.evaluate import IOU_THRS, REC_THRS
+from mapgate.attribution import summary_lines
 
 PR_CURVES_PNG = "pr-curves.png"
 CLASS_DELTAS_PNG = "per-class-dap.png"
@@ -189,8 +193,6 @@ def case_markdown(v: Verdict, pictures: list[str] | tuple[str, ...] = ()) -> str
         "",
     ]
     if isinstance(v.extras.get("attribution"), dict) and "where_points_went" in v.extras["attribution"]:
-        from mapgate.attribution import summary_lines
-
         rows += summary_lines(v.extras["attribution"])
     rows += [f"![{p}]({p})" for p in pictures]
     return "\n".join(rows) + ("\n" if pictures else "")
@@ -241,7 +243,6 @@ def _round(x: float | None) -> float | str:
 
 def write_case(v: Verdict, directory: Path, ref_metrics: Any = None, opt_metrics: Any = None) -> list[Path]:
     """summary.md and, when both evaluations are given, the PNGs, into ``directory``."""
-    from mapgate.fsutil import write_bytes_atomic
 
     pictures = []
     if ref_metrics is not None and opt_metrics is not None:
@@ -274,16 +275,12 @@ def _pr_curve(metrics: Any, iou_index: int) -> Any:
 
 
 def _save(fig: Any, out: Path) -> Path:
-    from mapgate.fsutil import atomic_path
-
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return out
 
 
 def _plot_pr_curves(v: Verdict, ref: Any, opt: Any, out: Path) -> Path | None:
-    from mapgate.evaluate import IOU_THRS, REC_THRS
-
     if getattr(ref, "precision", None) is None or getattr(opt, "precision", None) is None:
         return None
     plt = _pyplot()
@@ -478,7 +475,6 @@ def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", data
 
 def write_run(rows: list[CaseRow], run_dir: Path, dataset: str = "") -> Path:
     """reports/<run-id>/report.md."""
-    from mapgate.fsutil import write_bytes_atomic
 
     path = run_dir / REPORT_MD
     write_bytes_atomic(path, run_markdown(rows, dataset=dataset).encode())

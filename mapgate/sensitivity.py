@@ -38,6 +38,11 @@ from mapgate.dataset import read_image
 from mapgate.errors import ConfigError
 from mapgate.manifest import ModelSpec
 from mapgate.optional import require
+from mapgate.compare import _iou_matrix
+from mapgate.preprocess import preprocess
+from mapgate.postprocess import postprocess
+from mapgate.postprocess.coco_ids import VALID_IDS
+from mapgate.evaluate import evaluate
 
 PSEUDO_GT_MIN_SCORE = 0.3
 MATCH_IOU = 0.5
@@ -111,8 +116,6 @@ class Proxy:
     """The FP32 model's outputs and detections on the proxy images, and how a candidate compares."""
 
     def __init__(self, model: ModelSpec, fp32_onnx: Path, images: Sequence[Path], log: ImageLog) -> None:
-        from mapgate.preprocess import preprocess
-
         self.model = model
         self.images = list(images)
         self.ids = [i for i in image_ids_of(self.images)] if len(image_ids_of(self.images)) == len(self.images) \
@@ -154,7 +157,6 @@ class Proxy:
 
     def run(self, onnx_path: Path) -> tuple[list[dict[str, np.ndarray]], list[dict[str, Any]]]:
         """Raw outputs and detections of ``onnx_path`` on the proxy images (ONNX Runtime, CPU)."""
-        from mapgate.postprocess import postprocess
 
         ort = require("onnxruntime", "onnxruntime")
         opts = ort.SessionOptions()
@@ -175,8 +177,6 @@ class Proxy:
         return outputs, dets
 
     def _pseudo_ground_truth(self) -> dict[str, Any]:
-        from mapgate.postprocess.coco_ids import VALID_IDS
-
         cat_ids = sorted(VALID_IDS | {int(d["category_id"]) for d in self.fp32_dets})
         anns = [{"id": k + 1, "image_id": d["image_id"], "category_id": d["category_id"], "bbox": d["bbox"],
                  "area": d["bbox"][2] * d["bbox"][3], "iscrowd": 0}
@@ -189,8 +189,6 @@ class Proxy:
         return self.compare(outputs, dets)
 
     def compare(self, outputs: list[dict[str, np.ndarray]], dets: list[dict[str, Any]]) -> ProxyScore:
-        from mapgate.evaluate import evaluate
-
         errs = []
         for f, q in zip(self.fp32_outputs, outputs):
             for k, v in f.items():
@@ -204,7 +202,6 @@ class Proxy:
 
 def _matched(ref: list[dict[str, Any]], cand: list[dict[str, Any]]) -> tuple[float, float, float]:
     """Mean IoU, mean |score change| and share of confident reference detections a candidate reproduces."""
-    from mapgate.compare import _iou_matrix
 
     by_key: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
     for d in cand:

@@ -63,7 +63,7 @@ def test_decoder_settings_are_checked_against_the_familys_declaration(tmp_path: 
         load_manifest(manifest(tmp_path, "gfl", "decoder = { strides = [8, 0] }"))
     with pytest.raises(ConfigError, match=r"'postprocess.decoder.boxes': is required"):
         load_manifest(manifest(tmp_path, "ssd", 'decoder = { scores = "s" }'))
-    with pytest.raises(ConfigError, match=r"'postprocess.decoder.x': family 'darknet_yolo' takes no decoder"):
+    with pytest.raises(ConfigError, match=r"'postprocess.decoder.x': is not a known field \(known: resize_network\)"):
         load_manifest(manifest(tmp_path, "darknet_yolo", "decoder = { x = 1 }"))
     gfl = load_manifest(manifest(tmp_path, "gfl", "decoder = { strides = [8, 16, 32, 64] }"))["m"]
     assert gfl.postprocess.decoder["strides"] == [8, 16, 32, 64]

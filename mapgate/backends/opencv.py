@@ -27,6 +27,7 @@ import numpy as np
 from mapgate.backends.base import Availability, BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
 from mapgate.files import resolve_role, verified_sha256
+from mapgate.darknet_cfg import parse_cfg, yolo_heads
 
 if TYPE_CHECKING:
     from mapgate.darknet_cfg import YoloHead
@@ -68,8 +69,6 @@ class OpenCVDarknetRunner(Runner):
         self._feeds: list[str] = []
 
     def activate_impl(self) -> None:
-        from mapgate.darknet_cfg import parse_cfg, yolo_heads
-
         avail = BACKEND.availability()
         if not avail.ok:
             raise BackendUnavailable(BACKEND.name, avail.reason)

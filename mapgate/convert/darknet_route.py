@@ -9,13 +9,12 @@ from mapgate.convert import BuildContext
 from mapgate.cache import cached_artifact
 from mapgate.files import resolve_role, verified_sha256
 from mapgate.manifest import ModelSpec
+from mapgate import darknet_cfg
+from mapgate.convert import darknet_onnx
+from mapgate.convert.darknet_onnx import CONVERTER_VERSION, DarknetToOnnx
 
 
 def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
-    from mapgate import darknet_cfg
-    from mapgate.convert import darknet_onnx
-    from mapgate.convert.darknet_onnx import CONVERTER_VERSION, DarknetToOnnx
-
     cfg, weights = resolve_role(model, "cfg"), resolve_role(model, "weights")
     inputs = {
         "cfg_sha256": verified_sha256(cfg),

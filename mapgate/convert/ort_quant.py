@@ -36,6 +36,7 @@ from mapgate.errors import ConfigError, ConversionError, MapgateError
 from mapgate.files import verified_sha256
 from mapgate.manifest import INT8_ACTIVATION_TYPES, INT8_CALIBRATIONS, INT8_OPS, ModelSpec
 from mapgate.optional import require, version_of
+from mapgate.convert import onnx_for
 
 QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear needs the 'axis' attribute of opset 13
 # Measured on val2017-mini: quantizing every op type (MinMax) cost SSDLite 6.8 AP points; quantizing
@@ -73,8 +74,6 @@ def recipe_of(model: ModelSpec) -> dict[str, Any]:
 
 
 def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
-    from mapgate.convert import onnx_for
-
     if target.startswith("tensorrt:") and form_of(model) != TENSORRT_FORM:
         raise ConfigError(f"{model.manifest_path}: model {model.name!r}, field 'convert.int8_ops'/"
                           f"'convert.int8_activation_type': {form_of(model)} is not TensorRT's explicit-quantization "

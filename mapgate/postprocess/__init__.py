@@ -17,6 +17,8 @@ from mapgate.manifest import ModelSpec
 from mapgate.postprocess.coco_ids import to_coco_ids
 from mapgate.postprocess.nms import nms, nms_dense
 from mapgate.preprocess import Transform
+from mapgate.postprocess.family import all_families
+from mapgate.errors import ConfigError
 
 
 @dataclass
@@ -36,12 +38,9 @@ class Candidates:
 
 def decoder_for(family: str) -> Any:
     """The decoder module of ``family`` (a module of this package declaring ``FAMILY``; see family.py)."""
-    from mapgate.postprocess.family import all_families
 
     found = all_families()
     if family not in found:
-        from mapgate.errors import ConfigError
-
         raise ConfigError(f"unknown family {family!r}; known families: {', '.join(found)}")
     return found[family][1]
 
@@ -101,7 +100,6 @@ def postprocess(outputs: dict[str, np.ndarray], model: ModelSpec, transform: Tra
 
 def output(outputs: dict[str, np.ndarray], name: str, model: ModelSpec) -> np.ndarray:
     """Fetch a raw output by name; a missing one is an error listing what the backend gave."""
-    from mapgate.errors import ConfigError
 
     if name not in outputs and len(outputs) == 1:
         # a single-output network is unambiguous; vendor conversions rename it (TFLite: 'PartitionedCall')

@@ -10,6 +10,7 @@ import numpy as np
 from mapgate.manifest import ModelSpec
 from mapgate.postprocess import Candidates, output
 from mapgate.postprocess.family import Family, Setting, Shape
+from mapgate.errors import ConfigError
 
 
 def _classes_in(outputs: dict[str, Shape], model: ModelSpec) -> int | None:
@@ -44,8 +45,6 @@ def decode(outputs: dict[str, np.ndarray], model: ModelSpec) -> Candidates:
     raw = output(outputs, cfg.get("output", "output"), model)[0].astype(np.float32)
     grid, stride = _grid(*model.input_size, tuple(cfg.get("strides", (8, 16, 32))))
     if raw.shape[0] != grid.shape[0]:
-        from mapgate.errors import ConfigError
-
         raise ConfigError(f"model {model.name!r}: YOLOX output has {raw.shape[0]} rows, the grid for input "
                           f"{model.input_size} and strides {cfg.get('strides', (8, 16, 32))} has {grid.shape[0]}")
     xy = (raw[:, :2] + grid) * stride
