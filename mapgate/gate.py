@@ -36,6 +36,14 @@ from mapgate.fsutil import (INCOMPLETE, fault_point, is_incomplete, mark_complet
                             sha256_json, write_bytes_atomic, write_json_atomic)
 from mapgate.manifest import ModelSpec
 from mapgate.paths import safe_component, target_component
+from mapgate import report
+from mapgate.attribution import attribute
+from mapgate.backends import all_backends
+from mapgate.bootstrap import paired_bootstrap, per_image_results
+from mapgate.detections import run_detections
+from mapgate.evaluate import load_ground_truth
+from mapgate.fingerprint import device_fingerprint
+from mapgate.optional import version_of
 
 # Relative to a run's base (mapgate.catalog: the manifest's folder, else the working directory), so
 # the CLI and pytest share one cache; never inside the installed package.
@@ -59,7 +67,6 @@ def framework_versions() -> dict[str, str | None]:
     """Versions of every backend's frameworks, as each backend declares them (``facts.version_modules``):
     an upgraded OpenCV or ONNX Runtime must not reuse detections made by the old one, and a backend
     cannot be left out of a hand list (read from package metadata: no imports)."""
-    from mapgate.backends import all_backends
 
     versions: dict[str, str | None] = {}
     for backend in all_backends().values():
@@ -133,8 +140,6 @@ class Gate:
     def ground_truth(self) -> Any:
         """The indexed ground truth, built once per gate (every side is evaluated against it)."""
         if "_gt" not in self.__dict__:
-            from mapgate.evaluate import load_ground_truth
-
             try:
                 self.__dict__["_gt"] = load_ground_truth(self.dataset.gt, source=str(self.dataset.annotations_path))
             except (DataError, ContractError) as exc:
@@ -204,8 +209,6 @@ class Gate:
         fresh: list[Any] = []  # the DetectionRun, when detections were computed (not loaded) here
 
         def _detect() -> Any:
-            from mapgate.detections import run_detections
-
             with backend.runner(model, precision, ctx) as runner:
                 fault_point("infer")
                 run = run_detections(model, runner, self.dataset, progress=self.progress,
@@ -245,7 +248,6 @@ class Gate:
 
     def _per_image(self, detections: list[dict[str, Any]]) -> Any:
         """One evaluation per side: its per-image matching serves both the metrics and the bootstrap."""
-        from mapgate.bootstrap import per_image_results
 
         return per_image_results(self.ground_truth, detections, self.dataset.image_ids, label=self.dataset.label)
 
@@ -366,7 +368,6 @@ class Gate:
         verdict.speed = self.recorded_speed[key] if key in self.recorded_speed else self._speed(model, opt_side)
         if opt_side.target in QDQ_TARGETS and opt_side.target not in model.prebuilt:
             verdict.int8_form = form_of(model)
-        from mapgate import report
 
         d = self.case_dir(model_name, opt_side.target)
         mark_incomplete(d, "a mapgate comparison")
@@ -395,7 +396,6 @@ class Gate:
 
     def _attribution(self, ref: Side, opt: Side) -> dict[str, Any]:
         """Where the AP points went (TIDE error types, by size, worst classes): ~0.4 s on 206 images."""
-        from mapgate.attribution import attribute
 
         return attribute(self.ground_truth, ref.detections, opt.detections, self.dataset.image_ids,
                          ref_metrics=ref.metrics, opt_metrics=opt.metrics)
@@ -403,7 +403,6 @@ class Gate:
     def _bootstrap(self, ref: Side, opt: Side) -> dict[str, Any]:
         """The paired bootstrap CI, cached by the content keys of both detection sets (it is a pure
         function of them, the images, the resample count and the seed)."""
-        from mapgate.bootstrap import paired_bootstrap
 
         def compute() -> dict[str, Any]:
             return paired_bootstrap(ref.per_image, opt.per_image, n_resamples=self.bootstrap_resamples,
@@ -434,7 +433,6 @@ class Gate:
 def is_backend_ref(ref: str) -> bool:
     """``compare --ref``: a known backend name (or BACKEND:PRECISION) is always a backend, even if a
     file of that name exists here; anything else is a stored detections.json or its folder."""
-    from mapgate.backends import all_backends
 
     return ref.partition(":")[0] in all_backends()
 
@@ -475,7 +473,6 @@ def _load_cached_dict(data: bytes, provenance: dict[str, Any]) -> dict[str, Any]
 
 def environment() -> dict[str, Any]:
     """Versions and hardware for env.json: what a re-check needs to know about this run."""
-    from mapgate.optional import version_of
 
     # libraries every run uses or converts with; each backend's frameworks come from its facts
     libraries = ("numpy", "pycocotools", "numba", "onnx", "tf2onnx")
@@ -488,8 +485,6 @@ def environment() -> dict[str, Any]:
         "int8_dot_product": this_cpu().to_dict(),
     }
     try:
-        from mapgate.fingerprint import device_fingerprint
-
         env["device"] = device_fingerprint()
     except ImportError:
         env["device"] = {"cpu": platform.processor()}
