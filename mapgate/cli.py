@@ -188,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score only the first N convolutions (default: all; a quick run for CI)")
     p.add_argument("--methods", metavar="LIST", help="calibration methods to try, comma-separated (default "
                                                      "minmax,percentile,entropy)")
+    p.add_argument("--forms", metavar="LIST",
+                   help="Q/DQ forms (convert.int8_ops/int8_activation_type) to try, comma-separated OPS/ACT "
+                        "(default for onnxruntime:int8: conv/s8,conv/u8,all/s8,all/u8; tensorrt:int8 tries its "
+                        "only form, conv/s8)")
     p.add_argument("--no-data-free", action="store_true",
                    help="do not try cross-layer equalization and bias correction")
     p.add_argument("--no-verify", action="store_true", help="skip the verification on the evaluation set")
@@ -446,7 +450,7 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
     from mapgate.errors import ConfigError
     from mapgate.fsutil import write_bytes_atomic, write_json_atomic
     from mapgate.int8_repair import NO_RECIPE, RepairConfig, recipe_toml, repair
-    from mapgate.manifest import INT8_CALIBRATIONS
+    from mapgate.manifest import INT8_ACTIVATION_TYPES, INT8_CALIBRATIONS, INT8_OPS
     from mapgate.report import plot_int8_pareto
 
     plot = args.plot or args.out.with_name(args.out.stem + ".pareto.png")
@@ -472,6 +476,17 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
             raise ConfigError(f"--methods: {', '.join(repr(m) for m in bad) or 'empty list'} not in "
                               f"{', '.join(INT8_CALIBRATIONS)}; give e.g. --methods minmax,percentile")
         cfg.methods = tuple(dict.fromkeys(methods))
+    if args.forms is not None:
+        forms = tuple(tuple(f.strip().split("/", 1)) for f in args.forms.split(",") if f.strip())
+        bad = [f for f in forms if len(f) != 2 or f[0] not in INT8_OPS or f[1] not in INT8_ACTIVATION_TYPES]
+        if bad or not forms:
+            raise ConfigError(f"--forms: {', '.join('/'.join(f) for f in bad) or 'empty list'} is not OPS/ACT with OPS "
+                              f"in {', '.join(INT8_OPS)} and ACT in {', '.join(INT8_ACTIVATION_TYPES)}; give e.g. "
+                              "--forms conv/s8,all/u8")
+        if args.target == "tensorrt:int8" and any(f != ("conv", "s8") for f in forms):
+            raise ConfigError("--forms: tensorrt:int8 builds from convolution Q/DQ with S8 activations only "
+                              "(conv/s8); the other forms are ONNX Runtime's")
+        cfg.forms = tuple(dict.fromkeys(forms))  # type: ignore[arg-type]
     gate = _gate(args)
     gate.progress = gate.progress and sys.stderr.isatty()
     say = (lambda msg: print(f"int8-repair: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \

@@ -6,6 +6,8 @@
    target is ``tensorrt:int8``). The options that cost no speed come first:
    a. calibration method (MinMax / Percentile / Entropy) x per-channel weights, and half vs all of
       the calibrate set ("more images");
+   a'. the Q/DQ form (``convert.int8_ops`` x ``int8_activation_type``) on the best of (a), for an
+      ONNX Runtime target only: TensorRT takes convolutions with S8 activations alone (TENSORRT_FORM);
    b. the data-free fixes (``convert.int8_cle``, ``convert.int8_bias_correction``:
       :mod:`mapgate.convert.dfq`) on the best of (a).
 3. Only if no candidate meets the proxy tolerance while running at least ``min_speedup`` x FP32
@@ -38,7 +40,7 @@ from typing import Any
 from mapgate.calibration import check_disjoint
 from mapgate.errors import BackendUnavailable, ConfigError
 from mapgate.fsutil import mark_complete, mark_incomplete
-from mapgate.manifest import INT8_CALIBRATIONS, ModelSpec
+from mapgate.manifest import INT8_ACTIVATION_TYPES, INT8_CALIBRATIONS, INT8_OPS, ModelSpec
 from mapgate.sensitivity import ImageLog, LayerSensitivity, Proxy, ProxyScore, Speed, conv_nodes, gain_per_ms, \
     layer_sensitivity, rank_per_ms, split_calibration
 from mapgate.convert import ort_quant
@@ -67,6 +69,9 @@ class RepairConfig:
     methods: tuple[str, ...] = INT8_CALIBRATIONS
     per_channel: tuple[bool, ...] = (True, False)
     data_free: bool = True  # try convert.int8_cle / int8_bias_correction before float layers
+    # Q/DQ forms (ops, activation type) to try; None: every form for onnxruntime:int8, the TensorRT form alone
+    # for tensorrt:int8 (its parser and fusions take Q/DQ on convolutions with S8 activations)
+    forms: tuple[tuple[str, str], ...] | None = None
     min_speedup: float = DEFAULT_MIN_SPEEDUP
     proxy_every: int = 3
 
@@ -80,12 +85,15 @@ class Recipe:
     calibration_images: str = "all"  # the recipe calibrates on every calibration image, as the gate does
     cle: bool = False
     bias_correction: bool = False
+    ops: str = "conv"  # convert.int8_ops
+    activation_type: str = "s8"  # convert.int8_activation_type
 
     def apply(self, model: ModelSpec, target: str) -> ModelSpec:
         """``model`` with this recipe and without an expected-verdict canary for ``target``."""
         convert = dataclasses.replace(model.convert, int8_calibration=self.calibration,
                                       int8_per_channel=self.per_channel, int8_keep_float=tuple(self.keep_float),
-                                      int8_cle=self.cle, int8_bias_correction=self.bias_correction)
+                                      int8_cle=self.cle, int8_bias_correction=self.bias_correction,
+                                      int8_ops=self.ops, int8_activation_type=self.activation_type)
         expected = {k: v for k, v in model.expected_verdicts.items() if k != target}
         return dataclasses.replace(model, convert=convert, expected_verdicts=expected)
 
@@ -107,6 +115,7 @@ class Candidate:
     def to_dict(self) -> dict[str, Any]:
         r = self.recipe
         return {"stage": self.stage, "calibration": r.calibration, "per_channel": r.per_channel, "cle": r.cle,
+                "ops": r.ops, "activation_type": r.activation_type,
                 "bias_correction": r.bias_correction, "float_layers": len(r.added), "images": self.images,
                 "choosable": self.choosable, **self.score.to_dict(), "speed": self.speed.to_dict()}
 
@@ -216,12 +225,12 @@ def search(model: ModelSpec, fp32_onnx: Path, calib_images: Sequence[Path], cfg:
 
     def build(r: Recipe, images: Sequence[Path] = calib, tag: str = "") -> Path:
         out = work_dir / f"q{next(counter)}.onnx"
-        # the ranges depend on the method, the images and CLE (it rescales activations) only, so
-        # each such combination calibrates once
-        cache = work_dir / f"ranges-{r.calibration}{'-cle' if r.cle else ''}{tag}.json"
+        # the ranges depend on the method, the images, CLE (it rescales activations) and the Q/DQ form
+        # (which tensors are calibrated, symmetric or not) only, so each such combination calibrates once
+        cache = work_dir / f"ranges-{r.calibration}{'-cle' if r.cle else ''}-{r.ops}-{r.activation_type}{tag}.json"
         ort_quant.quantize(fp32_onnx, out, model, images, method=r.calibration, per_channel=r.per_channel,
                            keep_float=r.keep_float, calibration_cache=cache, proto=proto, cle=r.cle,
-                           bias_correction=r.bias_correction)
+                           bias_correction=r.bias_correction, ops=r.ops, activation_type=r.activation_type)
         return out
 
     def evaluate(stage: str, r: Recipe, images: Sequence[Path] = calib, tag: str = "",
@@ -235,7 +244,8 @@ def search(model: ModelSpec, fp32_onnx: Path, calib_images: Sequence[Path], cfg:
     c = model.convert
     say("scoring the manifest's INT8 recipe on the proxy images")
     manifest = evaluate("manifest", Recipe(c.int8_calibration, c.int8_per_channel, list(base_keep), [],
-                                           cle=c.int8_cle, bias_correction=c.int8_bias_correction))
+                                           cle=c.int8_cle, bias_correction=c.int8_bias_correction,
+                                           ops=c.int8_ops, activation_type=c.int8_activation_type))
     before = manifest.score
     plain_ms = manifest.speed
 
@@ -258,9 +268,17 @@ def search(model: ModelSpec, fp32_onnx: Path, calib_images: Sequence[Path], cfg:
         o["won"] = (o["calibration"], o["per_channel"], o["images"]) == (best.recipe.calibration,
                                                                           best.recipe.per_channel, len(calib))
 
+    # the Q/DQ form changes the speed more than anything else on a CPU engine, and costs no float layer
+    seen_forms = {(x.recipe.ops, x.recipe.activation_type) for x in candidates if x.recipe == best.recipe}
+    for ops, act in forms_for(cfg, model):
+        if (ops, act) not in seen_forms:
+            evaluate("form", dataclasses.replace(best.recipe, ops=ops, activation_type=act))
+    best = _base(candidates, cfg.min_speedup)
+
     if cfg.data_free:
         tried = {(x.recipe.calibration, x.recipe.per_channel, x.recipe.cle, x.recipe.bias_correction)
-                 for x in candidates}
+                 for x in candidates if (x.recipe.ops, x.recipe.activation_type) == (best.recipe.ops,
+                                                                                       best.recipe.activation_type)}
         for cle, bc in ((True, False), (False, True), (True, True)):
             r = dataclasses.replace(best.recipe, cle=cle, bias_correction=bc)
             if (r.calibration, r.per_channel, cle, bc) not in tried:
@@ -311,8 +329,22 @@ def search(model: ModelSpec, fp32_onnx: Path, calib_images: Sequence[Path], cfg:
                         pays=chosen.speed.speedup >= cfg.min_speedup)
 
 
+def forms_for(cfg: RepairConfig, model: ModelSpec) -> tuple[tuple[str, str], ...]:
+    """The Q/DQ forms the search tries (see RepairConfig.forms). The recipe's convert.* keys are the
+    model's for every backend, so a model that gates tensorrt:int8 keeps TensorRT's form whatever the
+    target (the manifest refuses another); a form it cannot hold is an error, not a silent skip."""
+    trt = (ort_quant.TENSORRT_FORM["ops"], ort_quant.TENSORRT_FORM["activation_type"])
+    trt_bound = cfg.target == "tensorrt:int8" or "tensorrt:int8" in model.optimized
+    if cfg.forms is None:
+        return (trt,) if trt_bound else tuple((ops, act) for ops in INT8_OPS for act in INT8_ACTIVATION_TYPES)
+    if trt_bound and any(f != trt for f in cfg.forms):
+        raise ConfigError(f"int8-repair --forms: model {model.name!r} gates tensorrt:int8, whose Q/DQ form is "
+                          f"{'/'.join(trt)} only; drop the other forms or the tensorrt:int8 target")
+    return cfg.forms
+
+
 def _describe(r: Recipe) -> str:
-    parts = [r.calibration, "per-channel" if r.per_channel else "per-tensor"]
+    parts = [r.calibration, "per-channel" if r.per_channel else "per-tensor", f"{r.ops}/{r.activation_type}"]
     parts += [name for name, on in (("CLE", r.cle), ("bias correction", r.bias_correction)) if on]
     if r.added:
         parts.append(f"{len(r.added)} float layers")
@@ -388,7 +420,9 @@ def recipe_toml(result: RepairResult) -> str:
               f"int8_calibration = {json.dumps(r.calibration)}",
               f"int8_per_channel = {_toml_bool(r.per_channel)}",
               f"int8_cle = {_toml_bool(r.cle)}",
-              f"int8_bias_correction = {_toml_bool(r.bias_correction)}", "",
+              f"int8_bias_correction = {_toml_bool(r.bias_correction)}",
+              f"int8_ops = {json.dumps(r.ops)}",
+              f"int8_activation_type = {json.dumps(r.activation_type)}", "",
               f"[int8_repair.{name}.{json.dumps(result.target)}]",
               f"status = {json.dumps(result.status)}",
               f"min_speedup = {result.min_speedup:g}",

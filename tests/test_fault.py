@@ -279,7 +279,8 @@ def test_a_killed_merge_leaves_its_folder_marked_and_no_corrupt_json(shard_runs:
 
 
 def _repair_argv(work: Path) -> list[object]:
-    return ["int8-repair", "--model", MODEL, "--methods", "minmax", "--max-candidates", 1, "--max-float-layers", 1,
+    return ["int8-repair", "--model", MODEL, "--methods", "minmax", "--forms", "conv/s8", "--max-candidates", 1,
+            "--max-float-layers", 1,
             "--no-data-free", "--min-speedup", 0.01, "--calib-dir", work / "calib", "--max-images", 10,
             "--engines-dir", work / "engines", "--out", work / "recipe.toml", "--json", work / "record.json",
             "--no-progress", "--force"]

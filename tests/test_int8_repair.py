@@ -4,6 +4,7 @@ whose results are committed (README "When INT8 fails"); CI runs a reduced search
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -107,6 +108,7 @@ def test_the_recipe_file_is_manifest_keys_the_loader_accepts(reduced_search, man
     data = tomllib.loads(text)
     convert = data["models"][MODEL]["convert"]
     assert convert["int8_keep_float"] == result.recipe.keep_float
+    assert (convert["int8_ops"], convert["int8_activation_type"]) == (result.recipe.ops, result.recipe.activation_type)
     assert data["int8_repair"][MODEL]["onnxruntime:int8"]["float_layers_added"] == len(result.recipe.added)
     keys = "\n".join(f"convert.{k} = {v}" for k, v in (line.split(" = ", 1) for line in text.splitlines()
                                                          if line.startswith("int8_")))
@@ -148,3 +150,29 @@ def test_only_int8_targets_can_be_repaired(tmp_path: Path, capsys: pytest.Captur
     assert main(["int8-repair", "--model", MODEL, "--target", "tflite:fp16", "--out", str(tmp_path / "r.toml"),
                  "--no-progress"]) == 2
     assert "--target must be one of onnxruntime:int8, tensorrt:int8" in capsys.readouterr().err
+
+
+def test_the_qdq_forms_tried_are_every_form_only_where_no_tensorrt_int8_is_gated(bundled_models) -> None:
+    from mapgate.int8_repair import RepairConfig, forms_for
+
+    gated = bundled_models[MODEL]  # gates tensorrt:int8: its convert.* keys must stay TensorRT's form
+    assert "tensorrt:int8" in gated.optimized
+    cpu_only = dataclasses.replace(gated, optimized=("onnxruntime:int8",))
+    every = (("conv", "s8"), ("conv", "u8"), ("all", "s8"), ("all", "u8"))
+    assert forms_for(RepairConfig(target="onnxruntime:int8"), cpu_only) == every
+    assert forms_for(RepairConfig(target="onnxruntime:int8"), gated) == (("conv", "s8"),)
+    assert forms_for(RepairConfig(target="tensorrt:int8"), cpu_only) == (("conv", "s8"),)
+    assert forms_for(RepairConfig(forms=(("all", "u8"),)), cpu_only) == (("all", "u8"),)
+    with pytest.raises(ConfigError, match=r"gates tensorrt:int8, whose Q/DQ form is conv/s8 only"):
+        forms_for(RepairConfig(forms=(("all", "u8"),)), gated)
+
+
+def test_a_form_recipe_round_trips_through_the_manifest(manifest_copy, tmp_path: Path) -> None:
+    from mapgate.int8_repair import Recipe
+
+    path = manifest_copy(tmp_path / "m.toml", MODEL, {
+        'optimized = ["onnxruntime:fp32", "onnxruntime:int8", "openvino:fp32", "openvino:fp16", "tensorrt:fp32", '
+        '"tensorrt:fp16", "tensorrt:int8"]': 'optimized = ["onnxruntime:int8"]'})
+    spec = load_manifest(path)[MODEL]
+    applied = Recipe("minmax", True, [], ops="all", activation_type="u8").apply(spec, "onnxruntime:int8")
+    assert (applied.convert.int8_ops, applied.convert.int8_activation_type) == ("all", "u8")

@@ -103,3 +103,22 @@ def test_a_folder_for_the_record_is_refused(capsys: pytest.CaptureFixture, sandb
     code, err = cli(capsys, *_repair(out, "--json", sandbox.root))
     assert code == 2 and "argument --json" in err and "is a folder" in err
     sandbox.assert_only_new_under()
+
+
+@pytest.mark.parametrize(("forms", "says"), [("", "empty list"), ("conv", "conv is not OPS/ACT"),
+                                             ("conv/s8,all/u16", "all/u16 is not OPS/ACT"),
+                                             ("depthwise/s8", "depthwise/s8 is not OPS/ACT")])
+def test_a_bad_forms_list_is_one_error_naming_the_form(capsys: pytest.CaptureFixture, sandbox: Sandbox, forms: str,
+                                                       says: str) -> None:
+    out = sandbox.root / "recipe.toml"
+    code, err = cli(capsys, *_repair(out, "--forms", forms))
+    assert code == 2 and "--forms" in err and says in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    sandbox.assert_only_new_under()
+
+
+def test_a_cpu_only_form_for_tensorrt_is_refused(capsys: pytest.CaptureFixture, sandbox: Sandbox) -> None:
+    out = sandbox.root / "recipe.toml"
+    code, err = cli(capsys, *_repair(out, "--target", "tensorrt:int8", "--forms", "all/u8"))
+    assert code == 2 and "tensorrt:int8 builds from convolution Q/DQ with S8 activations only" in err
+    sandbox.assert_only_new_under()
