@@ -65,3 +65,29 @@ def test_a_bad_saturating_expectation_is_an_error_naming_the_field(manifest_copy
     with pytest.raises(ConfigError, match=says) as err:
         load_manifest(path)
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(("env", "cpus", "threads"), [
+    ({}, 2, None),                                            # alone: the framework's own default
+    ({"PYTEST_XDIST_WORKER_COUNT": "2"}, 2, 1),               # two workers on two cores: one thread each
+    ({"PYTEST_XDIST_WORKER_COUNT": "2"}, 8, 4),
+    ({"PYTEST_XDIST_WORKER_COUNT": "4"}, 2, 1),               # never below one
+    ({"PYTEST_XDIST_WORKER_COUNT": "1"}, 2, None),
+    ({"MAPGATE_THREADS": "3", "PYTEST_XDIST_WORKER_COUNT": "2"}, 2, 3),  # the user's word wins
+    ({"MAPGATE_THREADS": "0"}, 2, None), ({"MAPGATE_THREADS": "two"}, 2, None), ({"MAPGATE_THREADS": "-1"}, 2, None),
+])
+def test_engines_share_the_cores_among_xdist_workers(env: dict[str, str], cpus: int, threads: int | None) -> None:
+    from mapgate.cpu import engine_threads
+
+    assert engine_threads(env, cpus) == threads
+
+
+def test_every_thread_pool_backend_asks_engine_threads() -> None:
+    """ONNX Runtime, OpenVINO, OpenCV and TFLite each size their pool from the one function."""
+    from pathlib import Path
+
+    import mapgate.backends as backends
+
+    folder = Path(backends.__file__).parent
+    for name in ("onnxruntime", "openvino", "opencv", "tflite"):
+        assert "engine_threads()" in (folder / f"{name}.py").read_text(), name

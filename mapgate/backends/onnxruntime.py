@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mapgate.cpu import engine_threads
 from mapgate.backends.base import BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.manifest import ModelSpec
 
@@ -23,6 +24,9 @@ class OrtRunner(Runner):
         target = None if self.is_reference else f"onnxruntime:{self.precision}"
         self.artifact = BACKEND.facts.artifact_for(self.model, target, self.ctx)
         opts = ort.SessionOptions()
+        threads = engine_threads()
+        if threads is not None:  # shared cores (xdist workers): no oversubscribed, spinning thread pools
+            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         self.session = ort.InferenceSession(str(self.artifact), opts, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -27,6 +27,7 @@ import numpy as np
 from mapgate.backends.base import Availability, BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.errors import BackendUnavailable, ConfigError, ConversionError
 from mapgate.files import resolve_role, verified_sha256
+from mapgate.cpu import engine_threads
 from mapgate.darknet_cfg import parse_cfg, yolo_heads
 
 if TYPE_CHECKING:
@@ -80,6 +81,9 @@ class OpenCVDarknetRunner(Runner):
             net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
         except cv2.error as exc:
             raise ConversionError(f"model {self.model.name!r}: OpenCV cannot read {cfg} + {weights}: {exc}") from exc
+        threads = engine_threads()
+        if threads is not None:  # shared cores (xdist workers): see mapgate.cpu.engine_threads
+            cv2.setNumThreads(threads)
         net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
         net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
         if hasattr(net, "enableWinograd"):  # added in 4.7; older releases have no Winograd path

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mapgate.cpu import engine_threads
 from mapgate.backends.base import BackendFacts, BuildContext, DeclaredBackend, Runner
 from mapgate.errors import ConfigError, ConversionError
 from mapgate.files import verified_sha256
@@ -81,7 +82,11 @@ class OpenVINORunner(Runner):
         core = ov.Core()
         try:
             network = core.read_model(str(self.artifact))
-            compiled = core.compile_model(network, DEVICE, {"INFERENCE_PRECISION_HINT": HINTS[self.precision]})
+            config = {"INFERENCE_PRECISION_HINT": HINTS[self.precision]}
+            threads = engine_threads()
+            if threads is not None:  # shared cores (xdist workers): see mapgate.cpu.engine_threads
+                config["INFERENCE_NUM_THREADS"] = threads
+            compiled = core.compile_model(network, DEVICE, config)
         except RuntimeError as exc:  # OpenVINO reports unsupported operators and bad files as RuntimeError
             raise ConversionError(f"model {self.model.name!r}: OpenVINO {ov.__version__} cannot compile "
                                   f"{self.artifact} for {DEVICE}: {str(exc).strip().splitlines()[0]}") from exc
