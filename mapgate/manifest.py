@@ -76,7 +76,7 @@ FORMATS = {
 }
 CLASS_SPACES = ("coco80", "coco90")
 NMS_MODES = ("per_class", "agnostic", "none")
-RESIZE_MODES = ("plain", "letterbox")
+RESIZE_MODES = ("plain", "letterbox", "warp")
 INTERPOLATIONS = ("linear", "area", "cubic", "nearest")
 
 
@@ -98,7 +98,7 @@ class FileRef:
 
 @dataclass(frozen=True)
 class Preprocess:
-    resize: str = "plain"  # plain | letterbox
+    resize: str = "plain"  # plain | letterbox | warp (NanoDet's keep-ratio cv2.warpPerspective)
     letterbox_align: str = "center"  # center | topleft
     pad_value: float = 114.0
     color: str = "RGB"  # channel order fed to the network

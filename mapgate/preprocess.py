@@ -1,4 +1,4 @@
-"""Pre-processing shared by every backend of a model: resize/letterbox, colour, layout, scaling.
+"""Pre-processing shared by every backend of a model: resize/letterbox/warp, colour, layout, scaling.
 
 The same function produces the input for the original and for every optimized engine, so
 the two sides of a comparison differ only in the engine. ``Transform`` remembers how the
@@ -40,6 +40,22 @@ _INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": c
                   "nearest": cv2.INTER_NEAREST}
 
 
+def resize_matrix(raw_wh: tuple[int, int], dst_wh: tuple[int, int]) -> np.ndarray:
+    """NanoDet's keep-ratio resize matrix (original pixel -> network pixel, 3x3).
+
+    As nanodet/data/transform/warp.py get_resize_matrix(keep_ratio=True) computes it (v0.4.2
+    lines 105-131): centre the image on the origin, scale by the ratio that fits, move to the
+    network centre. The translation is fractional, unlike a letterbox's integer pad.
+    """
+    r_w, r_h = raw_wh
+    d_w, d_h = dst_wh
+    ratio = d_h / r_h if r_w / r_h < d_w / d_h else d_w / r_w
+    centre = np.array([[1.0, 0.0, -r_w / 2], [0.0, 1.0, -r_h / 2], [0.0, 0.0, 1.0]])
+    scale = np.diag([ratio, ratio, 1.0])
+    to_dst = np.array([[1.0, 0.0, 0.5 * d_w], [0.0, 1.0, 0.5 * d_h], [0.0, 0.0, 1.0]])
+    return to_dst @ scale @ centre
+
+
 def preprocess(image_bgr: np.ndarray, model: ModelSpec) -> tuple[np.ndarray, Transform]:
     """HxWx3 uint8 BGR image -> the model's input batch of one, and the transform to undo."""
     p = model.preprocess
@@ -49,6 +65,16 @@ def preprocess(image_bgr: np.ndarray, model: ModelSpec) -> tuple[np.ndarray, Tra
     if p.resize == "plain":
         canvas = cv2.resize(image_bgr, (net_w, net_h), interpolation=interpolation)
         t = Transform(net_w / w, net_h / h, 0.0, 0.0, w, h)
+    elif p.resize == "warp":
+        # cv2.warpPerspective samples the source at M^-1 of each network pixel (pixel centres at
+        # integers), so shrinking 640 -> 320 picks every second pixel where cv2.resize averages:
+        # a different input, hence its own mode. Border as NanoDet's (constant; its value is 0).
+        m = resize_matrix((w, h), (net_w, net_h))
+        canvas = cv2.warpPerspective(image_bgr, m, (net_w, net_h), flags=interpolation,
+                                     borderMode=cv2.BORDER_CONSTANT, borderValue=(p.pad_value,) * 3)
+        # m is a pure scale + translation, so its inverse (NanoDet's warp_boxes with inv(M)) is
+        # exactly Transform's (x - pad) / scale, and clipping to the image is the same too
+        t = Transform(float(m[0, 0]), float(m[1, 1]), float(m[0, 2]), float(m[1, 2]), w, h)
     else:
         r = min(net_h / h, net_w / w)
         new_w, new_h = int(w * r), int(h * r)  # int() truncation as YOLOX/Ultralytics do
