@@ -88,11 +88,12 @@ def write_record(out_dir: Path, record: dict[str, Any]) -> Path:
 
 
 def float_convs(proto: Any) -> tuple[int, int]:
-    """(convolutions left in float, all convolutions) of a Q/DQ ONNX: a convolution is INT8 when
-    both its input and its weight come out of a DequantizeLinear."""
+    """(convolutions left in float, all convolutions) of a Q/DQ ONNX: a convolution is INT8 when its
+    weight comes out of a DequantizeLinear (its input's Q/DQ may sit upstream of a MaxPool or Concat,
+    where NNCF puts it; reverting a layer removes both)."""
     producer = {o: n.op_type for n in proto.graph.node for o in n.output}
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
-    floats = [n for n in convs if not all(producer.get(i) == "DequantizeLinear" for i in n.input[:2])]
+    floats = [n for n in convs if len(n.input) < 2 or producer.get(n.input[1]) != "DequantizeLinear"]
     return len(floats), len(convs)
 
 

@@ -64,14 +64,15 @@ def test_without_nncf_the_benchmark_is_skipped_with_the_missing_module_named(ben
     assert list(tmp_path.iterdir()) == []  # nothing written when skipped
 
 
-def test_float_convolutions_are_those_without_dequantized_input_and_weight(bench):
+def test_float_convolutions_are_those_whose_weight_is_not_dequantized(bench):
     pytest.importorskip("onnx")
     from onnx import helper
 
     nodes = [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"]),
              helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"]),
              helper.make_node("Conv", ["x", "w"], ["y"], name="int8"),
-             helper.make_node("Conv", ["y", "w2"], ["y2"], name="float_weight"),
-             helper.make_node("Conv", ["y2", "w"], ["y3"], name="float_input")]
+             helper.make_node("Conv", ["y", "w2"], ["y2"], name="float"),
+             helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2]),
+             helper.make_node("Conv", ["p", "w"], ["y3"], name="int8_input_quantized_before_the_pool")]
     graph = helper.make_graph(nodes, "g", [], [])
-    assert bench.float_convs(helper.make_model(graph)) == (2, 3)
+    assert bench.float_convs(helper.make_model(graph)) == (1, 3)
