@@ -13,8 +13,8 @@ For each model, both searches get the same inputs:
   ``max_num_iterations``).
 
 NNCF runs with its defaults otherwise (preset PERFORMANCE: symmetric, as mapgate's Q/DQ), its
-ranking in "logits" mode (the validation function returns the raw head outputs per image, so NNCF
-ranks by output difference, as mapgate's sensitivity does) on ``--ranking-subset`` images.
+ranking in metric mode (NNCF 3.4 supports no other for ONNX: the validation function returns each
+image's own pseudo-AP) on ``--ranking-subset`` images.
 
 Then both are verified once, the same way, with mapgate's gate on the evaluation set
 (val2017-mini, 206 images): dAP with its paired-bootstrap CI and verdict, and the engine-only speed
@@ -113,16 +113,17 @@ def _pseudo_ap_subset(proxy: Any, outputs: list[dict[str, np.ndarray]], dets: li
     return 100.0 * max(evaluate(sub, dets, label="proxy").stats["AP"], 0.0)
 
 
-def validation_fn_for(proxy: Any, model: Any) -> Callable[[Any, Iterable[int]], tuple[float, list[list[np.ndarray]]]]:
-    """NNCF's ``validation_fn(model, validation_data) -> (metric, per-item outputs)`` on the proxy
-    images: data items are indices into them; the per-item raw outputs put NNCF's ranking in its
-    output-difference mode (one image alone has no meaningful AP)."""
+def validation_fn_for(proxy: Any, model: Any) -> Callable[[Any, Iterable[int]], tuple[float, list[float]]]:
+    """NNCF's ``validation_fn(model, validation_data) -> (metric, per-item metric)`` on the proxy
+    images: data items are indices into them. NNCF 3.4 ranks ONNX models in metric mode only (its
+    output-difference ranking raises UnsupportedBackendError for ONNX), so each item's value is
+    that image's own pseudo-AP."""
     from mapgate.backends.base import canonical_name
     from mapgate.postprocess import postprocess
 
     ort = require("onnxruntime", "onnxruntime")
 
-    def validate(onnx_model: Any, items: Iterable[int]) -> tuple[float, list[list[np.ndarray]]]:
+    def validate(onnx_model: Any, items: Iterable[int]) -> tuple[float, list[float]]:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         session = ort.InferenceSession(onnx_model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -133,10 +134,11 @@ def validation_fn_for(proxy: Any, model: Any) -> Callable[[Any, Iterable[int]], 
         for k in idx:
             batch, transform = proxy.inputs[k]
             values = session.run(out_names, {name: batch})
-            per_item.append(list(values))
             out = {canonical_name(n): v for n, v in zip(out_names, values)}
             outputs.append(out)
-            dets.extend(postprocess(out, model, transform, proxy.ids[k]))
+            mine = postprocess(out, model, transform, proxy.ids[k])
+            per_item.append(_pseudo_ap_subset(proxy, [out], mine, [k]) if len(proxy.inputs) > 1 else 0.0)
+            dets.extend(mine)
         return _pseudo_ap_subset(proxy, outputs, dets, idx), per_item
 
     return validate
@@ -224,7 +226,7 @@ def run_nncf(gate: Any, name: str, tolerance: float, max_float: int, ranking_sub
             "proxy_met": 100.0 - score.pseudo_ap <= tolerance, "float_layers": n_float, "convs": n_convs,
             "settings": {"max_drop": tolerance, "drop_type": "ABSOLUTE", "preset": "PERFORMANCE",
                          "subset_size": len(calib), "max_num_iterations": max_float,
-                         "ranking_subset_size": ranking_subset, "ranking": "output difference (logits mode)"},
+                         "ranking_subset_size": ranking_subset, "ranking": "metric mode (per-image pseudo-AP)"},
             "search_seconds": seconds, "proxy_speedup_vs_fp32": proxy.speed(path).speedup,
             "onnx_sha256": sha, "verification": _verification(v)}
 
