@@ -28,6 +28,7 @@ _LIBRARIES: dict[str, tuple[str, str]] = {
     "onnx": ("onnx", "pip install 'mapgate[onnx]'  (onnx)"),
     "onnxruntime": ("onnxruntime", "pip install 'mapgate[onnx]'"),
     "faster_coco_eval": ("faster-coco-eval", "pip install faster-coco-eval"),
+    "nncf": ("nncf", "pip install 'mapgate[nncf]'"),
 }
 
 
