@@ -483,9 +483,6 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
             raise ConfigError(f"--forms: {', '.join('/'.join(f) for f in bad) or 'empty list'} is not OPS/ACT with OPS "
                               f"in {', '.join(INT8_OPS)} and ACT in {', '.join(INT8_ACTIVATION_TYPES)}; give e.g. "
                               "--forms conv/s8,all/u8")
-        if args.target == "tensorrt:int8" and any(f != ("conv", "s8") for f in forms):
-            raise ConfigError("--forms: tensorrt:int8 builds from convolution Q/DQ with S8 activations only "
-                              "(conv/s8); the other forms are ONNX Runtime's")
         cfg.forms = tuple(dict.fromkeys(forms))  # type: ignore[arg-type]
     gate = _gate(args)
     gate.progress = gate.progress and sys.stderr.isatty()

@@ -96,10 +96,9 @@ def engine_threads(environ: dict[str, str] | None = None, cpus: int | None = Non
     measured with two processes at once), and every bundled ONNX file gives bit-identical outputs with
     1 or 2 threads. A value that is not a positive integer is ignored (the default applies)."""
     env = os.environ if environ is None else environ
-    for key in (THREADS_ENV,):
-        text = env.get(key, "").strip()
-        if text.isdigit() and int(text) > 0:
-            return int(text)
+    text = env.get(THREADS_ENV, "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
     workers = env.get("PYTEST_XDIST_WORKER_COUNT", "").strip()
     if workers.isdigit() and int(workers) > 1:
         available = cpus if cpus is not None else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \

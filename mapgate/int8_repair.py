@@ -338,8 +338,9 @@ def forms_for(cfg: RepairConfig, model: ModelSpec) -> tuple[tuple[str, str], ...
     if cfg.forms is None:
         return (trt,) if trt_bound else tuple((ops, act) for ops in INT8_OPS for act in INT8_ACTIVATION_TYPES)
     if trt_bound and any(f != trt for f in cfg.forms):
-        raise ConfigError(f"int8-repair --forms: model {model.name!r} gates tensorrt:int8, whose Q/DQ form is "
-                          f"{'/'.join(trt)} only; drop the other forms or the tensorrt:int8 target")
+        why = ("tensorrt:int8 builds from convolution Q/DQ with S8 activations only" if cfg.target == "tensorrt:int8"
+               else f"model {model.name!r} gates tensorrt:int8, whose Q/DQ form is {'/'.join(trt)} only")
+        raise ConfigError(f"int8-repair --forms: {why}; drop the other forms or the tensorrt:int8 target")
     return cfg.forms
 
 
@@ -365,6 +366,7 @@ def repair(gate: Any, model_name: str, cfg: RepairConfig, verify: bool = True,
         raise BackendUnavailable(backend, f"int8-repair --target {cfg.target} verifies on {backend}: {available.reason} "
                                           "(--no-verify searches without it, timing on the CPU as a proxy)")
     model = gate.model(model_name)
+    forms_for(cfg, model)  # a form the manifest could not hold is refused before anything is built
     ctx = gate.build_context()
     check_disjoint(ctx.calib_image_ids, ctx.evaluated_image_ids, f"int8-repair of {model_name}")
     fp32 = onnx_for(model, ctx)

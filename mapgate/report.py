@@ -21,10 +21,9 @@ from typing import Any
 from mapgate.baselines import BaselineKind, BaselineStatus
 from mapgate.compare import STAT_NAMES, SpeedDecision, Verdict, speed_pays
 from mapgate.decision import ReasonKind
-from mapgate.fsutil import write_bytes_atomic
-from mapgate.fsutil import atomic_path
-from mapgate.evaluate import IOU_THRS, REC_THRS
 from mapgate.attribution import summary_lines
+from mapgate.evaluate import IOU_THRS, REC_THRS
+from mapgate.fsutil import atomic_path, write_bytes_atomic
 
 PR_CURVES_PNG = "pr-curves.png"
 CLASS_DELTAS_PNG = "per-class-dap.png"

@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -66,14 +65,12 @@ def link_farm(names: set[str], farm: Path) -> None:
 
 def tracked_source(dest: Path) -> None:
     """The checkout's tracked files, so the build writes its build/ and egg-info here, not in the checkout."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    archive = dest.with_suffix(".tar")
-    with tarfile.open(archive, "w") as tar:
-        for f in files:
-            if (ROOT / f).is_file() and not f.startswith(("fixtures/", "engines/", "reports/")):
-                tar.add(ROOT / f, arcname=f)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split("\0")
+    for f in files:
+        if f and (ROOT / f).is_file() and not f.startswith(("fixtures/", "engines/", "reports/")):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dest / f)
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, float]]:

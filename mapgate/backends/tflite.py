@@ -23,7 +23,7 @@ class TfliteRunner(Runner):
     def activate_impl(self) -> None:
         litert = BACKEND.facts.require("ai_edge_litert.interpreter")
         self.artifact = BACKEND.facts.artifact_for(self.model, None if self.is_reference else f"tflite:{self.precision}", self.ctx)
-        threads = int(os.environ.get("MAPGATE_TFLITE_THREADS", 0)) or engine_threads() or os.cpu_count() or 1
+        threads = engine_threads() or os.cpu_count() or 1
         self.interpreter = litert.Interpreter(model_path=str(self.artifact), num_threads=threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]

@@ -30,14 +30,12 @@ def _classes_in(outputs: dict[str, Shape], model: ModelSpec) -> int | None:
     """The class maps' width: after the box bins in the concatenated tensor, the named class maps',
     or (by shape) the one output width that is not the box maps' 4 * (reg_max + 1)."""
     cfg = model.postprocess.decoder
-    n_box = 4 * (cfg.get("reg_max", 7) + 1)
-    way = cfg.get("outputs", "by_shape")
-    if way == "concatenated":
-        last = outputs.get(cfg.get("output", "output"), (None,))[-1]
+    n_box = 4 * (cfg["reg_max"] + 1)
+    if cfg["outputs"] == "concatenated":
+        last = outputs.get(cfg["output"], (None,))[-1]
         return last - n_box if last is not None else None
-    if way == "by_name":
-        names = cfg.get("class_outputs") or []
-        widths = {outputs.get(n, (None,))[-1] for n in names}
+    if cfg["outputs"] == "by_name":
+        widths = {outputs.get(n, (None,))[-1] for n in cfg["class_outputs"]}
     else:
         widths = {dims[-1] for dims in outputs.values() if dims} - {n_box}
     return widths.pop() if len(widths) == 1 and None not in widths else None

@@ -20,10 +20,10 @@ from mapgate.postprocess.family import Family, Setting, Shape
 def _classes_in(outputs: dict[str, Shape], model: ModelSpec) -> int | None:
     """v5: [1, N, 5 + C]; v8: [1, 4 + C, N] or its transpose (C + 4 is the short side: N is thousands)."""
     cfg = model.postprocess.decoder
-    dims = outputs.get(cfg.get("output", "output"), ())
+    dims = outputs.get(cfg["output"], ())
     if len(dims) != 3 or None in dims[1:]:
         return None
-    if cfg.get("head") == "v5":
+    if cfg["head"] == "v5":
         return int(dims[2]) - 5  # type: ignore[operator]
     return min(dims[1:]) - 4  # type: ignore[type-var, operator]
 
