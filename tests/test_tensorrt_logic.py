@@ -462,6 +462,21 @@ def test_engine_io_dtypes_numpy_cannot_hold_are_refused(monkeypatch: pytest.Monk
         trt_backend.numpy_dtype_name(DataType.FLOAT32)
 
 
+def test_an_explicitly_quantized_int8_engine_takes_no_calibration_table(tmp_path: Path) -> None:
+    """Every mapgate INT8 engine builds from the Q/DQ file: the build gets no table to read or fill, and
+    its provenance says which images calibrated the file, with no cache file."""
+    from mapgate.backends._tensorrt_engine import EXPLICIT_QDQ, EngineCache
+
+    spec = make_spec(precision="int8", calibration=dataclasses.replace(CALIB, algorithm=EXPLICIT_QDQ))
+    jobs: list[BuildJob] = []
+    result = EngineCache(tmp_path).get_or_build(spec, build=lambda job: jobs.append(job) or b"ENGINE",
+                                                load=lambda data: data)
+    assert [j.calibration_cache for j in jobs] == [None] and not jobs[0].calibration_reused
+    record = result.provenance["calibration"]
+    assert record["algorithm"] == EXPLICIT_QDQ and record["cache_file"] is None and record["count"] == CALIB.count
+    assert not list(tmp_path.rglob("tensorrt-calib-*"))
+
+
 def test_weak_int8_recipe_is_the_qdq_onnx_with_the_int8_flag_alone() -> None:
     assert trt_backend.build_recipe("fp32")["flags"] == []
     assert trt_backend.build_recipe("fp16")["flags"] == ["fp16"]

@@ -195,8 +195,9 @@ MODELS = ["ssdlite_mobilenet_v2_coco", "yolov3-tiny-416", "yolo-fastest-1.1-320"
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", MODELS)
 def test_mapgates_fp32_and_qdq_onnx_files_pass_the_parser(model_name: str, bundled_models: dict[str, Any]) -> None:
-    """The FP32 ONNX every engine starts from and the Q/DQ ONNX strong INT8 builds (the onnxruntime:int8
-    file), made by mapgate's own converters into the repository's engines cache."""
+    """The FP32 ONNX every engine starts from and the Q/DQ ONNX every INT8 engine builds (the onnxruntime:int8
+    file), made by mapgate's own converters into the repository's engines cache; the Q/DQ file in 8.6's
+    weakly typed parser as in 10.3's strongly typed one."""
     from mapgate.backends.base import BuildContext
     from mapgate.calibration import calibration_images, image_ids_of
     from mapgate.convert import onnx_for
@@ -207,7 +208,9 @@ def test_mapgates_fp32_and_qdq_onnx_files_pass_the_parser(model_name: str, bundl
     ctx = BuildContext(engines_dir=ROOT / "engines", calib_images=calib,
                        calib_image_ids=frozenset(image_ids_of(calib)), progress=False)
     fp32 = rules.lower(str(onnx_for(model, ctx)), False)
-    qdq = rules.lower(str(build_int8(model, ctx)), True)
+    qdq_path = str(build_int8(model, ctx))
+    qdq = rules.lower(qdq_path, True)
+    assert [layer.name for layer in rules.lower(qdq_path, False, (8, 6)).layers] == [layer.name for layer in qdq.layers]
     assert fp32.inputs[0][2] == qdq.inputs[0][2] == ("UINT8" if model.preprocess.dtype == "uint8" else "FLOAT")
     assert sum(layer.type == "DEQUANTIZE" for layer in qdq.layers) > 0
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from mapgate.backends.base import PRECISIONS, Availability, BackendFacts, BuildContext, Runner
 from mapgate.backends._tensorrt_engine import (
+    EXPLICIT_QDQ,
     BuildJob,
     CacheResult,
     CalibrationInfo,
@@ -77,7 +78,6 @@ DEFAULT_WORKSPACE_MB = 1024
 WEAK, STRONG = "weakly typed", "strongly typed"
 # Bump when the build settings below change in a way the key fields would not show.
 RECIPE_VERSION = 3  # 3: weakly typed INT8 builds the Q/DQ ONNX (was: entropy calibration of the FP32 ONNX)
-EXPLICIT_QDQ = "explicit Q/DQ ONNX (mapgate.convert.ort_quant)"  # the recipe is in the ONNX hash
 NVIDIA_PIP_HINT = "`pip install tensorrt-cu12` (or `tensorrt` for the newest, 11.x)"
 TRT_INSTALL_HINT = (
     "on a Jetson the bindings come with JetPack 6 for the system python3 (`sudo apt install python3-libnvinfer`), "
