@@ -38,6 +38,14 @@ def calibration_images(folder: Path | None = None, limit: int | None = None) -> 
     return paths[:limit] if limit else paths
 
 
+def quantization_images(given: Iterable[Path], limit: int | None = None) -> list[Path]:
+    """The images an INT8 Q/DQ file is calibrated on, in the order they are fed: the ones given, as
+    given, else the bundled set's first ``limit`` (what ``mapgate.convert.ort_quant.build`` reads). Every
+    engine built from that file (``tensorrt:int8``, either typing) records this very list."""
+    images = list(given)
+    return images or calibration_images(limit=limit)
+
+
 def image_ids_of(paths: Iterable[Path]) -> list[int]:
     """COCO image ids from COCO file names (000000000785.jpg -> 785); other names have none."""
     return [int(m.group(1)) for p in paths if (m := _COCO_NAME.match(p.name))]

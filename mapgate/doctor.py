@@ -4,8 +4,8 @@
   pip extra), the GPU, the TensorRT typing mode, trtexec, the CPU's INT8 dot product.
 * :func:`run_checks`: every buildable TensorRT precision of every model, each judged against ONNX
   Runtime on the same images (:func:`judge`, a pure function): FP32 within :data:`FP32_MAX_DAP` AP
-  points of ``onnxruntime:fp32``; FP16 within :data:`FP16_MAX_DAP`; the Q/DQ INT8 engine (strongly typed,
-  the same file ``onnxruntime:int8`` runs) reproducing :data:`INT8_MIN_AGREEMENT` of its confident
+  points of ``onnxruntime:fp32``; FP16 within :data:`FP16_MAX_DAP`; the Q/DQ INT8 engine (either typing:
+  built from the file ``onnxruntime:int8`` runs) reproducing :data:`INT8_MIN_AGREEMENT` of its confident
   detections. Engine-only time per image beside ``trtexec``'s GPU compute time, when trtexec is on PATH.
 
 Rendering (text, Markdown) lives in :mod:`mapgate.report`.
@@ -59,6 +59,8 @@ def machine_facts() -> dict[str, Any]:
             tensorrt["typing"] = trt_backend.select_mode(trt_backend.parse_version(version))
         except MapgateError as exc:
             tensorrt["typing"], tensorrt["typing_error"] = None, str(exc)
+        if tensorrt.get("typing"):
+            tensorrt["int8"] = trt_backend.int8_kind(trt_backend.parse_version(version), tensorrt["typing"])
         tensorrt["precisions"] = {p: (lambda s: {"ok": s.ok, "reason": s.reason or None})(
             trt_backend.BACKEND.build_support(p)) for p in trt_backend.BACKEND.precisions}
     count, why = trt_backend.cuda_device_count()
@@ -87,7 +89,7 @@ class Check:
     status: str = STATUS_SKIPPED
     reason: str = ""
     typing: str | None = None
-    qdq: bool = False  # the engine is built from the onnxruntime:int8 Q/DQ file (explicit quantization)
+    qdq: bool = False  # an INT8 engine: built from the onnxruntime:int8 Q/DQ file (explicit quantization)
     ap: float | None = None
     reference_ap: float | None = None
     dap: float | None = None
@@ -106,15 +108,12 @@ def judge(check: Check) -> Check:
         ok, why = abs(check.dap) <= FP32_MAX_DAP, f"abs dAP {abs(check.dap):.2f} vs <= {FP32_MAX_DAP} AP points"
     elif check.precision == "fp16":
         ok, why = abs(check.dap) <= FP16_MAX_DAP, f"abs dAP {abs(check.dap):.2f} vs <= {FP16_MAX_DAP} AP points"
-    elif check.qdq:
+    else:  # INT8, either typing: the Q/DQ file onnxruntime:int8 runs
         ok = check.agreement is not None and check.agreement >= INT8_MIN_AGREEMENT
         why = f"agreement with onnxruntime:int8 {check.agreement:.3f} vs >= {INT8_MIN_AGREEMENT}"
         if check.extra.get("same_onnx_as_reference") is False:
             why += ("; onnxruntime:int8 ran another file (7-bit weights: this CPU's int8 dot product saturates), "
                     "so the two differ by more than the engine")
-    else:  # weakly typed INT8: TensorRT's entropy-calibrated scales, not the file onnxruntime:int8 runs
-        ok, why = True, ("weakly typed INT8 (entropy calibration) is not the Q/DQ recipe onnxruntime:int8 runs: "
-                         f"agreement {check.agreement:.3f} and dAP {check.dap:+.2f} reported, not judged")
     check.status, check.reason = (STATUS_PASS if ok else STATUS_FAIL), why
     return check
 
@@ -152,7 +151,7 @@ def run_checks(gate: Gate, models: Sequence[str], say: Callable[[str], None] = l
     for name in models:
         for precision in trt_backend.BACKEND.precisions:
             check = Check(name, precision, REFERENCE[precision], typing=mode,
-                          qdq=precision == "int8" and mode == trt_backend.STRONG, images=len(gate.dataset.image_ids))
+                          qdq=precision == "int8", images=len(gate.dataset.image_ids))
             checks.append(check)
             support = trt_backend.BACKEND.precision_availability(precision)
             if not support.ok:
@@ -174,7 +173,7 @@ def run_checks(gate: Gate, models: Sequence[str], say: Callable[[str], None] = l
             check.engine_ms = trt.timings_ms.get("inference")
             check.reference_engine_ms = ref.timings_ms.get("inference")
             check.engine = trt.identity.get("artifact")
-            if precision == "int8" and check.qdq:
+            if check.qdq:
                 check.extra["same_onnx_as_reference"] = trt.identity.get("onnx_sha256") == ref.identity.get(
                     "artifact_sha256")
             judge(check)

@@ -52,8 +52,9 @@ def test_judge_applies_each_bound() -> None:
     assert judge(Check("m", "fp16", "onnxruntime:fp32", dap=-0.6)).status == "fail"
     assert judge(Check("m", "int8", "onnxruntime:int8", qdq=True, agreement=0.79, dap=0.0)).status == "fail"
     assert judge(Check("m", "int8", "onnxruntime:int8", qdq=True, agreement=0.95, dap=-3.0)).status == "pass"
-    weak = judge(Check("m", "int8", "onnxruntime:int8", qdq=False, agreement=0.2, dap=-3.0))
-    assert weak.status == "pass" and "not judged" in weak.reason
+    # INT8 on either typing is the Q/DQ file: low agreement fails, weakly typed too
+    assert judge(Check("m", "int8", "onnxruntime:int8", typing="weakly typed", qdq=True, agreement=0.2,
+                       dap=-3.0)).status == "fail"
 
 
 def test_trtexec_summary_is_parsed() -> None:
@@ -120,12 +121,14 @@ def test_doctor_run_fails_on_a_planted_fp32_disagreement(shared: tuple[Path, Pat
 
 
 @pytest.mark.slow
-def test_doctor_run_on_the_weakly_typed_standin_reports_int8_unjudged(shared: tuple[Path, Path], tmp_path: Path) -> None:
+def test_doctor_run_on_the_weakly_typed_standin_judges_int8_against_onnxruntime_int8(
+        shared: tuple[Path, Path], tmp_path: Path) -> None:
     code, record, log = _doctor("10.3.0", shared, tmp_path / "r")
     checks = {c["precision"]: c for c in record["checks"]}
     assert checks["fp32"]["status"] == "pass", log[-3000:]
-    assert checks["int8"]["typing"] == "weakly typed" and not checks["int8"]["qdq"]
-    assert "not judged" in checks["int8"]["reason"]
+    assert checks["int8"]["typing"] == "weakly typed" and checks["int8"]["qdq"]
+    assert checks["int8"]["reason"].startswith("agreement with onnxruntime:int8"), checks["int8"]
+    assert record["machine"]["tensorrt"]["int8"].startswith("explicit Q/DQ: the onnxruntime:int8 ONNX (INT8 flag")
 
 
 def test_a_run_where_every_check_was_skipped_proves_nothing() -> None:

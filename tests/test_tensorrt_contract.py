@@ -107,39 +107,38 @@ def test_every_name_exists_in_that_tensorrt_and_nothing_fails(version: str, typi
 def test_weakly_typed_builds(version: str, typing: str | None, engines: Path) -> None:
     report = run(version, typing, engines)
     assert report["describe"].startswith(f"tensorrt {version}: weakly typed builds")
+    assert "int8 = explicit Q/DQ: the onnxruntime:int8 ONNX (INT8 flag, no calibrator" in report["describe"]
     b = report["builds"]
     explicit = ["EXPLICIT_BATCH"] if version.startswith("8.") else []  # implicit (and deprecated) from 10.0
     for build in b.values():
-        assert build["mode"] == "weakly typed" and build["onnx"] == "yolox_nano.onnx"
+        assert build["mode"] == "weakly typed"
         assert calls(build, "Builder.create_network") == [{"flags": explicit}]
         assert {"flag": "TF32"} in calls(build, "IBuilderConfig.clear_flag")
         assert calls(build, "IBuilderConfig.set_memory_pool_limit")[0]["pool"] == "WORKSPACE"
         assert build["key_fields"]["recipe"]["polygraphy"] == version_of("polygraphy")  # its defaults shape the engine
+    assert b["fp32-256"]["onnx"] == b["fp16-256"]["onnx"] == "yolox_nano.onnx"
     flags = {k: calls(v, "Builder.build_serialized_network")[0]["flags"] for k, v in b.items()}
     assert flags["fp32-256"] == []
     assert flags["fp16-256"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
-    assert flags["int8-256"] == ["FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS"]
-    # the output tail (after the last conv) is pinned FP32: precision and every output type
-    for name in ("fp16-256", "int8-256"):
-        pinned = {c["layer"] for c in calls(b[name], "ILayer.precision")}
-        assert pinned and pinned <= set(b[name]["kept_nodes"]), pinned
-        assert all(c["dtype"] == "FLOAT" for c in calls(b[name], "ILayer.precision"))
-        assert {c["layer"] for c in calls(b[name], "ILayer.set_output_type")} == pinned
-        assert b[name]["recipe"]["fp32_layers"] == len(b[name]["kept_nodes"]) > 0
+    # the output tail (after the last conv) is pinned FP32 in FP16: precision and every output type
+    pinned = {c["layer"] for c in calls(b["fp16-256"], "ILayer.precision")}
+    assert pinned and pinned <= set(b["fp16-256"]["kept_nodes"]), pinned
+    assert all(c["dtype"] == "FLOAT" for c in calls(b["fp16-256"], "ILayer.precision"))
+    assert {c["layer"] for c in calls(b["fp16-256"], "ILayer.set_output_type")} == pinned
+    assert b["fp16-256"]["recipe"]["fp32_layers"] == len(b["fp16-256"]["kept_nodes"]) > 0
     assert not calls(b["fp32-256"], "ILayer.precision")
-    # INT8: entropy calibrator, FP32 batches of the engine's input shape read from live device
-    # buffers (the bytes Polygraphy copied), every batch accepted, the table written, then reused
-    # by an engine that differs only in workspace
-    (calibrator,) = calls(b["int8-256"], "IBuilderConfig.int8_calibrator")
-    assert calls(b["int8-256"], "IInt8Calibrator.__init__")[-1]["cls"] == "IInt8EntropyCalibrator2"
-    (first,) = calls(b["int8-256"], "calibration")
-    assert not first["reused"] and first["batch_size"] == 1
-    assert first["batches"] == [[{"dtype": "float32", "shape": [1, 3, 416, 416], "bytes": 4 * 3 * 416 * 416,
-                                  "finite": True}]] * 3
-    assert b["int8-256"]["calibration"]["cache_file"] and not b["int8-256"]["calibration"]["cache_reused"]
-    (second,) = calls(b["int8-512"], "calibration")
-    assert second["reused"] and second["batches"] == []
-    assert b["int8-512"]["calibration"]["cache_reused"] is True
+    # INT8 is explicit quantization, as on TensorRT 11: the very Q/DQ file onnxruntime:int8 evaluates, the
+    # INT8 flag alone (its float layers stay FP32, nothing pinned), no calibrator, no calibration, no table
+    for name in ("int8-256", "int8-512"):
+        build = b[name]
+        assert build["onnx"].startswith("ort-int8-") and build["recipe"]["onnx"] == "q/dq onnx"
+        assert flags[name] == ["INT8"]
+        assert {"QUANTIZE", "DEQUANTIZE"} <= set(calls(build, "Builder.build_serialized_network")[0]["layer_types"])
+        assert not calls(build, "ILayer.precision") and not calls(build, "ILayer.set_output_type")
+        assert not calls(build, "IInt8Calibrator.__init__") and not calls(build, "IBuilderConfig.int8_calibrator")
+        assert not calls(build, "calibration") and not calls(build, "warning")
+        assert build["calibration"]["cache_file"] is None and build["calibration"]["algorithm"].startswith("explicit")
+    assert b["int8-256"]["onnx"] == b["int8-512"]["onnx"]
 
 
 @pytest.mark.slow

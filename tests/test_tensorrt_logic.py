@@ -462,19 +462,39 @@ def test_engine_io_dtypes_numpy_cannot_hold_are_refused(monkeypatch: pytest.Monk
         trt_backend.numpy_dtype_name(DataType.FLOAT32)
 
 
-def test_build_recipe_int8_keeps_fp16_fallback() -> None:
+def test_an_explicitly_quantized_int8_engine_takes_no_calibration_table(tmp_path: Path) -> None:
+    """Every mapgate INT8 engine builds from the Q/DQ file: the build gets no table to read or fill, and
+    its provenance says which images calibrated the file, with no cache file."""
+    from mapgate.backends._tensorrt_engine import EXPLICIT_QDQ, EngineCache
+
+    spec = make_spec(precision="int8", calibration=dataclasses.replace(CALIB, algorithm=EXPLICIT_QDQ))
+    jobs: list[BuildJob] = []
+    result = EngineCache(tmp_path).get_or_build(spec, build=lambda job: jobs.append(job) or b"ENGINE",
+                                                load=lambda data: data)
+    assert [j.calibration_cache for j in jobs] == [None] and not jobs[0].calibration_reused
+    record = result.provenance["calibration"]
+    assert record["algorithm"] == EXPLICIT_QDQ and record["cache_file"] is None and record["count"] == CALIB.count
+    assert not list(tmp_path.rglob("tensorrt-calib-*"))
+
+
+def test_weak_int8_recipe_is_the_qdq_onnx_with_the_int8_flag_alone() -> None:
     assert trt_backend.build_recipe("fp32")["flags"] == []
     assert trt_backend.build_recipe("fp16")["flags"] == ["fp16"]
-    assert trt_backend.build_recipe("int8")["flags"] == ["int8", "fp16"]
+    # explicit quantization: no FP16 fallback, so what the Q/DQ file leaves in float runs FP32 (as in ORT)
+    weak = trt_backend.build_recipe("int8", trt_backend.WEAK, ["tail/a"])
+    strong = trt_backend.build_recipe("int8", trt_backend.STRONG, ["tail/a"])
+    assert weak["flags"] == ["int8"] and weak["onnx"] == strong["onnx"] == "q/dq onnx"
+    assert weak["fp32_layers"] == 0 and weak["precision_constraints"] is None  # the float layers are in the file
+    assert not trt_backend.pins_layers("int8", trt_backend.WEAK) and trt_backend.pins_layers("fp16", trt_backend.WEAK)
     assert trt_backend.build_recipe("fp32")["tf32"] is False
 
 
 def test_build_recipe_keys_the_mode_and_the_fp32_layer_set() -> None:
     strong = trt_backend.build_recipe("int8", trt_backend.STRONG, ["a"])
     assert strong["flags"] == [] and strong["mode"] == "strongly typed" and strong["fp32_layers"] == 0
-    weak = trt_backend.build_recipe("int8", trt_backend.WEAK, ["tail/a", "tail/b"])
+    weak = trt_backend.build_recipe("fp16", trt_backend.WEAK, ["tail/a", "tail/b"])
     assert weak["precision_constraints"] == "obey" and weak["fp32_layers"] == 2
-    other = trt_backend.build_recipe("int8", trt_backend.WEAK, ["tail/a"])
+    other = trt_backend.build_recipe("fp16", trt_backend.WEAK, ["tail/a"])
     assert weak["fp32_layers_sha256"] != other["fp32_layers_sha256"]
     assert "polygraphy" in trt_backend.engine_key_extras()
 
@@ -484,15 +504,6 @@ def test_layers_to_pin_by_node_name_output_tensor_and_prefix() -> None:
               ("Postprocessor/x_3", ["y"]), ("head", ["h"])]
     pinned = trt_backend.layers_to_pin(layers, keep_nodes=["decode"], keep_outputs=["h"], prefixes=["Postprocessor/"])
     assert pinned == ["Postprocessor/Slice", "decode", "Postprocessor/x_3", "head"]
-
-
-def test_rejected_calibration_batches_fail_the_build_instead_of_shrinking_the_set() -> None:
-    feed = trt_backend.CalibrationFeed(make_model(), [Path(f"{i:012d}.jpg") for i in range(3)], "images")
-    feed.batches_fed = 1
-    with pytest.raises(ConversionError, match="accepted 0 of 3 calibration batches"):
-        trt_backend._check_calibration("m", feed, accepted=0, reused=False)
-    trt_backend._check_calibration("m", feed, accepted=0, reused=True)  # a reused table asks for no batches
-    trt_backend._check_calibration("m", feed, accepted=3, reused=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,6 +520,7 @@ def fake_polygraphy(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
     rec = Recorder()
     rec.network_shape = (1, 3, 32, 32)  # type: ignore[attr-defined]
+    rec.layer_types = ["QUANTIZE", "DEQUANTIZE", "CONVOLUTION"]  # type: ignore[attr-defined]
 
     class FakeInput:
         def __init__(self, name: str, shape: tuple[int, ...]) -> None:
@@ -516,10 +528,19 @@ def fake_polygraphy(monkeypatch: pytest.MonkeyPatch) -> Recorder:
 
     class FakeNetwork:
         num_inputs = 1
-        num_layers = 0
+
+        @property
+        def num_layers(self) -> int:
+            return len(rec.layer_types)  # type: ignore[attr-defined]
 
         def get_input(self, i: int) -> FakeInput:
             return FakeInput("images", rec.network_shape)  # type: ignore[attr-defined]
+
+        def get_layer(self, i: int) -> Any:
+            import tensorrt as trt
+
+            return SimpleNamespace(type=getattr(trt.LayerType, rec.layer_types[i]), name=f"layer{i}",  # type: ignore[attr-defined]
+                                   num_outputs=0)
 
     def network_from_onnx_path(path: str, strongly_typed: bool = False) -> Any:
         rec.calls["onnx"] = path
@@ -545,16 +566,15 @@ def fake_polygraphy(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     return rec
 
 
-@pytest.mark.parametrize("precision,fp16,int8", [("fp32", False, False), ("fp16", True, False), ("int8", True, True)])
+@pytest.mark.parametrize("precision,fp16,int8", [("fp32", False, False), ("fp16", True, False), ("int8", False, True)])
 def test_build_engine_configures_polygraphy(fake_polygraphy: Recorder, standin: Any, tmp_path: Path, precision: str,
                                             fp16: bool, int8: bool) -> None:
     model = make_model()
     calib = CALIB if precision == "int8" else None
     spec = make_spec(precision=precision, calibration=calib, input_shape=(1, 3, 32, 32), workspace_mb=256)
-    staging = tmp_path / "calib.staging" if int8 else None
-    job = BuildJob(spec, calibration_cache=staging)
+    job = BuildJob(spec)
     trt = standin
-    data = trt_backend._build_engine(model, tmp_path / "m.onnx", job, images=[])
+    data = trt_backend._build_engine(model, tmp_path / "m.onnx", job)
     assert data == b"SERIALIZED"
     config = fake_polygraphy.calls["config"]
     assert config["fp16"] is fp16 and config["int8"] is int8 and config["tf32"] is False
@@ -562,19 +582,24 @@ def test_build_engine_configures_polygraphy(fake_polygraphy: Recorder, standin: 
     assert config["precision_constraints"] is None and fake_polygraphy.calls["strongly_typed"] is False
     assert config["profiles"] is None  # static ONNX input: no extra profile
     assert fake_polygraphy.calls["network_tuple"] == ("builder", fake_polygraphy.calls["network_tuple"][1], "parser")
-    if int8:
-        kw = fake_polygraphy.calls["calibrator"]
-        assert kw["BaseClass"] is trt.IInt8EntropyCalibrator2 and kw["cache"] == str(staging)
-        assert isinstance(kw["data_loader"], trt_backend.CalibrationFeed) and config["calibrator"] is not None
-        assert hasattr(config["calibrator"], "accepted")  # counts what TensorRT accepted, not what was yielded
-    else:
-        assert config["calibrator"] is None and "calibrator" not in fake_polygraphy.calls
+    # INT8 too: explicit quantization from the Q/DQ file, never TensorRT's own calibration
+    assert "calibrator" not in config and "calibrator" not in fake_polygraphy.calls
+
+
+def test_a_weak_int8_build_of_a_network_without_qdq_layers_is_refused(fake_polygraphy: Recorder, standin: Any,
+                                                                       tmp_path: Path) -> None:
+    """The planted defect of the old weak path: the FP32 ONNX with the INT8 flag is implicit quantization."""
+    fake_polygraphy.layer_types = ["CONVOLUTION", "ACTIVATION"]  # type: ignore[attr-defined]
+    spec = make_spec(precision="int8", calibration=CALIB, input_shape=(1, 3, 32, 32))
+    with pytest.raises(ConversionError, match="no Q/DQ layers.*never TensorRT's own calibration"):
+        trt_backend._build_engine(make_model(), tmp_path / "m.onnx", BuildJob(spec))
+    assert "config" not in fake_polygraphy.calls
 
 
 def test_build_engine_adds_fixed_profile_for_dynamic_input(fake_polygraphy: Recorder, standin: Any, tmp_path: Path) -> None:
     fake_polygraphy.network_shape = (-1, 3, -1, -1)  # type: ignore[attr-defined]
     spec = make_spec(precision="fp16", input_shape=(1, 3, 32, 32))
-    trt_backend._build_engine(make_model(), tmp_path / "m.onnx", BuildJob(spec), images=[])
+    trt_backend._build_engine(make_model(), tmp_path / "m.onnx", BuildJob(spec))
     (profile,) = fake_polygraphy.calls["config"]["profiles"]
     shapes = profile["images"]
     assert tuple(shapes.min) == tuple(shapes.opt) == tuple(shapes.max) == (1, 3, 32, 32)
@@ -584,7 +609,7 @@ def test_build_engine_refuses_manifest_mismatch(fake_polygraphy: Recorder, stand
     fake_polygraphy.network_shape = (1, 3, 64, 64)  # type: ignore[attr-defined]
     spec = make_spec(precision="fp16", input_shape=(1, 3, 32, 32))
     with pytest.raises(ConfigError, match="input_size"):
-        trt_backend._build_engine(make_model(), tmp_path / "m.onnx", BuildJob(spec), images=[])
+        trt_backend._build_engine(make_model(), tmp_path / "m.onnx", BuildJob(spec))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,7 +657,7 @@ def fake_trt_stack(fake_polygraphy: Recorder, standin: Any, monkeypatch: pytest.
     monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: standin)
     monkeypatch.setattr(trt_backend, "cuda_device_count", lambda: (1, ""))
     monkeypatch.setattr(trt_backend, "probe_device_info", lambda version: DEVICE)
-    monkeypatch.setattr(trt_backend, "_onnx_for", lambda model, ctx, precision="fp32", mode="": onnx)
+    monkeypatch.setattr(trt_backend, "_onnx_for", lambda model, ctx, precision="fp32", mode="", version=None: onnx)
     monkeypatch.setattr(trt_backend, "fp32_nodes", lambda model, path: ([], []))
     monkeypatch.setattr(trt_backend, "_build_engine", counting_build)
     monkeypatch.setattr(trt_backend, "_trt_dtype_name", str)
@@ -722,34 +747,6 @@ def test_runner_unavailable_raises_with_reason(monkeypatch: pytest.MonkeyPatch, 
 # ---------------------------------------------------------------------------------------------
 # Calibration input (needs the lead's mapgate.calibration)
 # ---------------------------------------------------------------------------------------------
-def test_calibration_feed_shapes_and_order() -> None:
-    from mapgate.calibration import calibration_batches
-    from mapgate.dataset import read_image
-    from mapgate.preprocess import preprocess
-
-    model = make_model(size=(32, 48))
-    images = sorted(CALIB_DIR.iterdir())[:3]
-    feed = trt_backend.CalibrationFeed(model, images, "images")
-    batches = list(feed)
-    assert len(batches) == 3 and feed.batches_fed == 3 and feed.error is None
-    for batch, path in zip(batches, images):
-        assert list(batch) == ["images"]
-        assert batch["images"].shape == (1, 3, 32, 48) and batch["images"].dtype == np.float32
-        expected, _ = preprocess(read_image(path), model)
-        np.testing.assert_array_equal(batch["images"], expected)
-    assert len(list(feed)) == 3, "the feed must be re-iterable (Polygraphy rewinds it)"
-    pairs = list(calibration_batches(model, images, batch_size=2))
-    assert [b.shape for b in pairs] == [(2, 3, 32, 48)]  # the partial last batch is dropped
-
-
-def test_calibration_feed_records_errors_instead_of_raising(tmp_path: Path) -> None:
-    bad = tmp_path / "000000000001.jpg"
-    bad.write_bytes(b"not a jpeg")
-    feed = trt_backend.CalibrationFeed(make_model(), [bad], "images")
-    assert list(feed) == []
-    assert feed.error is not None and str(bad) in str(feed.error)
-
-
 def test_int8_refuses_calibration_images_that_are_evaluated(tmp_path: Path) -> None:
     images = sorted(CALIB_DIR.iterdir())[:4]
     from mapgate.calibration import image_ids_of
@@ -761,19 +758,19 @@ def test_int8_refuses_calibration_images_that_are_evaluated(tmp_path: Path) -> N
         runner._calibration()
 
 
-def test_int8_calibration_info_is_deterministic(tmp_path: Path) -> None:
-    images = sorted(CALIB_DIR.iterdir())[:5]
-    ctx = BuildContext(engines_dir=tmp_path, calib_images=list(reversed(images)), max_calib_images=3)
-    info, used = trt_backend.TensorRTRunner(make_model(), "int8", ctx)._calibration()
-    assert used == images[:3]  # sorted by name, capped at max_calib_images
-    assert info.count == 3 and info.algorithm == "IInt8EntropyCalibrator2" and info.batch_size == 1
-    again, _ = trt_backend.TensorRTRunner(make_model(), "int8", ctx)._calibration()
-    assert again == info
-    other_pre, _ = trt_backend.TensorRTRunner(make_model(layout="NHWC"), "int8", ctx)._calibration()
+def test_int8_calibration_info_is_the_qdq_files_images_in_its_order(tmp_path: Path) -> None:
+    """The engine keys and records the images ONNX Runtime's quantizer calibrated the Q/DQ file on, in the
+    order it read them (all of those given), not a sorted or truncated list."""
+    from mapgate.calibration import calibration_images, calibration_set_hash
+
+    images = list(reversed(sorted(CALIB_DIR.iterdir())[:5]))
+    ctx = BuildContext(engines_dir=tmp_path, calib_images=images, max_calib_images=3)
+    info = trt_backend.TensorRTRunner(make_model(), "int8", ctx)._calibration()
+    assert info.set_sha256 == calibration_set_hash(images) and info.count == 5
+    assert info.algorithm == trt_backend.EXPLICIT_QDQ and info.batch_size == 1
+    assert trt_backend.TensorRTRunner(make_model(), "int8", ctx)._calibration() == info
+    other_pre = trt_backend.TensorRTRunner(make_model(layout="NHWC"), "int8", ctx)._calibration()
     assert other_pre.preprocess_sha256 != info.preprocess_sha256
-
-
-def test_int8_without_calibration_images_is_refused(tmp_path: Path) -> None:
-    runner = trt_backend.TensorRTRunner(make_model(), "int8", BuildContext(engines_dir=tmp_path))
-    with pytest.raises(ConfigError, match="calibration images"):
-        runner._calibration()
+    # none given: the bundled set's first max_calib_images, as ort_quant.build reads them
+    bundled = trt_backend.TensorRTRunner(make_model(), "int8", BuildContext(engines_dir=tmp_path, max_calib_images=3))
+    assert bundled._calibration().set_sha256 == calibration_set_hash(calibration_images(limit=3))

@@ -2,8 +2,10 @@
 
 * the ssdlite ONNX holds no TensorArray resize ``Loop`` (the same bypass as the TFLite route), and
   ONNX Runtime on it still matches TensorFlow exactly;
-* the INT8 Q/DQ ONNX (the one file ``onnxruntime:int8`` evaluates and TensorRT's strongly typed
-  INT8 builds) is in TensorRT's form: every Q/DQ pair int8 with zero point 0, per-channel weights;
+* the INT8 Q/DQ ONNX (the one file ``onnxruntime:int8`` evaluates and every TensorRT INT8 build,
+  weakly or strongly typed, starts from) is in TensorRT's form: every Q/DQ pair int8 with zero
+  point 0, per-channel weights, and in the form each release's ONNX parser takes (8.x: zero points
+  given, FP32 scales, opset <= 17), checked by ``trt_onnx.qdq_form_problems``;
 * the FP16 mixed-precision ONNX keeps float32 graph IO, and its decode tail and
   ``int8_keep_float`` nodes in float32.
 """
@@ -109,6 +111,73 @@ def test_int8_onnx_is_in_tensorrt_qdq_form(require_backend, bundled_models, tmp_
     tail_outputs = {o for n in proto.graph.node if n.name in source_tail for o in n.output}
     requantized = [n.name for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in tail_outputs]
     assert source_tail and not requantized, f"the output tail must compute in float: {requantized}"
+    from mapgate.convert.trt_onnx import qdq_form_problems
+
+    assert qdq_form_problems(proto) == [], "the file must parse on every TensorRT release mapgate supports"
+
+
+def _qdq_graph(*, opset: int = 13, zero_point: bool = True, zp_type: int = onnx.TensorProto.INT8, zp_value: int = 0,
+               scale_type: int = onnx.TensorProto.FLOAT, quantized: bool = True) -> "onnx.ModelProto":
+    """x -> Q -> DQ -> Conv(DQ(int8 weights, per channel)): the form ORT's quantizer writes."""
+    from onnx import helper, numpy_helper
+
+    zp_np = {onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8}[zp_type]
+    sc_np = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16}[scale_type]
+    inits = [numpy_helper.from_array(np.asarray(0.02, sc_np), "s"), numpy_helper.from_array(np.asarray(zp_value, zp_np), "zp"),
+             numpy_helper.from_array(np.ones((4, 3, 3, 3), np.int8), "w"),
+             numpy_helper.from_array(np.full(4, 0.01, np.float32), "ws"), numpy_helper.from_array(np.zeros(4, np.int8), "wzp")]
+    zp = ["zp"] if zero_point else []
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", *zp], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", *zp], ["xd"], name="dq"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wzp"], ["wd"], name="dq_w", axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv")]
+    if not quantized:
+        nodes = [helper.make_node("Conv", ["x", "wf"], ["y"], name="conv")]
+        inits = [numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "wf")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_the_qdq_form_ort_writes_parses_on_every_release() -> None:
+    from mapgate.convert.trt_onnx import qdq_form_problems
+
+    assert qdq_form_problems(_qdq_graph()) == []
+    for version in ((8, 5, 0), (8, 6, 1), (10, 3, 0), (10, 13, 0), (11, 1, 0)):
+        assert qdq_form_problems(_qdq_graph(), version) == [], version
+
+
+@pytest.mark.parametrize("graph,refused_by,needle", [
+    (dict(zero_point=False), ["8.6.1"], "requires 3 inputs"),  # 8.x QuantDequantLinearHelper
+    (dict(opset=18), ["8.6.1"], "up to opset 17"),
+    (dict(scale_type=onnx.TensorProto.FLOAT16), ["8.6.1"], "reads scales as FLOAT"),
+    (dict(zp_value=1), ["8.6.1", "10.3.0", "11.1.0"], "non-zero zero point"),
+    (dict(zp_type=onnx.TensorProto.UINT8), ["8.6.1", "10.3.0", "11.1.0"], "UINT8 zero point"),
+    (dict(opset=10), ["8.6.1", "10.3.0", "11.1.0"], "needs opset >= 13"),
+    (dict(quantized=False), ["8.6.1", "10.3.0", "11.1.0"], "no QuantizeLinear/DequantizeLinear"),
+])
+def test_a_qdq_form_a_release_refuses_is_named_for_that_release(graph: dict, refused_by: list[str],
+                                                                needle: str) -> None:
+    from mapgate.backends.tensorrt import parse_version
+    from mapgate.convert.trt_onnx import qdq_form_problems
+
+    proto = _qdq_graph(**graph)
+    for version in ("8.6.1", "10.3.0", "11.1.0"):
+        found = qdq_form_problems(proto, parse_version(version))
+        assert (version in refused_by) == any(needle in p for p in found), (version, found)
+    assert any(needle in p for p in qdq_form_problems(proto)), "without a version every release's form applies"
+
+
+def test_check_qdq_form_is_one_line_naming_the_file_and_release(tmp_path: Path) -> None:
+    from mapgate.convert.trt_onnx import check_qdq_form
+    from mapgate.errors import ConversionError
+
+    path = tmp_path / "q.onnx"
+    onnx.save(_qdq_graph(zero_point=False), str(path))
+    check_qdq_form(path, (10, 3, 0))
+    with pytest.raises(ConversionError) as err:
+        check_qdq_form(path, (8, 6, 1))
+    assert str(path) in str(err.value) and "TensorRT 8.6.1" in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ imports ``tensorrt`` once per process). What is replaced, and nothing else:
   copies on host memory, every pointer checked);
 * mapgate's two CUDA device probes (``cuda_device_count``, ``probe_device_info``: driver facts).
 
-Two phases per process: **builds** (fp32, fp16, int8, int8 again with another workspace: the
-calibration cache reuse) through ``_build_engine``/``EngineCache``, then **runs**: for each
+Two phases per process: **builds** (fp32, fp16, int8, int8 again with another workspace: a second
+engine from the same Q/DQ file) through ``_build_engine``/``EngineCache``, then **runs**: for each
 precision, mapgate's ``TensorRTRunner`` activate -> infer (a real preprocessed image) -> deactivate,
 which loads the cached engine through ``EngineFromBytes`` and runs it through Polygraphy's
 ``TrtRunner``; the stand-in engine computes with ONNX Runtime on the bytes Polygraphy copied.
@@ -37,9 +37,25 @@ MODEL = "yolox-nano-416"
 CALIB_IMAGES = 3
 PLANTS = {
     "skip-deactivate": "mapgate's runner drops its TrtRunner without calling deactivate()",
-    "nonzero-zero-point": "the strong INT8 Q/DQ ONNX gets a QuantizeLinear zero point of 1",
+    "nonzero-zero-point": "the INT8 Q/DQ ONNX gets a QuantizeLinear zero point of 1",
+    "nonzero-zero-point-unchecked": "the same, with mapgate's own Q/DQ form check switched off (the parser's turn)",
+    "no-zero-point": "the INT8 Q/DQ ONNX loses its zero points (a form TensorRT 10 parses and 8.6 refuses)",
+    "no-zero-point-unchecked": "the same, with mapgate's own Q/DQ form check switched off (the parser's turn)",
+    "int8-from-fp32-onnx": "tensorrt:int8 builds the FP32 ONNX (TensorRT's implicit quantization, the old weak path)",
     "uint8-into-conv": "the strong FP16 ONNX takes a uint8 image straight into the first Conv",
 }
+
+
+def _plant_no_zero_point(path: Path, out_dir: Path) -> Path:
+    import onnx
+
+    proto = onnx.load(str(path))
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            del node.input[2]
+    planted = out_dir / f"planted-nozp-{path.name}"
+    onnx.save(proto, str(planted))
+    return planted
 
 
 def _plant_qdq_zero_point(path: Path, out_dir: Path) -> Path:
@@ -96,9 +112,16 @@ def main(out: Path, engines: Path, plant: str | None = None) -> None:
             self.cache_result = None
             self._runtime = None
         backend.TensorRTRunner.deactivate_impl = deactivate_without_polygraphy
-    elif plant == "nonzero-zero-point":
+    elif plant in ("nonzero-zero-point", "nonzero-zero-point-unchecked", "no-zero-point", "no-zero-point-unchecked"):
         real_int8 = trt_onnx.build_int8
-        trt_onnx.build_int8 = lambda model, ctx: _plant_qdq_zero_point(real_int8(model, ctx), out.parent)
+        edit = _plant_qdq_zero_point if plant.startswith("nonzero") else _plant_no_zero_point
+        trt_onnx.build_int8 = lambda model, ctx: edit(real_int8(model, ctx), out.parent)
+        if plant.endswith("-unchecked"):
+            trt_onnx.check_qdq_form = lambda path, version=None: None
+    elif plant == "int8-from-fp32-onnx":
+        real_onnx_for = backend._onnx_for
+        backend._onnx_for = lambda model, ctx, precision="fp32", mode=backend.WEAK, version=None: (
+            real_onnx_for(model, ctx, "fp32", mode, version))
     elif plant == "uint8-into-conv":
         real_fp16 = trt_onnx.build_fp16
         trt_onnx.build_fp16 = lambda model, ctx: _plant_uint8_input(real_fp16(model, ctx), out.parent)
@@ -116,9 +139,9 @@ def main(out: Path, engines: Path, plant: str | None = None) -> None:
         entry: dict[str, Any] = report["builds"].setdefault(f"{precision}-{workspace}", {})
         try:
             runner = backend.TensorRTRunner(model, precision, ctx, workspace_mb=workspace)
-            spec, images, mode, pinned = runner.engine_spec()
+            spec, mode, pinned = runner.engine_spec()
             result = EngineCache(engines).get_or_build(
-                spec, build=lambda job: backend._build_engine(model, spec.onnx_path, job, images, mode, pinned),
+                spec, build=lambda job: backend._build_engine(model, spec.onnx_path, job, mode, pinned),
                 load=lambda data: data)
             entry.update({"mode": mode, "onnx": spec.onnx_path.name, "recipe": dict(spec.recipe),
                           "key_fields": spec.key_fields(), "kept_nodes": pinned[0],

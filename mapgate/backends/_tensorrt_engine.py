@@ -36,6 +36,9 @@ from mapgate.fsutil import part_name, sha256_bytes
 log = logging.getLogger(__name__)
 
 ENTROPY_CALIBRATOR_2 = "IInt8EntropyCalibrator2"
+# mapgate's own INT8 engines (either typing): the scales are in the Q/DQ ONNX, TensorRT calibrates nothing,
+# so no calibration table slot is taken for them (the table machinery serves a calibrating build callback).
+EXPLICIT_QDQ = "explicit Q/DQ ONNX (mapgate.convert.ort_quant)"
 CALIBRATION_KIND = "tensorrt-calib"
 _VERSION_HINT = "The TensorRT build and runtime libraries probably differ in version."
 
@@ -75,9 +78,20 @@ class CalibrationInfo:
     algorithm: str = ENTROPY_CALIBRATOR_2
     batch_size: int = 1
 
+    @property
+    def explicit(self) -> bool:
+        """The scales come with the ONNX (Q/DQ): TensorRT writes no calibration table."""
+        return self.algorithm == EXPLICIT_QDQ
+
     def key_fields(self) -> dict[str, Any]:
         return {"set_sha256": self.set_sha256, "count": self.count, "preprocess_sha256": self.preprocess_sha256,
                 "algorithm": self.algorithm, "batch_size": self.batch_size}
+
+    def record(self) -> dict[str, Any]:
+        """Provenance of an engine whose calibration is explicit (no table)."""
+        return {"key": None, "set_sha256": self.set_sha256, "count": self.count, "algorithm": self.algorithm,
+                "preprocess_sha256": self.preprocess_sha256, "cache_file": None, "cache_sha256": None,
+                "cache_reused": False}
 
 
 @dataclass(frozen=True)
@@ -229,7 +243,9 @@ class EngineCache:
         deleted and rebuilt). Only one process builds a given key at a time.
         """
         def build_into(tmp: Path) -> dict[str, Any]:
-            if spec.calibration is not None:
+            if spec.calibration is not None and spec.calibration.explicit:
+                data, record = build(BuildJob(spec)), spec.calibration.record()
+            elif spec.calibration is not None:
                 data, record = self._build_with_calibration(spec, spec.calibration, build)
             else:
                 data, record = build(BuildJob(spec)), None

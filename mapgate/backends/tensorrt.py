@@ -2,16 +2,20 @@
 
 Two build modes, chosen from the installed TensorRT (:func:`select_mode`):
 
-* **weakly typed** (TensorRT 8.5 to 10.x, JetPack 6): the FP32 ONNX with builder flags.
-  ``fp16`` = BuilderFlag.FP16; ``int8`` = BuilderFlag.INT8 + FP16 fallback with an
-  ``IInt8EntropyCalibrator2`` fed by the calibration images through the model's own
-  preprocessing. In both, the output tail after the last conv and the manifest's
-  ``convert.int8_keep_float`` nodes are pinned to FP32 through layer precisions (with
-  OBEY_PRECISION_CONSTRAINTS), the same float rules as the ONNX Runtime INT8 recipe.
+* **weakly typed** (TensorRT 8.5 to 10.x, JetPack 6): ``fp16`` = the FP32 ONNX with
+  BuilderFlag.FP16, the output tail after the last conv and the manifest's
+  ``convert.int8_keep_float`` nodes pinned to FP32 through layer precisions (with
+  OBEY_PRECISION_CONSTRAINTS). ``int8`` = the Q/DQ ONNX that ``onnxruntime:int8`` evaluates with
+  BuilderFlag.INT8 only (explicit quantization: no calibrator, no FP16 flag, so every layer the
+  file leaves in float runs FP32, as in ONNX Runtime and in a strongly typed build).
 * **strongly typed** (TensorRT 11 always, 10.12+ with ``MAPGATE_TRT_TYPING=strong``): precision
   lives in the ONNX graph (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, no precision flags,
   no calibrator). ``fp16`` builds the mixed-precision ONNX of :mod:`mapgate.convert.trt_onnx`;
-  ``int8`` builds the Q/DQ ONNX that ``onnxruntime:int8`` evaluates (explicit quantization).
+  ``int8`` builds the same Q/DQ ONNX as weakly typed.
+
+So ``tensorrt:int8`` is one recipe on every supported TensorRT: ``convert.int8_calibration``,
+``int8_per_channel`` and ``int8_keep_float`` act through the Q/DQ file, which is checked against
+the Q/DQ form that release's ONNX parser takes (:func:`mapgate.convert.trt_onnx.qdq_form_problems`).
 
 Common settings: the manifest's fixed input shape (one min = opt = max profile when the ONNX
 input is dynamic); TF32 off, so "fp32" is strict IEEE FP32 on Ampere/Orin; workspace limit
@@ -39,7 +43,7 @@ import numpy as np
 
 from mapgate.backends.base import PRECISIONS, Availability, BackendFacts, BuildContext, Runner
 from mapgate.backends._tensorrt_engine import (
-    ENTROPY_CALIBRATOR_2,
+    EXPLICIT_QDQ,
     BuildJob,
     CacheResult,
     CalibrationInfo,
@@ -73,8 +77,7 @@ TYPING_ENV = "MAPGATE_TRT_TYPING"  # "strong" or "weak"; unset: the installed Te
 DEFAULT_WORKSPACE_MB = 1024
 WEAK, STRONG = "weakly typed", "strongly typed"
 # Bump when the build settings below change in a way the key fields would not show.
-RECIPE_VERSION = 2
-EXPLICIT_QDQ = "explicit Q/DQ ONNX (mapgate.convert.ort_quant)"  # the recipe is in the ONNX hash
+RECIPE_VERSION = 3  # 3: weakly typed INT8 builds the Q/DQ ONNX (was: entropy calibration of the FP32 ONNX)
 NVIDIA_PIP_HINT = "`pip install tensorrt-cu12` (or `tensorrt` for the newest, 11.x)"
 TRT_INSTALL_HINT = (
     "on a Jetson the bindings come with JetPack 6 for the system python3 (`sudo apt install python3-libnvinfer`), "
@@ -279,7 +282,7 @@ def select_mode(version: Sequence[int], environ: Mapping[str, str] | None = None
 def build_recipe(precision: str, mode: str = WEAK, fp32_layers: Sequence[str] = ()) -> dict[str, Any]:
     """Builder settings that change the engine beyond the key's explicit fields.
 
-    ``fp32_layers``: the ONNX nodes pinned to FP32 in a weakly typed FP16/INT8 build; their
+    ``fp32_layers``: the ONNX nodes pinned to FP32 in a weakly typed FP16 build; their
     names are hashed into the recipe, so a changed ``int8_keep_float`` rebuilds the engine.
     """
     if precision not in PRECISIONS:
@@ -288,13 +291,30 @@ def build_recipe(precision: str, mode: str = WEAK, fp32_layers: Sequence[str] = 
         flags: list[str] = []
         source = {"fp32": "fp32 onnx", "fp16": "fp16 mixed-precision onnx", "int8": "q/dq onnx"}[precision]
     else:
-        flags = {"fp32": [], "fp16": ["fp16"], "int8": ["int8", "fp16"]}[precision]
-        source = "fp32 onnx"
-    pinned = sorted(fp32_layers) if mode == WEAK and precision != "fp32" else []
+        # INT8 alone: explicit quantization needs the flag (a Q/DQ network without it does not build), and
+        # without FP16 the layers the Q/DQ file leaves in float run FP32, as onnxruntime:int8 runs them
+        flags = {"fp32": [], "fp16": ["fp16"], "int8": ["int8"]}[precision]
+        source = "q/dq onnx" if precision == "int8" else "fp32 onnx"
+    pinned = sorted(fp32_layers) if pins_layers(precision, mode) else []
     return {"version": RECIPE_VERSION, "mode": mode, "onnx": source, "flags": flags, "tf32": False,
             "explicit_batch": True, "profile": "min=opt=max=input_shape",
             "precision_constraints": "obey" if pinned else None, "fp32_layers": len(pinned),
             "fp32_layers_sha256": sha256_json(pinned) if pinned else None}
+
+
+def pins_layers(precision: str, mode: str) -> bool:
+    """Whether a build pins layers to FP32 by layer precision: weakly typed FP16 only. INT8 keeps its
+    float layers in the Q/DQ file (float is what the file says, and no FP16 flag lets TensorRT lower it)."""
+    return mode == WEAK and precision == "fp16"
+
+
+def int8_kind(version: Sequence[int], mode: str) -> str:
+    """Which INT8 ``tensorrt:int8`` builds on this TensorRT (``mapgate models``, ``mapgate doctor``)."""
+    from mapgate.convert.trt_onnx import qdq_parser_form
+
+    how = "INT8 flag, no calibrator" if mode == WEAK else "strongly typed"
+    return (f"explicit Q/DQ: the onnxruntime:int8 ONNX ({how}; in the Q/DQ form of "
+            f"{qdq_parser_form(tuple(version))['name']}'s ONNX parser)")
 
 
 def layers_to_pin(layers: Sequence[tuple[str, Sequence[str]]], keep_nodes: Sequence[str],
@@ -357,8 +377,7 @@ def _polygraphy_version() -> str:
     if parse_version(version) < MIN_POLYGRAPHY_VERSION:
         raise BackendUnavailable(NAME, f"Polygraphy {version} is installed but mapgate needs >= "
                                        f"{'.'.join(map(str, MIN_POLYGRAPHY_VERSION))} (older ones cannot find the CUDA "
-                                       "runtime of a pip-installed TensorRT, feed non-FP32 INT8 calibration data or "
-                                       "crash under NumPy 2); fix: pip install 'mapgate[trt]'")
+                                       "runtime of a pip-installed TensorRT or crash under NumPy 2); fix: pip install 'mapgate[trt]'")
     return version
 
 
@@ -455,78 +474,29 @@ def describe_engine_io(engine: "tensorrt.ICudaEngine") -> list[TensorDesc]:
     return out
 
 
-class CalibrationFeed:
-    """Re-iterable calibration data loader for Polygraphy's ``Calibrator``.
-
-    Each pass yields ``{input_name: float32 batch}`` from :func:`calibration_batches` (the
-    model's own preprocessing). Float32 because TensorRT calibrates on float inputs (Polygraphy
-    >= 0.49.10 overrides the expected dtype to float32 and checks it). Errors are recorded
-    rather than raised, and the build raises them once TensorRT returns.
-    """
-
-    def __init__(self, model: "ModelSpec", images: Sequence[Path], input_name: str, batch_size: int = 1) -> None:
-        self.model, self.images, self.input_name, self.batch_size = model, list(images), input_name, batch_size
-        self.error: Exception | None = None
-        self.batches_fed = 0
-        self.input_metadata: Any = None  # Polygraphy sets this; kept so the attribute exists
-
-    @property
-    def expected_batches(self) -> int:
-        return len(self.images) // self.batch_size
-
-    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        from mapgate.calibration import calibration_batches
-
-        self.batches_fed = 0
-        try:
-            for batch in calibration_batches(self.model, self.images, batch_size=self.batch_size):
-                self.batches_fed += 1
-                yield {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
-        except Exception as exc:  # noqa: BLE001 - see below
-            # This runs inside TensorRT's noexcept getBatch callback: any exception escaping
-            # it (a cv2 decode error as much as a DataError) would abort the whole process.
-            self.error = exc
-
-
-def counting_calibrator(calibrator: Any) -> Any:
-    """A copy of Polygraphy's calibrator that counts the batches it hands TensorRT.
-
-    Polygraphy's ``get_batch`` turns a rejected batch (wrong dtype/shape) into "no more data", so
-    calibration would end early without an error; counting accepted batches exposes that.
-    """
-    base = type(calibrator)
-
-    class CountingCalibrator(base):  # type: ignore[misc,valid-type]
-        accepted = 0
-
-        def get_batch(self, names: Sequence[str]) -> Any:
-            ptrs = super().get_batch(names)
-            if ptrs is not None:
-                type(self).accepted += 1
-            return ptrs
-
-    return CountingCalibrator()
-
-
-def _onnx_for(model: "ModelSpec", ctx: BuildContext, precision: str = "fp32", mode: str = WEAK) -> Path:
-    """The ONNX the engine is built from: the FP32 model, or in strongly typed mode the FP16
-    mixed-precision / INT8 Q/DQ conversion of it."""
+def _onnx_for(model: "ModelSpec", ctx: BuildContext, precision: str = "fp32", mode: str = WEAK,
+              trt_version: Sequence[int] | None = None) -> Path:
+    """The ONNX the engine is built from: the FP32 model; for INT8 (either mode) the Q/DQ file of
+    ``onnxruntime:int8``, checked against ``trt_version``'s Q/DQ form (None: every release's);
+    in strongly typed mode for FP16 the mixed-precision conversion."""
     from mapgate.convert import onnx_for
-    from mapgate.convert.trt_onnx import build_fp16, build_int8
+    from mapgate.convert.trt_onnx import build_fp16, build_int8, check_qdq_form
 
     if mode == STRONG and precision == "fp16":
         path = build_fp16(model, ctx)
-    elif mode == STRONG and precision == "int8":
+    elif precision == "int8":
         path = build_int8(model, ctx)
     else:
         path = Path(onnx_for(model, ctx))
     if not path.is_file():
         raise ConversionError(f"model {model.name!r}: the ONNX for tensorrt:{precision} is not a file: {path}")
+    if precision == "int8":
+        check_qdq_form(path, None if trt_version is None else tuple(trt_version))
     return path
 
 
 def fp32_nodes(model: "ModelSpec", onnx_path: Path) -> tuple[list[str], list[str]]:
-    """(node names, their output tensor names) a weakly typed FP16/INT8 build pins to FP32."""
+    """(node names, their output tensor names) a weakly typed FP16 build pins to FP32."""
     from mapgate.convert.trt_onnx import keep_float_nodes
     from mapgate.optional import require
 
@@ -569,10 +539,18 @@ def _looks_like_oom(exc: BaseException) -> bool:
     return any(w in text for w in ("out of memory", "workspace", "memory", "cudaerrormemoryallocation"))
 
 
-def _build_engine(model: "ModelSpec", onnx_path: Path, job: BuildJob, images: Sequence[Path],
-                  mode: str = WEAK, fp32_layers: tuple[Sequence[str], Sequence[str]] = ((), ())) -> bytes:
+def qdq_layer_count(network: "tensorrt.INetworkDefinition") -> int:
+    """Quantize/dequantize layers of a parsed network: > 0 is what makes TensorRT quantize explicitly."""
     import tensorrt as trt
-    from polygraphy.backend.trt import Calibrator, CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
+
+    qdq = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+    return sum(network.get_layer(i).type in qdq for i in range(network.num_layers))
+
+
+def _build_engine(model: "ModelSpec", onnx_path: Path, job: BuildJob, mode: str = WEAK,
+                  fp32_layers: tuple[Sequence[str], Sequence[str]] = ((), ())) -> bytes:
+    import tensorrt as trt
+    from polygraphy.backend.trt import CreateConfig, EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
     from polygraphy.exception import PolygraphyException
 
     spec = job.spec
@@ -589,27 +567,23 @@ def _build_engine(model: "ModelSpec", onnx_path: Path, job: BuildJob, images: Se
     plan = plan_network_input(inputs, spec.input_shape, model.input_name, where)
     shape = tuple(spec.input_shape)
     profiles = [Profile().add(plan.name, min=shape, opt=shape, max=shape)] if plan.dynamic else None
+    if spec.precision == "int8" and not qdq_layer_count(network):
+        # without Q/DQ layers an INT8 flag means implicit quantization: scales mapgate never gated
+        raise ConversionError(f"{where}: the INT8 network has no Q/DQ layers; tensorrt:int8 builds only the explicitly "
+                              "quantized ONNX of onnxruntime:int8, never TensorRT's own calibration")
 
     pinned: list[str] = []
-    if not strong and spec.precision != "fp32":
+    if pins_layers(spec.precision, mode):
         nodes, outputs = fp32_layers
         pinned = pin_layers_fp32(network, layers_to_pin(_layers_of(network), nodes, outputs,
                                                         model.convert.int8_keep_float))
         log.info("%s: %d layers pinned to FP32 (output tail and int8_keep_float)", where, len(pinned))
-    feed: CalibrationFeed | None = None
-    calibrator = None
-    if spec.precision == "int8" and not strong:
-        if job.calibration_cache is None:
-            raise ConversionError(f"{where}: INT8 build without a calibration cache path (engine cache bug)")
-        feed = CalibrationFeed(model, images, plan.name, batch_size=shape[0])
-        calibrator = counting_calibrator(Calibrator(data_loader=feed, cache=str(job.calibration_cache),
-                                                    BaseClass=trt.IInt8EntropyCalibrator2))
     config = CreateConfig(
         tf32=False,
-        # weakly typed: FP16 is also the fallback for layers with no INT8 kernel; strongly typed: no flags
-        fp16=not strong and spec.precision in ("fp16", "int8"),
+        # weakly typed: FP16 for fp16; INT8 alone for the Q/DQ file (explicit quantization needs it, no
+        # calibrator: the scales are the file's). Strongly typed: no flags, the ONNX holds every type.
+        fp16=not strong and spec.precision == "fp16",
         int8=not strong and spec.precision == "int8",
-        calibrator=calibrator,
         profiles=profiles,
         precision_constraints="obey" if pinned else None,
         memory_pool_limits={trt.MemoryPoolType.WORKSPACE: spec.workspace_mb * (1 << 20)},
@@ -618,31 +592,13 @@ def _build_engine(model: "ModelSpec", onnx_path: Path, job: BuildJob, images: Se
         # The tuple keeps the parser alive until the build ends (it owns the weights).
         serialized = EngineBytesFromNetwork((builder, network, parser), config=config)()
     except PolygraphyException as exc:
-        if feed is not None and feed.error is not None:  # the real cause: calibration data could not be made
-            raise ConversionError(f"{where}: INT8 calibration input failed: {feed.error}") from feed.error
         hint = (f"it looks like memory ran out: lower {WORKSPACE_ENV} (now {spec.workspace_mb} MB) or close "
                 "other GPU users" if _looks_like_oom(exc) else "the failing layer and reason are in the TensorRT "
                 "log above")
         if pinned:
             hint += f"; {len(pinned)} layers were pinned to FP32 with OBEY_PRECISION_CONSTRAINTS"
         raise ConversionError(f"{where}: building the {spec.precision} engine failed ({exc}); {hint}") from exc
-    if feed is not None:
-        _check_calibration(where, feed, int(getattr(calibrator, "accepted", 0)), job.calibration_reused)
     return bytes(serialized)
-
-
-def _check_calibration(where: str, feed: CalibrationFeed, accepted: int, reused: bool) -> None:
-    """Refuse an engine whose scales come from part of the calibration set (never cache it)."""
-    if feed.error is not None:
-        raise ConversionError(f"{where}: INT8 calibration input failed: {feed.error}") from feed.error
-    if reused:
-        return  # TensorRT read the cached table and asked for no batches
-    if accepted != feed.expected_batches:
-        raise ConversionError(
-            f"{where}: TensorRT accepted {accepted} of {feed.expected_batches} calibration batches "
-            f"({feed.batches_fed} were made); Polygraphy rejected the rest (its log above says why: input dtype "
-            "or shape). The engine was not cached."
-        )
 
 
 def _deserialize(runtime: "tensorrt.Runtime", data: bytes) -> "tensorrt.ICudaEngine":
@@ -679,42 +635,38 @@ class TensorRTRunner(Runner):
         self._runtime: Any = None
         self._input_dtype: np.dtype | None = None
 
-    def _calibration(self, mode: str = WEAK) -> tuple[CalibrationInfo, list[Path]]:
-        from mapgate.calibration import check_disjoint, image_ids_of
+    def _calibration(self) -> CalibrationInfo:
+        """The calibration of the Q/DQ file the INT8 engine is built from: its images in its order."""
+        from mapgate.calibration import check_disjoint, image_ids_of, quantization_images
 
-        images = sorted(self.ctx.calib_images, key=lambda p: p.name)[: self.ctx.max_calib_images]
-        if not images:
-            raise ConfigError(f"{self.where}: INT8 needs calibration images but the build context has none; "
-                              "pass a calibration folder (the bundled one is mapgate/data/coco/calib-val2017/images)")
+        images = quantization_images(self.ctx.calib_images, self.ctx.max_calib_images)
         check_disjoint(set(self.ctx.calib_image_ids) | set(image_ids_of(images)), self.ctx.evaluated_image_ids,
                        where=f"{self.where} calibration")
         digest = calibration_set_digest(images)
-        info = CalibrationInfo(set_sha256=digest.sha256, count=digest.count,
-                               preprocess_sha256=preprocess_sha256(self.model),
-                               algorithm=EXPLICIT_QDQ if mode == STRONG else ENTROPY_CALIBRATOR_2,
+        return CalibrationInfo(set_sha256=digest.sha256, count=digest.count,
+                               preprocess_sha256=preprocess_sha256(self.model), algorithm=EXPLICIT_QDQ,
                                batch_size=self.input_shape[0])
-        return info, images
 
-    def engine_spec(self) -> tuple[EngineSpec, list[Path], str, tuple[list[str], list[str]]]:
-        """The cache key inputs of this runner's engine, the calibration images (weakly typed
-        INT8), the build mode and the FP32-pinned nodes. Needs the ONNX (converted, cached) and
-        the CUDA device, not a build."""
+    def engine_spec(self) -> tuple[EngineSpec, str, tuple[list[str], list[str]]]:
+        """The cache key inputs of this runner's engine, the build mode and the FP32-pinned nodes
+        (weakly typed FP16). Needs the ONNX (converted, cached) and the CUDA device, not a build."""
         from mapgate.files import verified_sha256
 
         trt_version, why = installed_version()
         if trt_version is None:
             raise BackendUnavailable(NAME, why)
-        mode = select_mode(parse_version(trt_version))
-        onnx_path = _onnx_for(self.model, self.ctx, self.precision, mode)
-        calibration, images = self._calibration(mode) if self.precision == "int8" else (None, [])
-        pinned = fp32_nodes(self.model, onnx_path) if mode == WEAK and self.precision != "fp32" else ([], [])
+        version = parse_version(trt_version)
+        mode = select_mode(version)
+        onnx_path = _onnx_for(self.model, self.ctx, self.precision, mode, version)
+        calibration = self._calibration() if self.precision == "int8" else None
+        pinned = fp32_nodes(self.model, onnx_path) if pins_layers(self.precision, mode) else ([], [])
         spec = EngineSpec(
             model=self.model.name, onnx_path=onnx_path, onnx_sha256=verified_sha256(onnx_path),
             precision=self.precision, input_shape=self.input_shape, workspace_mb=self.workspace_mb,
             device=probe_device_info(trt_version), calibration=calibration,
             recipe={**build_recipe(self.precision, mode, pinned[0]), **engine_key_extras()},
         )
-        return spec, images if mode == WEAK else [], mode, pinned
+        return spec, mode, pinned
 
     def activate_impl(self) -> None:
         status = BACKEND.precision_availability(self.precision)
@@ -724,14 +676,14 @@ class TensorRTRunner(Runner):
         from polygraphy.backend.trt import TrtRunner, get_trt_logger
         from polygraphy.exception import PolygraphyException
 
-        spec, images, mode, pinned = self.engine_spec()
+        spec, mode, pinned = self.engine_spec()
         onnx_path = spec.onnx_path
         # The engine must not outlive the runtime that deserialized it, so the runner owns both.
         self._runtime = trt.Runtime(get_trt_logger())
         runtime = self._runtime
         result = EngineCache(self.ctx.engines_dir).get_or_build(
             spec,
-            build=lambda job: _build_engine(self.model, onnx_path, job, images, mode, pinned),
+            build=lambda job: _build_engine(self.model, onnx_path, job, mode, pinned),
             load=lambda data: _deserialize(runtime, data),
         )
         if result.built:
@@ -842,8 +794,8 @@ class TensorRTBackend:
             if fp16_converter() is None:
                 return Availability.no("strongly typed FP16 needs a mixed-precision ONNX converter; "
                                        f"fix: {FP16_INSTALL_HINT}")
-        if mode == STRONG and precision == "int8":
-            return Availability.probe(self.facts, ("onnx", "onnxruntime"))  # the Q/DQ ONNX comes from ORT's quantizer
+        if precision == "int8":  # either typing: the Q/DQ ONNX comes from ONNX Runtime's quantizer
+            return Availability.probe(self.facts, ("onnx", "onnxruntime"))
         return Availability.yes()
 
     def precision_availability(self, precision: str) -> Availability:
@@ -856,10 +808,9 @@ class TensorRTBackend:
         if isinstance(installed, Availability):
             return f"{NAME}: unavailable here: {installed.reason}"
         version, mode = installed
-        how = ("precision from the ONNX graph: fp16 = mixed-precision ONNX, int8 = Q/DQ ONNX shared with "
-               "onnxruntime:int8" if mode == STRONG else
-               "builder flags: fp16 = FP16 flag, int8 = INT8 flag + entropy calibration; output tail and "
-               "int8_keep_float pinned FP32")
+        how = ("precision from the ONNX graph: fp16 = mixed-precision ONNX" if mode == STRONG else
+               "fp16 = FP16 flag, output tail and int8_keep_float pinned FP32")
+        how += f"; int8 = {int8_kind(parse_version(version), mode)}"
         per = ", ".join(f"{p} {'yes' if s.ok else 'no (' + s.reason + ')'}"
                         for p, s in ((p, self.build_support(p)) for p in self.precisions))
         status = self.availability()
@@ -883,7 +834,7 @@ class TensorRTBackend:
         if not status.ok:
             raise BackendUnavailable(NAME, status.reason)
         runner = TensorRTRunner(model, precision, ctx, workspace_mb=workspace_mb, batch_size=batch_size)
-        spec, _, _, _ = runner.engine_spec()
+        spec, _, _ = runner.engine_spec()
         cache = EngineCache(ctx.engines_dir)
         ident: dict[str, Any] = {"engine_key": spec.key(), "engine_key_fields": spec.key_fields(),
                                  "onnx": str(spec.onnx_path), "onnx_sha256": spec.onnx_sha256}

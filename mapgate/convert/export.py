@@ -18,7 +18,7 @@ from typing import Any
 
 from mapgate.backends import tensorrt as trt_backend
 from mapgate.backends.base import PRECISIONS, BuildContext
-from mapgate.calibration import calibration_set_hash
+from mapgate.calibration import calibration_set_hash, quantization_images
 from mapgate.convert import artifact_for, onnx_for
 from mapgate.convert import ort_quant, trt_onnx
 from mapgate.cpu import this_cpu
@@ -81,7 +81,7 @@ def check_out_dir(out: Path, force: bool) -> None:
 
 def trtexec_command(onnx_name: str, engine_name: str, precision: str, typing: str, input_name: str,
                     input_shape: Sequence[int], dynamic: bool, workspace_mb: int,
-                    fp32_layers: Sequence[str] = (), calib_cache: str | None = None) -> list[str]:
+                    fp32_layers: Sequence[str] = ()) -> list[str]:
     """trtexec arguments building the engine mapgate's TensorRT backend builds (same flags)."""
     cmd = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}", "--noTF32",
            f"--memPoolSize=workspace:{workspace_mb}"]
@@ -91,11 +91,11 @@ def trtexec_command(onnx_name: str, engine_name: str, precision: str, typing: st
                 f"--maxShapes={input_name}:{shape}"]
     if typing == "strong":
         return [*cmd, "--stronglyTyped"]
-    if precision in ("fp16", "int8"):
+    if precision == "fp16":
         cmd.append("--fp16")
     if precision == "int8":
-        cmd += ["--int8", f"--calib={calib_cache or 'CALIBRATION_CACHE'}"]
-    if fp32_layers and precision != "fp32":
+        cmd.append("--int8")  # the Q/DQ ONNX holds the scales: no --calib, no --fp16 (its float layers stay FP32)
+    if fp32_layers and precision == "fp16":
         cmd += ["--precisionConstraints=obey", "--layerPrecisions=" + ",".join(f"{n}:fp32" for n in fp32_layers),
                 "--layerOutputTypes=" + ",".join(f"{n}:fp32" for n in fp32_layers)]
     return cmd
@@ -113,11 +113,9 @@ def _onnx_input(path: Path) -> tuple[str, list[int], bool, dict[str, str]]:
     return inp.name, dims, any(d < 0 for d in dims), types
 
 
-def _calibration_record(ctx: BuildContext, weak_trt: bool = False) -> dict[str, Any]:
-    # the images each builder reads, in its order: the Q/DQ quantizer takes the context's list as given,
-    # TensorRT's entropy calibrator the first max_calib_images by name (TensorRTRunner._calibration)
-    images = sorted(ctx.calib_images, key=lambda p: p.name)[: ctx.max_calib_images] if weak_trt \
-        else list(ctx.calib_images)
+def _calibration_record(ctx: BuildContext) -> dict[str, Any]:
+    # the images the Q/DQ quantizer reads, in its order (every INT8 target builds from its file)
+    images = quantization_images(ctx.calib_images, ctx.max_calib_images)
     return {"images": [p.name for p in images], "count": len(images), "set_sha256": calibration_set_hash(images)}
 
 
@@ -140,25 +138,16 @@ def recipe(model: ModelSpec, target: ConvertTarget, typing: str, onnx_path: Path
         record["calibration"] = _calibration_record(ctx) if int8 else None
         return record
     mode = trt_backend.STRONG if typing == "strong" else trt_backend.WEAK
-    pinned = trt_backend.fp32_nodes(model, onnx_path)[0] if mode == trt_backend.WEAK and target.precision != "fp32" \
-        else []
+    pinned = trt_backend.fp32_nodes(model, onnx_path)[0] if trt_backend.pins_layers(target.precision, mode) else []
     engine_name = Path(onnx_name).with_suffix(".engine").name
-    calib_cache = Path(onnx_name).with_suffix(".calib").name if int8 and mode == trt_backend.WEAK else None
     record.update({
         "typing": typing, "recipe": trt_backend.build_recipe(target.precision, mode, pinned),
         "fp32_layers": pinned, "workspace_mb": workspace_mb,
         "qdq": ({"settings": ort_quant.SETTINGS, "extra_options": ort_quant.EXTRA_OPTIONS, **ort_quant.recipe_of(model),
-                 "reduce_range": False} if int8 and mode == trt_backend.STRONG else None),
-        "calibration": ({**_calibration_record(ctx, weak_trt=mode == trt_backend.WEAK),
-                         "algorithm": trt_backend.EXPLICIT_QDQ if mode == trt_backend.STRONG
-                         else trt_backend.ENTROPY_CALIBRATOR_2,
-                         "cache": calib_cache,
-                         "cache_note": None if mode == trt_backend.STRONG else
-                         "TensorRT writes the calibration cache on the device (mapgate's first tensorrt:int8 build "
-                         "stores it in its engine cache); trtexec cannot calibrate from images, so pass that cache "
-                         "as --calib"} if int8 else None),
+                 "reduce_range": False} if int8 else None),
+        "calibration": ({**_calibration_record(ctx), "algorithm": trt_backend.EXPLICIT_QDQ} if int8 else None),
         "trtexec": trtexec_command(onnx_name, engine_name, target.precision, typing, input_name, shape, dynamic,
-                                   workspace_mb, pinned, calib_cache),
+                                   workspace_mb, pinned),
         "trtexec_note": ("--layerPrecisions names the ONNX nodes, as TensorRT's parser names their layers; mapgate "
                          "also pins the extra layers a node is lowered to (matched by output tensor), which trtexec "
                          "cannot address by name" if pinned else None),

@@ -6,9 +6,11 @@
   Made by NVIDIA ModelOpt's AutoCast when it is installed (it is TensorRT's own tool and also
   keeps nodes whose values overflow FP16 in FP32), else by onnxconverter-common's float16
   converter (maintained by the ONNX project, pure Python, runs anywhere, also on a Jetson).
-* ``int8``: the explicit-quantization (Q/DQ) ONNX of :mod:`mapgate.convert.ort_quant`, which is
-  already in TensorRT's form (int8, zero point 0, symmetric, per-channel weights): the same file
-  ``onnxruntime:int8`` evaluates, so the CPU gate measures the graph the engine is built from.
+* ``int8`` (weakly and strongly typed alike): the explicit-quantization (Q/DQ) ONNX of
+  :mod:`mapgate.convert.ort_quant`, which is already in TensorRT's form (int8, zero point 0,
+  symmetric, per-channel weights): the same file ``onnxruntime:int8`` evaluates, so the CPU gate
+  measures the graph the engine is built from. :func:`qdq_form_problems` checks it against the Q/DQ
+  form each TensorRT release's ONNX parser takes (:data:`QDQ_PARSER_FORMS`) before any build.
 
 Both are cached conversions with provenance, like every other converter.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from mapgate.convert import BuildContext
 from mapgate.cache import cached_artifact
+from mapgate.convert.ort_quant import QDQ_MIN_OPSET
 from mapgate.errors import BackendUnavailable, ConversionError
 from mapgate.files import verified_sha256
 from mapgate.manifest import ModelSpec
@@ -164,6 +167,94 @@ def build_fp16(model: ModelSpec, ctx: BuildContext) -> Path:
         return {"source": str(source), "fp16_converter": converter, "kept_float_nodes": blocked}
 
     return cached_artifact(ctx.engines_dir, model.name, "trt-fp16-onnx", inputs, _build, ".onnx")
+
+
+# The Q/DQ form each TensorRT release's ONNX parser (onnx-tensorrt) takes, keyed by the first
+# (major, minor) it applies from. Sources: onnx-tensorrt docs/operators.md and the Q/DQ importer
+# (QuantDequantLinearHelper) on the release branches 8.5-GA, 8.6-GA (builtin_op_importers.cpp) and
+# 10.0-GA, 10.1-GA (onnxOpImporters.cpp):
+# * 8.5/8.6: "TensorRT 8.x supports operators up to Opset 17"; "This version of TensorRT requires 3 inputs
+#   for the INT8 QuantizeLinear/DequantizeLinear operator" (the zero point must be given); a uint8 zero
+#   point or input is refused (notInvalidType(..., {"UINT8"})); the scale is read as float32
+#   (static_cast<float const*>), so a float16 scale would be misread.
+# * 10.0+: "opset 9 to opset 20" (10.0, 10.1; later releases' upper bound is not checked here); the zero
+#   point is optional; a uint8 zero point is accepted with a warning and TensorRT quantizes to INT8
+#   anyway (a silent change of the numerics: refused here); FP32/FP16/BF16 scales.
+# * every release: symmetric (all-zero zero points), constant positive scales, per-channel only on
+#   weights along the output-channel axis (axis 0 for Conv). ONNX itself: per-axis Q/DQ (the 'axis'
+#   attribute) exists from opset 13.
+QDQ_PARSER_FORMS: dict[tuple[int, int], dict[str, Any]] = {
+    (8, 5): {"name": "TensorRT 8.5/8.6", "max_opset": 17, "zero_point_required": True, "scale_types": ("FLOAT",)},
+    (10, 0): {"name": "TensorRT 10.0/10.1", "max_opset": 20, "zero_point_required": False,
+              "scale_types": ("FLOAT", "FLOAT16", "BFLOAT16")},
+    (10, 2): {"name": "TensorRT 10.2+", "max_opset": None, "zero_point_required": False,
+              "scale_types": ("FLOAT", "FLOAT16", "BFLOAT16")},
+}
+
+
+def qdq_parser_form(version: tuple[int, ...]) -> dict[str, Any]:
+    """The Q/DQ form of :data:`QDQ_PARSER_FORMS` that applies to a TensorRT version (8.5 and later)."""
+    applies = [v for v in QDQ_PARSER_FORMS if v <= tuple(version)[:2]]
+    return QDQ_PARSER_FORMS[max(applies) if applies else min(QDQ_PARSER_FORMS)]
+
+
+def qdq_form_problems(proto: Any, version: tuple[int, ...] | None = None) -> list[str]:
+    """Why a Q/DQ ONNX does not parse (or would silently change meaning) in TensorRT ``version``; with
+    no version, against every release's form (``mapgate convert`` on a machine without TensorRT).
+    Empty when the file is in the form that release takes. Pure: reads the proto only."""
+    from onnx import TensorProto, numpy_helper
+
+    forms = [qdq_parser_form(version)] if version is not None else list(QDQ_PARSER_FORMS.values())
+    consts = {i.name: i for i in proto.graph.initializer}
+    consts.update({n.output[0]: a.t for n in proto.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    problems: list[str] = []
+    qdq = [n for n in proto.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        return ["it has no QuantizeLinear/DequantizeLinear nodes (TensorRT would need implicit calibration)"]
+    if opset < QDQ_MIN_OPSET:
+        problems.append(f"opset {opset}: per-channel Q/DQ needs opset >= {QDQ_MIN_OPSET}")
+    for form in forms:
+        if form["max_opset"] is not None and opset > form["max_opset"]:
+            problems.append(f"opset {opset}: {form['name']}'s ONNX parser supports operators up to opset "
+                            f"{form['max_opset']}")
+    for node in qdq:
+        where = f"{node.op_type} {node.name or node.output[0]!r}"
+        scale = consts.get(node.input[1]) if len(node.input) > 1 else None
+        if scale is None:
+            problems.append(f"{where}: the scale is not a constant")
+            continue
+        scale_type = TensorProto.DataType.Name(scale.data_type)
+        strict = [form["name"] for form in forms if scale_type not in form["scale_types"]]
+        if strict:
+            problems.append(f"{where}: a {scale_type} scale ({', '.join(strict)} reads scales as FLOAT)")
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        if not zp_name:
+            strict = [form["name"] for form in forms if form["zero_point_required"]]
+            if strict:
+                problems.append(f"{where}: no zero point ({', '.join(strict)} requires 3 inputs for INT8 Q/DQ)")
+            continue
+        zp = consts.get(zp_name)
+        if zp is None:
+            problems.append(f"{where}: the zero point is not a constant")
+        elif zp.data_type != TensorProto.INT8:
+            problems.append(f"{where}: a {TensorProto.DataType.Name(zp.data_type)} zero point (TensorRT takes int8; "
+                            "8.x refuses uint8, 10.x turns it into int8 with a warning)")
+        elif numpy_helper.to_array(zp).any():
+            problems.append(f"{where}: a non-zero zero point (TensorRT quantizes symmetrically)")
+    return problems
+
+
+def check_qdq_form(path: Path, version: tuple[int, ...] | None = None) -> None:
+    """Refuse, before any build, a Q/DQ ONNX not in the form TensorRT ``version`` takes (one line)."""
+    onnx = require("onnx", "tensorrt")
+    problems = qdq_form_problems(onnx.load(str(path), load_external_data=False), version)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        release = "TensorRT " + ".".join(map(str, version)) if version is not None else "every TensorRT release"
+        raise ConversionError(f"the INT8 Q/DQ ONNX {path} is not in the explicit-quantization form {release} "
+                              f"parses: {shown}")
 
 
 def build_int8(model: ModelSpec, ctx: BuildContext) -> Path:

@@ -454,13 +454,18 @@ class Builder(_Strict):
         flags = sorted(k for k, v in BuilderFlag.__members__.items() if config.get_flag(v))
         _call("Builder.build_serialized_network", flags=flags, strongly_typed=network._strongly_typed,
               layer_types=sorted({layer.type.name for layer in network._layers}))
-        errors = _onnx_rules.builder_errors(network, flags)
+        has_qdq = any(layer.type.name in ("QUANTIZE", "DEQUANTIZE") for layer in network._layers)
+        errors = _onnx_rules.builder_errors(network, flags, has_qdq)
         if errors:
             for message in errors:
                 _call("error", message=message)
                 _log(self._logger, "ERROR", message)
             return None
-        has_qdq = any(layer.type.name in ("QUANTIZE", "DEQUANTIZE") for layer in network._layers)
+        if has_qdq and config._calibrator is not None:  # [QDQ-INT8] NVIDIA/TensorRT#1837: ignored, with a warning
+            message = ("Calibrator won't be used in explicit precision mode. Use quantization aware training to "
+                       "generate network with Quantize/Dequantize nodes.")
+            _call("warning", message=message)
+            _log(self._logger, "WARNING", message)
         if "INT8" in flags and not has_qdq:
             if not self._calibrate(network, config):
                 return None
@@ -561,12 +566,16 @@ class OnnxParser(_Strict):
     def parse_from_file(self, model: str) -> _bool:
         _call("OnnxParser.parse_from_file", model=model)
         net = self._network
+        _onnx_rules.WARNINGS.clear()
         try:
-            lowered = _onnx_rules.lower(model, strongly_typed=net._strongly_typed)
+            lowered = _onnx_rules.lower(model, strongly_typed=net._strongly_typed, version=_VERSION)
         except _onnx_rules.ParseError as exc:
             self._errors.append(ParserError(exc.node, str(exc)))
             _call("parser_error", node=exc.node, message=str(exc))
             return False
+        for message in _onnx_rules.WARNINGS:
+            _call("parser_warning", message=message)
+            _log(self._logger, "WARNING", message)
         net._onnx = str(_Path(model).resolve())
         try:
             tensors: dict[str, ITensor] = {}

@@ -14,12 +14,24 @@ layer pinning sees the names a real network has, not one name per node.
 Sources, cited at each rule:
   [OTRT86]  onnx/onnx-tensorrt at the commit TensorRT v8.6.1 pins (6ba67d34), builtin_op_importers.cpp
             ``QuantDequantLinearHelper`` and docs/operators.md (QuantizeLinear / DequantizeLinear:
-            "`y_zero_point` must be 0"; later releases' operators.md keep the rule).
+            "`y_zero_point` must be 0"; later releases' operators.md keep the rule). Branch 8.6-GA, same
+            helper: "This version of TensorRT requires 3 inputs for the INT8 QuantizeLinear/DequantizeLinear
+            operator" (8.5-GA: "... requires 3 inputs for the DequantizeLinear operator").
+  [OTRT10]  onnx/onnx-tensorrt branches 10.0-GA / 10.1-GA, onnxOpImporters.cpp ``QuantDequantLinearHelper``:
+            the zero point is optional ("if (inputs.size() > 2)"); a UINT8 zero point is a warning
+            ("TensorRT doesn't support QuantizeLinear/DequantizeLinear with UINT8 zero_point. TensorRT will
+            use INT8 instead."), still subject to the all-zeros rule.
   [HDR]     NVIDIA/TensorRT include/NvInfer.h, ``class IDequantizeLayer`` / ``IQuantizeLayer`` doc
             comments (identical at v8.6.1, v10.3.0, v11.1), and include/NvInferRuntimeBase.h,
             ``DataType::kUINT8``.
   [DG-EQ]   TensorRT developer guide, "Explicit Quantization"
             (docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html).
+  [QDQ-INT8] A weakly typed Q/DQ network needs BuilderFlag.INT8: TensorRT 8.x developer guide, "Explicit
+            Quantization" ("A Q/DQ network must be built with the INT8-precision builder flag enabled");
+            NVIDIA/TensorRT#4021 (a Q/DQ ONNX built with --fp16 alone fails: "you must at least set --int8").
+            A calibrator on a Q/DQ network is not used: NVIDIA/TensorRT#1837 ("Calibrator won't be used in
+            explicit precision mode"); Polygraphy does not even set it (backend/trt/config.py, "No Q/DQ
+            layers means that we will need to calibrate").
   [DG-ST]   TensorRT developer guide, "Precision Control" > "Strongly Typed Networks"
             (docs.nvidia.com/deeplearning/tensorrt/11.0.0/inference-library/precision-control.html), and
             include/NvInfer.h ``NetworkDefinitionCreationFlag::kSTRONGLY_TYPED`` (v10.3.0).
@@ -99,7 +111,8 @@ def node_name(node: Any) -> str:
     return node.name if node.name or not node.output else f"node_of_{node.output[0]}"
 
 
-def lower(path: str, strongly_typed: bool) -> Lowered:
+def lower(path: str, strongly_typed: bool, version: tuple[int, int] = (10, 3)) -> Lowered:
+    """``version``: the TensorRT (major, minor) whose parser rules apply (the stand-in's own version)."""
     import onnx
     from onnx import numpy_helper
 
@@ -145,7 +158,7 @@ def lower(path: str, strongly_typed: bool) -> Lowered:
                 types[node.output[0]] = value.t.data_type
             continue
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            _check_qdq(node, name, consts, ranks, consumers)
+            _check_qdq(node, name, consts, ranks, consumers, version)
             inputs = [as_tensor(i) for i in node.input if i]
         elif node.op_type in _TENSOR_INPUTS:
             inputs = [as_tensor(i) for i in node.input if i]
@@ -184,13 +197,20 @@ def _check_uint8_input(name: str, users: list[Any]) -> None:
                                               "(IdentityLayer) to FLOAT or HALF")
 
 
+WARNINGS: list[str] = []  # what the parser logs as a warning and accepts (the stand-in records them)
+
+
 def _check_qdq(node: Any, name: str, consts: dict[str, Any], ranks: dict[str, int],
-               consumers: dict[str, list[Any]]) -> None:
+               consumers: dict[str, list[Any]], version: tuple[int, int] = (10, 3)) -> None:
     import numpy as np
 
     x, scale_name = node.input[0], node.input[1] if len(node.input) > 1 else ""
     zp_name = node.input[2] if len(node.input) > 2 else ""
     op = node.op_type
+    # [OTRT86] 8.x reads inputs.at(2) unconditionally for INT8 Q/DQ; [OTRT10] 10.0 made it optional.
+    if version < (10, 0) and not zp_name:
+        raise ParseError(name, f"{op} {name!r}: This version of TensorRT requires 3 inputs for the INT8 "
+                               "QuantizeLinear/DequantizeLinear operator (no zero point given)")
     # [HDR] "The subgraph which terminates with the scale tensor must be a build-time constant. The same
     # restrictions apply to the zeroPt"; "the only allowed build-time constant scale and zeroPt subgraphs are
     # Constant -> Quantize, Constant -> Cast -> Quantize".
@@ -210,7 +230,11 @@ def _check_qdq(node: Any, name: str, consts: dict[str, Any], ranks: dict[str, in
             raise ParseError(name, f"{op} {name!r}: the zero point {zp_name!r} is not a build-time constant")
         zp = consts[zp_name]
         # [OTRT86] notInvalidType(zero point, {"UINT8"}); [HDR] "Its data type must be DataType::kINT8".
-        if zp.dtype != np.int8:
+        # [OTRT10] 10.x accepts a UINT8 zero point with a warning and quantizes to INT8 anyway.
+        if zp.dtype == np.uint8 and version >= (10, 0):
+            WARNINGS.append(f"{op} {name!r}: TensorRT doesn't support QuantizeLinear/DequantizeLinear with UINT8 "
+                            "zero_point. TensorRT will use INT8 instead.")
+        elif zp.dtype != np.int8:
             raise ParseError(name, f"{op} {name!r}: the zero point is {zp.dtype}; TensorRT's INT8 Q/DQ takes int8 "
                                    "zero points only (uint8, i.e. asymmetric activations, is refused)")
         # [OTRT86] "TensorRT only supports symmetric quantization. The zero point for the
@@ -255,10 +279,14 @@ _WEAK_FLAGS = {"FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CON
                "PREFER_PRECISION_CONSTRAINTS", "DIRECT_IO", "STRICT_TYPES"}
 
 
-def builder_errors(network: Any, flags: list[str]) -> list[str]:
+def builder_errors(network: Any, flags: list[str], has_qdq: bool = False) -> list[str]:
     """What buildSerializedNetwork refuses for this network and config (the messages TensorRT logs)."""
     errors = []
     if network._strongly_typed and set(flags) & _WEAK_FLAGS:
         errors.append(f"4: [network.cpp::validate] Error Code 4: API Usage Error (builder flags "
                       f"{sorted(set(flags) & _WEAK_FLAGS)} are not allowed for a strongly typed network)")
+    if has_qdq and not network._strongly_typed and "INT8" not in flags:
+        # [QDQ-INT8] the message real builds log for a Q/DQ network without the flag (NVIDIA/TensorRT#4021)
+        errors.append("4: [network.cpp::validate] Error Code 4: Internal Error (Int8 precision has been set for a "
+                      "layer or layer output, but int8 is not configured in the builder)")
     return errors
