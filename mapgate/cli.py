@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,8 +23,35 @@ from mapgate.argtypes import (
     shard_spec,
     target,
 )
+from mapgate.backends import all_backends
+from mapgate.backends.base import BuildContext
+from mapgate.backends.tensorrt import installed_version
+from mapgate.calibration import calibration_images, image_ids_of
+from mapgate.catalog import Catalog, cli_manifests, load_catalog
+from mapgate.compare import outcome
+from mapgate.convert.export import (
+    check_out_dir,
+    check_typing_applies,
+    export,
+    parse_opt,
+    private_cache,
+    remove_tree,
+    resolve_typing,
+)
 from mapgate.cpu import this_cpu
-from mapgate.errors import MapgateError
+from mapgate.dataset import DataSource
+from mapgate.doctor import NOTHING_TO_RUN, machine_facts, ran_nothing, run_checks, run_record, tensorrt_missing
+from mapgate.errors import ConfigError, ContractError, DataError, MapgateError
+from mapgate.evaluate import class_index_hint, evaluate, load_detections, load_ground_truth
+from mapgate.files import missing_files
+from mapgate.fsutil import mark_complete, mark_incomplete, write_bytes_atomic, write_json_atomic
+from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS, Gate
+from mapgate.history import run_history
+from mapgate.int8_repair import NO_RECIPE, RepairConfig, recipe_toml, repair
+from mapgate.manifest import INT8_ACTIVATION_TYPES, INT8_CALIBRATIONS, INT8_OPS
+from mapgate.merge import merge_shards
+from mapgate.postprocess.family import all_families
+from mapgate.report import case_text, doctor_markdown, doctor_text, plot_int8_pareto
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -261,11 +289,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from mapgate.evaluate import class_index_hint, evaluate, load_detections, load_ground_truth
-    from mapgate.fsutil import write_json_atomic
-
-    from mapgate.errors import ConfigError, ContractError, DataError
-
     if args.out is not None:
         for role, src in (("--gt", args.gt), ("--dets", args.dets)):
             if _same_file(args.out, src):
@@ -297,9 +320,6 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from mapgate.backends import all_backends
-    from mapgate.files import missing_files
-
     models = _catalog(args).models
     backends = all_backends()
     status = {name: b.availability() for name, b in backends.items()}
@@ -351,8 +371,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _print_families() -> None:
-    from mapgate.postprocess.family import all_families
-
     print(f"\n{'family':18} {'NMS':9} decoder settings")
     for name, (family, _) in all_families().items():
         where = "in graph" if family.nms_in_graph else "mapgate"
@@ -363,24 +381,17 @@ def _print_families() -> None:
                 print(f"{'':18} {'':9}   {key}: {setting.doc}")
 
 
-def _catalog(args: argparse.Namespace):  # noqa: ANN202 - returns mapgate.catalog.Catalog
-    from mapgate.catalog import cli_manifests, load_catalog
-
+def _catalog(args: argparse.Namespace) -> Catalog:
     return load_catalog(cli_manifests(args.models_file))
 
 
-def _data_source(args: argparse.Namespace, catalog):  # noqa: ANN001, ANN202 - Catalog -> dataset.DataSource
+def _data_source(args: argparse.Namespace, catalog: Catalog) -> DataSource:
     """The data set exactly as pytest resolves it: the options, else the manifests' [dataset]."""
     return catalog.data_source(coco_root=args.coco_root, images=args.images, annotations=args.annotations,
                                calib_images=getattr(args, "calib_dir", None), label=args.dataset_label)
 
 
-def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN202 - returns mapgate.gate.Gate
-    import os
-
-    import mapgate.gate
-    from mapgate.gate import Gate
-
+def _gate(args: argparse.Namespace, reports: Path | None = None) -> Gate:
     if args.mirror:
         os.environ["MAPGATE_MIRROR"] = str(args.mirror)
     catalog = _catalog(args)
@@ -390,8 +401,8 @@ def _gate(args: argparse.Namespace, reports: Path | None = None):  # noqa: ANN20
         dataset = dataset.shard(*args.shard)
     # defaults beside the manifest, where pytest puts them (read at call time: tests redirect them)
     return Gate(models=catalog.models, dataset=dataset,
-                engines_dir=args.engines_dir or catalog.base / mapgate.gate.DEFAULT_ENGINES,
-                reports_dir=reports or catalog.base / mapgate.gate.DEFAULT_REPORTS,
+                engines_dir=args.engines_dir or catalog.base / DEFAULT_ENGINES,
+                reports_dir=reports or catalog.base / DEFAULT_REPORTS,
                 use_cache=not args.no_cache, calib_dir=source.calib_images,
                 progress=not args.no_progress and sys.stderr.isatty(),  # bars only on a terminal
                 workers=args.workers, batch_size=args.batch_size)
@@ -406,15 +417,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     t = side.timings_ms
     print("mean ms per image: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items())
           + (" (detections from cache)" if side.from_cache else ""))
-    print(f"written: {side.directory / 'detections.json'}, {side.directory / 'metrics.json'}")
+    if side.directory is not None:  # a side run by the gate is always written; typed optional for merge
+        print(f"written: {side.directory / 'detections.json'}, {side.directory / 'metrics.json'}")
     return EXIT_OK
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from mapgate.compare import outcome
-    from mapgate.fsutil import mark_complete, mark_incomplete
-    from mapgate.report import case_text
-
     gate = _gate(args, reports=args.out)
     gate.bootstrap_resamples = args.resamples
     mark_incomplete(gate.run_dir, "mapgate compare")  # a kill anywhere below leaves the run marked
@@ -431,12 +439,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from mapgate.merge import merge_shards
-
     catalog = _catalog(args)
     gate, verdicts = merge_shards(args.dirs, reports_dir=args.out, catalog=catalog, data=_data_source(args, catalog))
-    from mapgate.compare import outcome
-    from mapgate.report import case_text
 
     results = []
     for verdict in verdicts:  # judged as `mapgate compare` judges one: every verdict is expected to pass
@@ -447,12 +451,6 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_int8_repair(args: argparse.Namespace) -> int:
-    from mapgate.errors import ConfigError
-    from mapgate.fsutil import write_bytes_atomic, write_json_atomic
-    from mapgate.int8_repair import NO_RECIPE, RepairConfig, recipe_toml, repair
-    from mapgate.manifest import INT8_ACTIVATION_TYPES, INT8_CALIBRATIONS, INT8_OPS
-    from mapgate.report import plot_int8_pareto
-
     plot = args.plot or args.out.with_name(args.out.stem + ".pareto.png")
     outputs = {"--out": args.out, "--json": args.json, "--plot": plot}
     named = [(k, v) for k, v in outputs.items() if v is not None]
@@ -506,14 +504,6 @@ def _cmd_int8_repair(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    import os
-
-    from mapgate.backends.base import BuildContext
-    from mapgate.backends.tensorrt import installed_version
-    from mapgate.calibration import calibration_images, image_ids_of
-    from mapgate.convert.export import (check_out_dir, check_typing_applies, export, parse_opt, private_cache,
-                                        remove_tree, resolve_typing)
-    from mapgate.errors import ConfigError
 
     target = parse_opt(args.opt)
     check_typing_applies(target, args.trt_typing)
@@ -540,11 +530,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
-    from mapgate.doctor import NOTHING_TO_RUN, machine_facts, ran_nothing, run_checks, run_record, tensorrt_missing
-    from mapgate.errors import ConfigError
-    from mapgate.fsutil import write_bytes_atomic, write_json_atomic
-    from mapgate.report import doctor_markdown, doctor_text
-
     facts = machine_facts()
     print(doctor_text(facts))
     if not args.run:
@@ -576,8 +561,6 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    from mapgate.history import run_history
-
     return run_history(args.storage, args.out)
 
 
