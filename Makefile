@@ -37,17 +37,25 @@ test: $(STAMP)
 	$(MAKE) typecheck
 
 # mapgate's TensorRT code against TensorRT's published type stubs plus the documented fixes in
-# typings/build_tensorrt_stubs.py. The stubs go to their own folder, not site-packages: a stubs-only
-# `tensorrt` package there would be importable and shadow the missing bindings.
-TENSORRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
+# typings/build_tensorrt_stubs.py, once per stubs release: the oldest and the newest the package index
+# has (tensorrt-stubs exists for 10.8-10.13 only; 8.6, 10.3 and 11.x names are proven by the contract
+# tests against the stand-in generated from those tags' bindings). Each release goes to its own folder,
+# not site-packages: a stubs-only `tensorrt` package there would be importable and shadow the missing
+# bindings. Keep the list in step with STUBS_VERSIONS in typings/build_tensorrt_stubs.py.
+TENSORRT_STUBS_VERSIONS ?= 10.8.0.43.1 10.13.0.35.1
 TYPECHECK := $(VENV)/typecheck
-TYPECHECKED := mapgate/backends/tensorrt.py mapgate/convert/trt_onnx.py mapgate/convert/tf_onnx.py mapgate/calibration.py
+TYPECHECKED := mapgate/backends/tensorrt.py mapgate/backends/_tensorrt_engine.py mapgate/convert/trt_onnx.py \
+	mapgate/convert/tf_onnx.py mapgate/calibration.py
 
 typecheck: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'mypy>=1.10'
-	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(TYPECHECK)/site '$(TENSORRT_STUBS)'
-	$(BIN)/python typings/build_tensorrt_stubs.py $(TYPECHECK)/site $(TYPECHECK)/stubs
-	MYPYPATH=$(TYPECHECK)/stubs $(BIN)/mypy --config-file typings/mypy.ini $(TYPECHECKED)
+	set -e; for v in $(TENSORRT_STUBS_VERSIONS); do \
+	  echo "typecheck: tensorrt-stubs $$v"; \
+	  $(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(TYPECHECK)/$$v/site "tensorrt-stubs==$$v"; \
+	  $(BIN)/python typings/build_tensorrt_stubs.py $(TYPECHECK)/$$v/site $(TYPECHECK)/$$v/stubs $$v; \
+	  MYPYPATH=$(TYPECHECK)/$$v/stubs $(BIN)/mypy --config-file typings/mypy.ini --cache-dir $(TYPECHECK)/$$v/mypy-cache \
+	    $(TYPECHECKED); \
+	done
 
 benchmark: $(STAMP)
 	$(BIN)/pytest -m benchmark --benchmark-autosave

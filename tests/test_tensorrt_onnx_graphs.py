@@ -111,6 +111,11 @@ def test_int8_onnx_is_in_tensorrt_qdq_form(require_backend, bundled_models, tmp_
     tail_outputs = {o for n in proto.graph.node if n.name in source_tail for o in n.output}
     requantized = [n.name for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in tail_outputs]
     assert source_tail and not requantized, f"the output tail must compute in float: {requantized}"
+    # ... and read float: the head convs' outputs reach the tail unrounded (no Q/DQ pair between them)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    rounded = sorted(n.name for n in proto.graph.node if n.name in source_tail for i in n.input
+                     if i in producers and producers[i].op_type == "DequantizeLinear")
+    assert not rounded, f"tail nodes reading 8-bit copies of the head convs' outputs: {rounded}"
     from mapgate.convert.trt_onnx import qdq_form_problems
 
     assert qdq_form_problems(proto) == [], "the file must parse on every TensorRT release mapgate supports"
@@ -137,6 +142,77 @@ def _qdq_graph(*, opset: int = 13, zero_point: bool = True, zp_type: int = onnx.
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _head_graph() -> "onnx.ModelProto":
+    """What ONNX Runtime's quantizer writes around a head conv: x -> Q/DQ -> Conv(DQ(w)) -> Q/DQ ->
+    Sigmoid (the float tail) and, beside the Conv, a kept node reading the conv's input."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.asarray(s, np.float32), n) for n, s in (("xs", 0.02), ("ys", 0.05))]
+    inits += [numpy_helper.from_array(np.asarray(0, np.int8), n) for n in ("xzp", "yzp")]
+    inits += [numpy_helper.from_array(np.ones((4, 3, 1, 1), np.int8), "w"),
+              numpy_helper.from_array(np.full(4, 0.01, np.float32), "ws"), numpy_helper.from_array(np.zeros(4, np.int8), "wzp")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xzp"], ["xq"], name="x_q"),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xzp"], ["xd"], name="x_dq"),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wzp"], ["wd"], name="w_dq", axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="head_conv"),
+             helper.make_node("QuantizeLinear", ["y", "ys", "yzp"], ["yq"], name="y_q"),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yzp"], ["yd"], name="y_dq"),
+             helper.make_node("Sigmoid", ["yd"], ["scores"], name="tail_sigmoid"),
+             helper.make_node("Relu", ["xd"], ["side"], name="kept_relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 4, 4, 4]),
+                               helper.make_tensor_value_info("side", TensorProto.FLOAT, [1, 3, 4, 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_kept_float_nodes_read_the_float_tensor_not_its_qdq_copy() -> None:
+    from mapgate.convert.ort_quant import feed_kept_nodes_float
+
+    proto = _head_graph()
+    assert feed_kept_nodes_float(proto, {"tail_sigmoid", "kept_relu"}) == ["x", "y"]
+    nodes = {n.name: n for n in proto.graph.node}
+    assert list(nodes["tail_sigmoid"].input) == ["y"] and list(nodes["kept_relu"].input) == ["x"]
+    assert "y_q" not in nodes and "y_dq" not in nodes, "a Q/DQ pair nobody reads is removed"
+    assert {i.name for i in proto.graph.initializer} == {"xs", "xzp", "w", "ws", "wzp"}  # ys/yzp went with it
+    assert list(nodes["head_conv"].input) == ["xd", "wd"], "the conv itself still computes in INT8"
+    onnx.checker.check_model(proto, full_check=True)
+    from mapgate.convert.trt_onnx import qdq_form_problems
+
+    assert qdq_form_problems(proto) == []
+
+
+def test_nodes_not_kept_keep_their_qdq_inputs() -> None:
+    from mapgate.convert.ort_quant import feed_kept_nodes_float
+
+    proto = _head_graph()
+    assert feed_kept_nodes_float(proto, set()) == []
+    assert [n.name for n in proto.graph.node] == [n.name for n in _head_graph().graph.node]
+
+
+def test_the_qdq_file_calibrates_on_the_images_every_int8_engine_records(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    """ort_quant.build takes its calibration list from calibration.quantization_images, the function the
+    TensorRT INT8 engine keys and records its calibration with: one list, one order."""
+    from mapgate.convert import ort_quant
+
+    seen: list[tuple] = []
+
+    class Read(Exception):
+        pass
+
+    def images(given, limit=None):  # noqa: ANN001, ANN202
+        seen.append((list(given), limit))
+        raise Read
+
+    monkeypatch.setattr(ort_quant, "onnx_for", lambda model, ctx: tmp_path / "m.onnx")
+    monkeypatch.setattr(ort_quant, "quantization_images", images)
+    given = [tmp_path / "b.jpg", tmp_path / "a.jpg"]
+    ctx = BuildContext(engines_dir=tmp_path, calib_images=given, max_calib_images=1, progress=False)
+    with pytest.raises(Read):
+        ort_quant.build(_u8_model(tmp_path), ctx, "onnxruntime:int8")
+    assert seen == [(given, 1)]
 
 
 def test_the_qdq_form_ort_writes_parses_on_every_release() -> None:
@@ -211,6 +287,16 @@ def test_fp16_mixed_precision_onnx_keeps_io_and_tail_in_float32(require_backend,
         np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05)
 
 
+def _u8_model(folder: Path) -> ModelSpec:
+    """A model whose ONNX is ``folder/m.onnx`` (uint8 NCHW image input)."""
+    from mapgate.manifest import FileRef, Postprocess, Preprocess
+
+    return ModelSpec(name="u8", family="yolox", format="onnx", reference_backend="onnxruntime",
+                     files={"model": FileRef(role="model", sha256=None, path=folder / "m.onnx")}, input_size=(8, 8),
+                     preprocess=Preprocess(layout="NCHW", dtype="uint8"), postprocess=Postprocess(), tolerances={},
+                     optimized=(), prebuilt={}, expected_verdicts={}, manifest_path=folder / "models.toml")
+
+
 def _uint8_image_graph() -> "onnx.ModelProto":
     """The shape of every TF OD API export: uint8 image -> Cast to float -> conv -> float outputs."""
     from onnx import TensorProto, helper, numpy_helper
@@ -226,17 +312,11 @@ def _uint8_image_graph() -> "onnx.ModelProto":
 
 def test_fp16_onnx_of_a_uint8_image_model_keeps_the_uint8_input_and_float32_outputs(tmp_path: Path) -> None:
     pytest.importorskip("onnxconverter_common", reason="onnxconverter-common is not installed: pip install 'mapgate[trt]'")
-    from mapgate.backends.base import BuildContext
     from mapgate.convert.trt_onnx import build_fp16
-    from mapgate.manifest import FileRef, Postprocess, Preprocess
 
     src = tmp_path / "m.onnx"
     onnx.save(_uint8_image_graph(), str(src))
-    model = ModelSpec(name="u8", family="yolox", format="onnx", reference_backend="onnxruntime",
-                      files={"model": FileRef(role="model", sha256=None, path=src)}, input_size=(8, 8),
-                      preprocess=Preprocess(layout="NCHW", dtype="uint8"), postprocess=Postprocess(), tolerances={},
-                      optimized=(), prebuilt={}, expected_verdicts={}, manifest_path=tmp_path / "models.toml")
-    out = build_fp16(model, BuildContext(engines_dir=tmp_path / "engines", progress=False))
+    out = build_fp16(_u8_model(tmp_path), BuildContext(engines_dir=tmp_path / "engines", progress=False))
     g = onnx.load(str(out)).graph
     assert [i.type.tensor_type.elem_type for i in g.input] == [onnx.TensorProto.UINT8]
     assert [o.type.tensor_type.elem_type for o in g.output] == [onnx.TensorProto.FLOAT]

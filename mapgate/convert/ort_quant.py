@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mapgate.convert import BuildContext
-from mapgate.calibration import calibration_batches, calibration_images, calibration_set_hash, check_disjoint, image_ids_of
+from mapgate.calibration import calibration_batches, calibration_set_hash, check_disjoint, image_ids_of, quantization_images
 from mapgate.cache import cached_artifact
 from mapgate.convert import dfq
 from mapgate.cpu import this_cpu
@@ -43,7 +43,7 @@ QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear needs the 'axis' attribute of
 # only convolutions and keeping the output tail (decode, sigmoid, concat after the last conv) in float
 # costs it 1.1 and YOLOv3-tiny 0.6. Element-wise ops gain little speed from INT8 on CPU anyway.
 SETTINGS = {"format": "QDQ", "activations": "QInt8", "weights": "QInt8", "symmetric": True,
-            "op_types": ["Conv"], "float_tail": True}
+            "op_types": ["Conv"], "float_tail": True, "float_inputs_of_kept_nodes": True}
 # zero point 0, as TensorRT requires; QuantizeBias False: TensorRT refuses an int32 bias DequantizeLinear
 # (NVIDIA/TensorRT#3360), so the bias stays float in the file both engines run
 EXTRA_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
@@ -79,7 +79,8 @@ def build(model: ModelSpec, ctx: BuildContext, target: str) -> Path:
                           f"'convert.int8_activation_type': {form_of(model)} is not TensorRT's explicit-quantization "
                           f"form {TENSORRT_FORM}; tensorrt:int8 needs the default")
     source = onnx_for(model, ctx)
-    images = ctx.calib_images or calibration_images(limit=ctx.max_calib_images)
+    # the one list every engine built from this file (tensorrt:int8, either typing) records, in this order
+    images = quantization_images(ctx.calib_images, ctx.max_calib_images)
     check_disjoint(ctx.calib_image_ids or image_ids_of(images), ctx.evaluated_image_ids,
                    f"INT8 calibration of {model.name} for onnxruntime:int8")
     recipe = recipe_of(model)
@@ -204,11 +205,59 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
             per_channel=per_channel, reduce_range=reduce_range, calibrate_method=getattr(q.CalibrationMethod, _METHOD_NAMES[method]),
             extra_options={**EXTRA_OPTIONS, **({"ActivationSymmetric": False} if u8 else {})}, **kwargs,
         )
+    onnx = require("onnx", "onnxruntime")
+    written = onnx.load(str(out))
+    feed_kept_nodes_float(written, kept)
     if float_proto is not None:
-        onnx = require("onnx", "onnxruntime")
-        corrected, _ = dfq.correct_bias(onnx.load(str(out)), float_proto, calibration_batches(model, list(images)))
-        write_bytes_atomic(out, corrected.SerializeToString())
+        written, _ = dfq.correct_bias(written, float_proto, calibration_batches(model, list(images)))
+    write_bytes_atomic(out, written.SerializeToString())
     return kept
+
+
+def feed_kept_nodes_float(proto: Any, kept: Iterable[str]) -> list[str]:
+    """Feed every kept-float node (the output tail, ``int8_keep_float``) the float tensor itself, not
+    its Q/DQ copy. ONNX Runtime's quantizer puts a QuantizeLinear/DequantizeLinear pair on each
+    quantized Conv's output and on each quantized Conv's input, whoever else reads that tensor, so
+    the head convs' outputs reached the "float" tail rounded to 8 bits (and a kept node beside a
+    quantized Conv read 8-bit values). Pairs nobody reads any more are removed; the Conv itself
+    keeps its Q/DQ inputs (INT8 compute, float output: a form TensorRT and ONNX Runtime both run).
+    Edits ``proto`` in place; returns the tensor names whose kept consumers now read them unrounded."""
+    kept = set(kept)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    initializers = {i.name for i in proto.graph.initializer}
+    rewired: list[str] = []
+    for node in proto.graph.node:
+        if node.name not in kept:
+            continue
+        for k, name in enumerate(node.input):
+            dq = producers.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producers.get(dq.input[0])
+            if q is None or q.op_type != "QuantizeLinear" or q.input[0] in initializers:
+                continue  # a weight's DQ, or a tensor stored quantized: there is no float tensor to read
+            node.input[k] = q.input[0]
+            rewired.append(q.input[0])
+    _drop_unread_qdq(proto)
+    return sorted(set(rewired))
+
+
+def _drop_unread_qdq(proto: Any) -> None:
+    """Remove Q/DQ nodes whose outputs nothing reads (repeat: a Q is unread once its DQs are gone),
+    and the scales and zero points only they read (ONNX Runtime warns about each unused initializer)."""
+    dropped_inputs: set[str] = set()
+    while True:
+        read = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+        unread = [n for n in proto.graph.node
+                  if n.op_type in ("QuantizeLinear", "DequantizeLinear") and not any(o in read for o in n.output)]
+        if not unread:
+            break
+        for n in unread:
+            dropped_inputs.update(n.input)
+            proto.graph.node.remove(n)
+    read = {i for n in proto.graph.node for i in n.input} | {v.name for v in [*proto.graph.input, *proto.graph.output]}
+    for init in [i for i in proto.graph.initializer if i.name in dropped_inputs and i.name not in read]:
+        proto.graph.initializer.remove(init)
 
 
 @contextlib.contextmanager
