@@ -1,7 +1,8 @@
-"""Hostile mapgate-baselines.json files: a baseline that cannot be compared must never switch the
-baseline check off (only the pytest gate reads baselines). Each is one line naming the file and the
-field, a collection error like a broken manifest's (exit 1), and a real regression of both sides (a score threshold raised in the manifest) fails
-on its baseline with good baselines and never passes silently with broken ones."""
+"""Hostile mapgate-baselines.json files: a baseline that cannot be compared must never switch the baseline
+check off (only the pytest gate reads baselines). Each is one line naming the file and the field, a
+collection error like a broken manifest's (exit 1), and a real regression of both sides (a score
+threshold raised in the manifest) fails on its baseline with good baselines and never passes silently
+with broken ones."""
 
 from __future__ import annotations
 
