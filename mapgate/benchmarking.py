@@ -269,6 +269,7 @@ class SpeedVsFp32:
     optimized_ms: float
     n_images: int
     backend: str
+    fp32_backend: str = ""  # the engine timed as FP32: ``backend``, or the reference's for a vendor file
 
     @property
     def speedup_vs_fp32(self) -> float:
@@ -277,15 +278,17 @@ class SpeedVsFp32:
 
     def to_dict(self) -> dict[str, Any]:
         return {"fp32_ms": self.fp32_ms, "optimized_ms": self.optimized_ms,
-                "speedup_vs_fp32": self.speedup_vs_fp32, "n_images": self.n_images, "backend": self.backend}
+                "speedup_vs_fp32": self.speedup_vs_fp32, "n_images": self.n_images, "backend": self.backend,
+                "fp32_backend": self.fp32_backend or self.backend}
 
 
 def speed_vs_fp32(fp32: Runner, optimized: Runner, batches: Sequence[np.ndarray], backend: str,
-                  warmup: int = SPEED_WARMUP) -> SpeedVsFp32:
+                  warmup: int = SPEED_WARMUP, fp32_backend: str = "") -> SpeedVsFp32:
     """Time two active runners on the same preprocessed batch-1 inputs, the order alternating image
     by image so a shared machine's load falls on both alike; medians, after ``warmup`` untimed
-    images each. Both runners are the backend's own, with its engine settings (threads included)
-    exactly as the benchmarks and the gate run them."""
+    images each. Both runners are the backend's own (``fp32_backend`` names another FP32 engine when
+    the backend has none), with their engine settings (threads included) exactly as the benchmarks
+    and the gate run them."""
     if not batches:
         raise ConfigError("speed_vs_fp32 needs at least one image")
     for batch in list(batches)[:max(warmup, 0)]:
@@ -299,4 +302,4 @@ def speed_vs_fp32(fp32: Runner, optimized: Runner, batches: Sequence[np.ndarray]
             runners[key].infer(batch)
             times[key].append(time.perf_counter() - t0)
     return SpeedVsFp32(1000.0 * float(np.median(times["fp32"])), 1000.0 * float(np.median(times["opt"])),
-                       len(batches), backend)
+                       len(batches), backend, fp32_backend or backend)

@@ -365,7 +365,7 @@ class Gate:
         )
         verdict.extras["attribution"] = self._attribution(ref_side, opt_side)
         key = (model_name, opt_side.target)
-        verdict.speed = self.recorded_speed[key] if key in self.recorded_speed else self._speed(model, opt_side)
+        verdict.speed = self.recorded_speed[key] if key in self.recorded_speed else self._speed(model, ref_side, opt_side)
         if opt_side.target in QDQ_TARGETS and opt_side.target not in model.prebuilt:
             verdict.int8_form = form_of(model)
 
@@ -376,19 +376,27 @@ class Gate:
         mark_complete(d)
         return verdict
 
-    def _speed(self, model: ModelSpec, opt: Side) -> dict[str, Any] | None:
+    def _speed(self, model: ModelSpec, ref: Side, opt: Side) -> dict[str, Any] | None:
         """An FP16/INT8 engine timed beside its own backend's FP32 on the first evaluation images
-        (engine only, batch 1): what the precision buys. None for FP32, or where the backend cannot
-        make FP32 for this model."""
+        (engine only, batch 1): what the precision buys. A vendor's FP16/INT8 file whose backend has no
+        FP32 of the model (YOLOX-nano's TFLite pair) is timed beside the reference engine running the
+        original instead (``fp32_backend`` names it): the speed a user trades the original for. None
+        for FP32, or where neither exists."""
         backend = get_backend(opt.backend)
-        if opt.precision not in ("fp16", "int8") or "fp32" not in backend.precisions \
-                or not backend.facts.can_make(model, f"{opt.backend}:fp32"):
+        if opt.precision not in ("fp16", "int8"):
+            return None
+        if "fp32" in backend.precisions and backend.facts.can_make(model, f"{opt.backend}:fp32"):
+            fp32_backend, fp32_precision = backend, "fp32"
+        elif opt.target in model.prebuilt and ref.precision is None and is_backend_ref(ref.backend) \
+                and get_backend(ref.backend).availability().ok:  # a stored reference may name an absent one
+            fp32_backend, fp32_precision = get_backend(ref.backend), None
+        else:
             return None
         ids = list(self.dataset.image_ids)[:SPEED_IMAGES]
         batches = [load_batch(model, [self.dataset.path_of(i)]) for i in ids]
-        with backend.runner(model, "fp32", self.build_context(calibration=False)) as fp32, \
+        with fp32_backend.runner(model, fp32_precision, self.build_context(calibration=False)) as fp32, \
                 backend.runner(model, opt.precision, self.build_context(calibration=opt.precision == "int8")) as optimized:
-            return speed_vs_fp32(fp32, optimized, batches, opt.backend).to_dict()
+            return speed_vs_fp32(fp32, optimized, batches, opt.backend, fp32_backend=fp32_backend.name).to_dict()
 
     def case_dir(self, model_name: str, target: str) -> Path:
         """The folder of one comparison's artifacts (``:`` of a target becomes ``-``)."""

@@ -122,7 +122,9 @@ def _speed_text(v: Verdict) -> str:
     s = v.speed
     if not s:
         return ""
-    return (f"x{s['speedup_vs_fp32']:.2f} FP32 speed ({s['backend']}, engine only, batch 1, median of "
+    fp32 = s.get("fp32_backend") or s["backend"]
+    versus = "" if fp32 == s["backend"] else f" vs the reference {fp32} FP32: {s['backend']} has no FP32 file"
+    return (f"x{s['speedup_vs_fp32']:.2f} FP32 speed ({s['backend']}{versus}, engine only, batch 1, median of "
             f"{s['n_images']} images: FP32 {s['fp32_ms']:.2f} ms, {v.opt.get('precision', 'optimized')} "
             f"{s['optimized_ms']:.2f} ms)")
 

@@ -18,7 +18,7 @@ from mapgate.backends.base import Runner
 from mapgate.benchmarking import SpeedVsFp32, speed_vs_fp32
 from mapgate.compare import speed_pays
 
-SPEED_KEYS = {"fp32_ms", "optimized_ms", "speedup_vs_fp32", "n_images", "backend"}
+SPEED_KEYS = {"fp32_ms", "optimized_ms", "speedup_vs_fp32", "n_images", "backend", "fp32_backend"}
 
 
 class _OrtModel(Runner):
@@ -159,3 +159,24 @@ def test_an_int8_comparison_times_the_backends_fp32_on_the_evaluated_images(tmp_
     assert math.isfinite(c["speed"]["speedup_vs_fp32"])
     fp32 = gate.compare(name, "onnxruntime:fp32")
     assert fp32.speed is None  # FP32 against FP32 is not a speed question
+
+
+def test_a_vendor_file_without_an_fp32_of_its_backend_is_timed_beside_the_reference(
+        tmp_path: Path, bundled_models, require_backend) -> None:  # noqa: ANN001
+    """YOLOX-nano's TFLite INT8 file comes without a TFLite FP32: its speed is measured against the
+    reference engine (ONNX Runtime running the original ONNX), and the record and the text say so."""
+    from mapgate.dataset import CocoDataset
+    from mapgate.gate import Gate
+
+    require_backend("tflite")
+    require_backend("onnxruntime")
+    name = "yolox-nano-416"
+    gate = Gate(models={name: bundled_models[name]}, dataset=CocoDataset(max_images=3), engines_dir=tmp_path / "e",
+                reports_dir=tmp_path / "r", run_id="run", progress=False, bootstrap_resamples=20)
+    v = gate.compare(name, "tflite:int8")
+    assert v.speed is not None and set(v.speed) == SPEED_KEYS
+    assert v.speed["backend"] == "tflite" and v.speed["fp32_backend"] == "onnxruntime" and v.speed["n_images"] == 3
+    assert v.speed["speedup_vs_fp32"] == pytest.approx(v.speed["fp32_ms"] / v.speed["optimized_ms"])
+    assert "vs the reference onnxruntime FP32: tflite has no FP32 file" in report.case_text(v)
+    row = report.CaseRow.of(v, "passed")
+    assert row.speedup == v.speed["speedup_vs_fp32"]
