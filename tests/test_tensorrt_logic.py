@@ -275,11 +275,9 @@ def test_build_mode_refuses_what_the_tensorrt_cannot_do(version: tuple, env: dic
 
 
 def test_tensorrt_11_availability_is_per_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mapgate.convert.trt_onnx as trt_onnx
-
     monkeypatch.setattr(trt_backend, "_import_tensorrt", lambda: fake_trt("11.4.0"))
     monkeypatch.setattr(trt_backend, "cuda_device_count", lambda: (1, ""))
-    monkeypatch.setattr(trt_onnx, "fp16_converter", lambda: None)
+    monkeypatch.setattr(trt_backend, "fp16_converter", lambda: None)  # onnxconverter-common missing
     assert trt_backend.BACKEND.precision_availability("fp32").ok
     fp16 = trt_backend.BACKEND.precision_availability("fp16")
     assert not fp16.ok and "onnxconverter-common" in fp16.reason and "workspace" not in fp16.reason

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from mapgate.calibration import calibration_set_hash
 from mapgate.cache import ArtifactCache, CorruptArtifact, Entry, Slot, cache_key
 from mapgate.decision import PRECISIONS
 from mapgate.errors import ConfigError, ConversionError
@@ -174,7 +175,6 @@ class CalibrationSetDigest:
 def calibration_set_digest(images: Iterable[Path]) -> CalibrationSetDigest:
     """:func:`mapgate.calibration.calibration_set_hash` plus the count. The order is kept because it is
     the order TensorRT sees the batches in; callers feed images sorted by file name."""
-    from mapgate.calibration import calibration_set_hash
 
     paths = list(images)
     return CalibrationSetDigest(calibration_set_hash(paths), len(paths))

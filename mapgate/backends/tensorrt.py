@@ -53,8 +53,21 @@ from mapgate.backends._tensorrt_engine import (
     EngineSpec,
     calibration_set_digest,
 )
+from mapgate.calibration import check_disjoint, image_ids_of, quantization_images
+from mapgate.convert import onnx_for
+from mapgate.convert.trt_onnx import (
+    FP16_INSTALL_HINT,
+    build_fp16,
+    build_int8,
+    check_qdq_form,
+    fp16_converter,
+    keep_float_nodes,
+    qdq_parser_form,
+)
 from mapgate.errors import BackendUnavailable, ConfigError, ConversionError, InferenceError
+from mapgate.files import verified_sha256
 from mapgate.fsutil import sha256_json
+from mapgate.optional import require, version_of
 
 if TYPE_CHECKING:
     import tensorrt
@@ -310,7 +323,6 @@ def pins_layers(precision: str, mode: str) -> bool:
 
 def int8_kind(version: Sequence[int], mode: str) -> str:
     """Which INT8 ``tensorrt:int8`` builds on this TensorRT (``mapgate models``, ``mapgate doctor``)."""
-    from mapgate.convert.trt_onnx import qdq_parser_form
 
     how = "INT8 flag, no calibrator" if mode == WEAK else "strongly typed"
     return (f"explicit Q/DQ: the onnxruntime:int8 ONNX ({how}; in the Q/DQ form of "
@@ -370,7 +382,6 @@ def _import_tensorrt() -> Any:
 
 def _polygraphy_version() -> str:
     """Polygraphy's version; BackendUnavailable when missing or older than the tested minimum."""
-    from mapgate.optional import require
 
     polygraphy = BACKEND.facts.require("polygraphy")
     version = str(getattr(polygraphy, "__version__", "0"))
@@ -479,8 +490,6 @@ def _onnx_for(model: "ModelSpec", ctx: BuildContext, precision: str = "fp32", mo
     """The ONNX the engine is built from: the FP32 model; for INT8 (either mode) the Q/DQ file of
     ``onnxruntime:int8``, checked against ``trt_version``'s Q/DQ form (None: every release's);
     in strongly typed mode for FP16 the mixed-precision conversion."""
-    from mapgate.convert import onnx_for
-    from mapgate.convert.trt_onnx import build_fp16, build_int8, check_qdq_form
 
     if mode == STRONG and precision == "fp16":
         path = build_fp16(model, ctx)
@@ -497,8 +506,6 @@ def _onnx_for(model: "ModelSpec", ctx: BuildContext, precision: str = "fp32", mo
 
 def fp32_nodes(model: "ModelSpec", onnx_path: Path) -> tuple[list[str], list[str]]:
     """(node names, their output tensor names) a weakly typed FP16 build pins to FP32."""
-    from mapgate.convert.trt_onnx import keep_float_nodes
-    from mapgate.optional import require
 
     onnx = BACKEND.facts.require("onnx")
     proto = onnx.load(str(onnx_path), load_external_data=False)
@@ -637,7 +644,6 @@ class TensorRTRunner(Runner):
 
     def _calibration(self) -> CalibrationInfo:
         """The calibration of the Q/DQ file the INT8 engine is built from: its images in its order."""
-        from mapgate.calibration import check_disjoint, image_ids_of, quantization_images
 
         images = quantization_images(self.ctx.calib_images, self.ctx.max_calib_images)
         check_disjoint(set(self.ctx.calib_image_ids) | set(image_ids_of(images)), self.ctx.evaluated_image_ids,
@@ -650,7 +656,6 @@ class TensorRTRunner(Runner):
     def engine_spec(self) -> tuple[EngineSpec, str, tuple[list[str], list[str]]]:
         """The cache key inputs of this runner's engine, the build mode and the FP32-pinned nodes
         (weakly typed FP16). Needs the ONNX (converted, cached) and the CUDA device, not a build."""
-        from mapgate.files import verified_sha256
 
         trt_version, why = installed_version()
         if trt_version is None:
@@ -734,7 +739,6 @@ class TensorRTRunner(Runner):
 
 def engine_key_extras() -> dict[str, Any]:
     """Engine key fields beyond EngineSpec's own: Polygraphy's defaults shape the engine too."""
-    from mapgate.optional import version_of
 
     return {"polygraphy": version_of("polygraphy")}
 
@@ -789,8 +793,6 @@ class TensorRTBackend:
             return installed
         _, mode = installed
         if mode == STRONG and precision == "fp16":
-            from mapgate.convert.trt_onnx import FP16_INSTALL_HINT, fp16_converter
-
             if fp16_converter() is None:
                 return Availability.no("strongly typed FP16 needs a mixed-precision ONNX converter; "
                                        f"fix: {FP16_INSTALL_HINT}")

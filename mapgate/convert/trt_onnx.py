@@ -22,9 +22,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mapgate.convert import BuildContext
+from mapgate.convert import BuildContext, onnx_for, ort_quant
 from mapgate.cache import cached_artifact
-from mapgate.convert.ort_quant import QDQ_MIN_OPSET
+from mapgate.convert.ort_quant import QDQ_MIN_OPSET, float_tail
 from mapgate.errors import BackendUnavailable, ConversionError
 from mapgate.files import verified_sha256
 from mapgate.manifest import ModelSpec
@@ -49,7 +49,6 @@ FP16_INSTALL_HINT = "pip install onnxconverter-common  (or NVIDIA ModelOpt: pip 
 
 def keep_float_nodes(proto: Any, prefixes: tuple[str, ...]) -> list[str]:
     """Nodes every reduced-precision recipe keeps in float: the output tail and ``int8_keep_float``."""
-    from mapgate.convert.ort_quant import float_tail
 
     return sorted(float_tail(proto) | {n.name for n in proto.graph.node if n.name.startswith(tuple(prefixes))})
 
@@ -110,8 +109,6 @@ def _retarget_float_casts(proto: Any) -> Any:
 
 
 def build_fp16(model: ModelSpec, ctx: BuildContext) -> Path:
-    from mapgate.convert import onnx_for
-
     source = onnx_for(model, ctx)
     converter = fp16_converter()
     if converter is None:
@@ -260,6 +257,5 @@ def check_qdq_form(path: Path, version: tuple[int, ...] | None = None) -> None:
 def build_int8(model: ModelSpec, ctx: BuildContext) -> Path:
     """The Q/DQ ONNX: the ``onnxruntime:int8`` artifact's recipe (the same cache entry and bytes, except on a
     CPU whose int8 dot product saturates, where only the ONNX Runtime file gets 7-bit weights)."""
-    from mapgate.convert import ort_quant
 
     return ort_quant.build(model, ctx, "tensorrt:int8")
