@@ -96,7 +96,6 @@ def main(out: Path, engines: Path, plant: str | None = None) -> None:
     import tensorrt
 
     import mapgate.backends.tensorrt as backend
-    import mapgate.convert.trt_onnx as trt_onnx
     from mapgate.backends._tensorrt_engine import DeviceInfo, EngineCache
     from mapgate.backends.base import BuildContext
     from mapgate.calibration import calibration_batches, calibration_images, image_ids_of
@@ -113,18 +112,18 @@ def main(out: Path, engines: Path, plant: str | None = None) -> None:
             self._runtime = None
         backend.TensorRTRunner.deactivate_impl = deactivate_without_polygraphy
     elif plant in ("nonzero-zero-point", "nonzero-zero-point-unchecked", "no-zero-point", "no-zero-point-unchecked"):
-        real_int8 = trt_onnx.build_int8
+        real_int8 = backend.build_int8  # the names the backend calls (imported into it)
         edit = _plant_qdq_zero_point if plant.startswith("nonzero") else _plant_no_zero_point
-        trt_onnx.build_int8 = lambda model, ctx: edit(real_int8(model, ctx), out.parent)
+        backend.build_int8 = lambda model, ctx: edit(real_int8(model, ctx), out.parent)
         if plant.endswith("-unchecked"):
-            trt_onnx.check_qdq_form = lambda path, version=None: None
+            backend.check_qdq_form = lambda path, version=None: None
     elif plant == "int8-from-fp32-onnx":
         real_onnx_for = backend._onnx_for
         backend._onnx_for = lambda model, ctx, precision="fp32", mode=backend.WEAK, version=None: (
             real_onnx_for(model, ctx, "fp32", mode, version))
     elif plant == "uint8-into-conv":
-        real_fp16 = trt_onnx.build_fp16
-        trt_onnx.build_fp16 = lambda model, ctx: _plant_uint8_input(real_fp16(model, ctx), out.parent)
+        real_fp16 = backend.build_fp16
+        backend.build_fp16 = lambda model, ctx: _plant_uint8_input(real_fp16(model, ctx), out.parent)
     elif plant is not None:
         raise SystemExit(f"unknown plant {plant!r}; known: {sorted(PLANTS)}")
 
