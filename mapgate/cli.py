@@ -45,7 +45,8 @@ from mapgate.errors import ConfigError, ContractError, DataError, MapgateError
 from mapgate.evaluate import class_index_hint, evaluate, load_detections, load_ground_truth
 from mapgate.files import missing_files
 from mapgate.fsutil import mark_complete, mark_incomplete, write_bytes_atomic, write_json_atomic
-from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS, Gate
+import mapgate.gate  # DEFAULT_ENGINES/DEFAULT_REPORTS read at call time: tests point them elsewhere
+from mapgate.gate import Gate
 from mapgate.history import run_history
 from mapgate.int8_repair import NO_RECIPE, RepairConfig, recipe_toml, repair
 from mapgate.manifest import INT8_ACTIVATION_TYPES, INT8_CALIBRATIONS, INT8_OPS
@@ -401,8 +402,8 @@ def _gate(args: argparse.Namespace, reports: Path | None = None) -> Gate:
         dataset = dataset.shard(*args.shard)
     # defaults beside the manifest, where pytest puts them (read at call time: tests redirect them)
     return Gate(models=catalog.models, dataset=dataset,
-                engines_dir=args.engines_dir or catalog.base / DEFAULT_ENGINES,
-                reports_dir=reports or catalog.base / DEFAULT_REPORTS,
+                engines_dir=args.engines_dir or catalog.base / mapgate.gate.DEFAULT_ENGINES,
+                reports_dir=reports or catalog.base / mapgate.gate.DEFAULT_REPORTS,
                 use_cache=not args.no_cache, calib_dir=source.calib_images,
                 progress=not args.no_progress and sys.stderr.isatty(),  # bars only on a terminal
                 workers=args.workers, batch_size=args.batch_size)

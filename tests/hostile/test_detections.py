@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import mapgate.fsutil
+import mapgate.cli
 from hostile_helpers import Sandbox, cli, perfect_detections, small_gt, write_json
 
 
@@ -111,7 +111,7 @@ def test_a_full_disk_while_writing_is_an_error_naming_the_file_not_a_traceback(
     def full_disk(dest: Any, obj: Any, **kw: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(dest))
 
-    monkeypatch.setattr(mapgate.fsutil, "write_json_atomic", full_disk)
+    monkeypatch.setattr(mapgate.cli, "write_json_atomic", full_disk)  # where `evaluate --out` looks it up
     gt_path = write_json(sandbox.root / "in" / "gt.json", small_gt())
     det_path = write_json(sandbox.root / "in" / "dets.json", perfect_detections(small_gt()))
     code, err = cli(capsys, "evaluate", "--gt", gt_path, "--dets", det_path, "--out", out)
