@@ -64,7 +64,7 @@ def link_farm(names: set[str], farm: Path) -> None:
 
 
 def tracked_source(dest: Path) -> None:
-    """The checkout's tracked files, so the build writes its build/ and egg-info here, not in the checkout."""
+    """The checkout's tracked files, so nothing the build leaves behind can land in the checkout."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split("\0")
     for f in files:
@@ -85,10 +85,13 @@ def test_the_wheel_in_a_fresh_venv_gates_the_user_repo_with_no_options(tmp_path:
     start = time.monotonic()
     src = tmp_path / "src"
     tracked_source(src)
+    before = sorted(p.relative_to(src).as_posix() for p in src.rglob("*"))
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(dist), str(src)], check=True, capture_output=True)
     [wheel] = dist.glob("mapgate-*.whl")
+    # `pip install <checkout>` leaves the checkout as it was: no build/, no *.egg-info
+    assert sorted(p.relative_to(src).as_posix() for p in src.rglob("*")) == before
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
