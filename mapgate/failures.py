@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from importlib.metadata import packages_distributions
 from types import TracebackType
 
 from mapgate.errors import BackendUnavailable, MapgateError, StorageError
@@ -34,10 +35,11 @@ def is_environment(exc: BaseException) -> bool:
 
 def library_of(exc: BaseException) -> str | None:
     """The third-party package mapgate called when ``exc`` happened: the outermost frame of its
-    traceback outside mapgate and the standard library, else the package defining its type."""
+    traceback in an installed distribution other than mapgate, else the package defining its type."""
+    installed = packages_distributions()
     for frame_module in _frame_modules(exc.__traceback__):
         top = frame_module.partition(".")[0]
-        if top and top not in _OWN and top not in sys.stdlib_module_names and top != "__main__":
+        if top in installed and top not in _OWN:
             return top
     top = type(exc).__module__.partition(".")[0]
     if top in ("builtins", *_OWN) or top in sys.stdlib_module_names:
