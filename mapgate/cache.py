@@ -6,6 +6,7 @@ Layout (``<model>`` is the model name as a safe path component)::
     <root>/<model>/<kind>-<key16><suffix>             the artifact
     <root>/<model>/<kind>-<key16>.provenance.json     its key fields, size, sha256, where it came from
     <root>/<model>/.<kind>-<key16>.lock               build lock (kept on purpose, see fsutil.file_lock)
+    <root>/<model>/<kind>-<key16>.failed.json         a conversion that failed for these inputs, remembered
     <root>/.tmp/tmp.<host>-<pid>-<rand>/              a build's private temp folder (e.g. ONNX Runtime's)
 
 The key is :func:`cache_key` of a kind and a JSON mapping of everything that determines the
@@ -37,6 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from mapgate import __version__ as MAPGATE_VERSION
 from mapgate.errors import ConversionError, DataError, MapgateError, StorageError
+from mapgate.failures import is_environment, third_party_message, traceback_lines
 from mapgate.paths import safe_component
 from mapgate.fsutil import (
     PART_SUFFIX,
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 # Bump when the meaning of keys or the provenance layout changes: every old entry then misses.
 KEY_SCHEMA = 2
 PROVENANCE_SUFFIX = ".provenance.json"
+FAILURE_SUFFIX = ".failed.json"
+RETRY_ENV = "MAPGATE_RETRY_FAILED"  # =1: build again even where a failure is remembered
 TMP_DIR = ".tmp"
 
 T = TypeVar("T")
@@ -137,6 +141,11 @@ class Slot:
     @property
     def lock_path(self) -> Path:
         return self.dir / f".{self.stem}.lock"
+
+    @property
+    def failure_path(self) -> Path:
+        """Where a build that failed for these inputs is remembered (see :func:`cached_artifact`)."""
+        return self.dir / f"{self.stem}{FAILURE_SUFFIX}"
 
 
 @dataclass(frozen=True)
@@ -346,6 +355,28 @@ class ArtifactCache:
             self._write_provenance(slot, prov)
             return Entry(slot.path, prov, value, built=True, reason=reason)
 
+    # ---- failures remembered ------------------------------------------------------------------
+    def remembered_failure(self, slot: Slot) -> dict[str, Any] | None:
+        """The failure recorded for exactly this slot's key fields, else None (an unreadable or
+        foreign record is not trusted: the build is simply tried again)."""
+        try:
+            record = json.loads(slot.failure_path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or not isinstance(record.get("message"), str) \
+                or (record.get("schema"), record.get("kind"), record.get("key")) != (KEY_SCHEMA, slot.kind, slot.key) \
+                or record.get("key_fields") != slot.fields:
+            return None
+        record.setdefault("failed_at", "an earlier run")
+        return record
+
+    def remember_failure(self, slot: Slot, message: str, exc: BaseException) -> None:
+        """Record that building ``slot`` failed with ``message`` (and the traceback), atomically."""
+        write_json_atomic(slot.failure_path, {
+            "schema": KEY_SCHEMA, "kind": slot.kind, "model": slot.model, "key": slot.key, "key_fields": slot.fields,
+            "message": message, "failed_at": _now(), "mapgate_version": MAPGATE_VERSION,
+            "traceback": traceback_lines(exc)})
+
     @staticmethod
     def _use(slot: Slot, found: Found, load: Callable[[bytes, dict[str, Any]], Any] | None) -> Entry[Any] | str:
         if load is None:
@@ -363,14 +394,39 @@ def cached_artifact(cache_dir: Path, model: str, kind: str, inputs: Mapping[str,
 
     The build runs in :meth:`ArtifactCache.tempdir`: converters' own temp files (ONNX Runtime's
     ``ort.quant.*`` folders, TensorFlow's) land under the engines dir, where they are removed on
-    exit and swept after a kill, since none of those libraries takes a folder argument."""
+    exit and swept after a kill, since none of those libraries takes a folder argument.
+
+    A build that fails inside a third-party library is a one-line :class:`ConversionError` (model,
+    step, library, its message) naming ``<kind>-<key16>.failed.json``, which holds the traceback.
+    That record is the failure remembered: the same inputs raise it again at once, without
+    converting; changed inputs (another key) build, and so does ``MAPGATE_RETRY_FAILED=1`` or
+    deleting the file. Environment failures (a missing package, no memory, a full disk, Ctrl-C)
+    are not remembered."""
     cache = ArtifactCache(cache_dir)
+    slot = cache.slot(model, kind, inputs, suffix)
+    remembered = cache.remembered_failure(slot)
+    if remembered is not None and os.environ.get(RETRY_ENV, "") != "1":
+        raise ConversionError(f"{remembered['message']} (remembered from the build of {remembered['failed_at']}: "
+                              f"not retried until the model's files or conversion settings change; "
+                              f"delete {slot.failure_path} or set {RETRY_ENV}=1 to retry)")
 
     def build_in_tempdir(tmp: Path) -> Mapping[str, Any] | None:
         with cache.tempdir():
             return build(tmp)
 
-    return cache.get_or_build(cache.slot(model, kind, inputs, suffix), build_in_tempdir).path
+    try:
+        path = cache.get_or_build(slot, build_in_tempdir).path
+    except Exception as exc:
+        if is_environment(exc) or (isinstance(exc, MapgateError) and not isinstance(exc, ConversionError)):
+            raise  # not these inputs' fault, or already a mapgate error naming its file or field
+        message = f"{third_party_message(model, f'conversion {kind}', exc)} [traceback: {slot.failure_path}]"
+        with contextlib.suppress(OSError, MapgateError):  # a read-only engines dir only costs the memory
+            cache.remember_failure(slot, message, exc)
+        raise ConversionError(message) from exc
+    if remembered is not None:  # built after all (MAPGATE_RETRY_FAILED=1): the failure is history
+        with contextlib.suppress(FileNotFoundError):
+            slot.failure_path.unlink()
+    return path
 
 
 # ---- content hashes of inputs, remembered across runs ----------------------------------------

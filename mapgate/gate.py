@@ -29,7 +29,8 @@ from mapgate.convert.ort_quant import form_of
 from mapgate.cpu import this_cpu
 from mapgate.cache import ArtifactCache, CorruptArtifact, remembered_hashes, sweep, without_paths
 from mapgate.dataset import CocoDataset
-from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError
+from mapgate.errors import BackendUnavailable, ConfigError, ContractError, DataError, InferenceError, MapgateError
+from mapgate.failures import is_environment, third_party_message, traceback_lines
 from mapgate.files import verified_sha256
 from mapgate.decision import resolve_tolerance
 from mapgate.fsutil import (INCOMPLETE, fault_point, is_incomplete, mark_complete, mark_incomplete, sha256_bytes,
@@ -209,13 +210,22 @@ class Gate:
         fresh: list[Any] = []  # the DetectionRun, when detections were computed (not loaded) here
 
         def _detect() -> Any:
-            with backend.runner(model, precision, ctx) as runner:
-                fault_point("infer")
-                run = run_detections(model, runner, self.dataset, progress=self.progress,
-                                     desc=f"{model.name} [{backend_name}:{precision or 'original'}]",
-                                     workers=self.workers, batch_size=self.batch_size)
-                if runner.artifact is not None:
-                    identity.setdefault("artifact", str(runner.artifact))
+            target = f"{backend_name}:{precision}" if precision else backend_name
+            try:
+                with backend.runner(model, precision, ctx) as runner:
+                    fault_point("infer")
+                    run = run_detections(model, runner, self.dataset, progress=self.progress,
+                                         desc=f"{model.name} [{backend_name}:{precision or 'original'}]",
+                                         workers=self.workers, batch_size=self.batch_size)
+                    if runner.artifact is not None:
+                        identity.setdefault("artifact", str(runner.artifact))
+            except Exception as exc:
+                if isinstance(exc, MapgateError) or is_environment(exc):
+                    raise
+                # a framework that cannot load or run the model (OpenVINO, OpenCV's readNet, ONNX Runtime):
+                # one line here, its traceback in the side's folder
+                raise InferenceError(f"{third_party_message(model.name, f'loading and running {target}', exc)} "
+                                     f"[traceback: {self._write_traceback(model, target, exc)}]") from exc
             fresh.append(run)
             return run
 
@@ -240,6 +250,11 @@ class Gate:
                     from_cache=not fresh, per_image=per_image, cache_key=cache_key)
         side.directory = self._write_side(model, side)
         return side
+
+    def _write_traceback(self, model: ModelSpec, target: str, exc: BaseException) -> Path:
+        path = (self.side_dir or self.case_dir(model.name, target)) / "error.txt"
+        write_bytes_atomic(path, ("\n".join(traceback_lines(exc)) + "\n").encode())
+        return path
 
     def images_fingerprint(self) -> str:
         """The data set's content key, its image hashes remembered under the engines dir across runs."""
@@ -339,10 +354,21 @@ class Gate:
                     from_cache=True, per_image=per_image, cache_key=verified_sha256(detections_json))
 
     # -- comparison -------------------------------------------------------------------------
-    def compare(self, model_name: str, opt_target: str, ref: str | Path | None = None,
-                tolerance: float | None = None) -> Verdict:
+    def prepare(self, model_name: str, opt_target: str) -> None:
+        """Everything of a comparison before its verdict, which can be an error rather than a failed gate:
+        the optimized target's conversion first (it fails in seconds, the reference can take minutes),
+        then the reference run and the optimized run. :meth:`compare` reuses both sides."""
         model = self.model(model_name)
-        _, precision = parse_target(opt_target)  # a bad target fails before minutes of reference inference
+        backend_name, precision = parse_target(opt_target)
+        backend = get_backend(backend_name)
+        if backend.availability().ok:
+            preflight.check(model)
+            self._identity(model, backend, precision, self.build_context(calibration=precision == "int8"))
+        self._reference(model_name, opt_target, None)
+        self.side(model_name, opt_target)
+
+    def _reference(self, model_name: str, opt_target: str, ref: str | Path | None) -> Side:
+        model = self.model(model_name)
         if ref is not None and not is_backend_ref(str(ref)):
             ref_side = self.stored_side(model_name, Path(ref))
         else:
@@ -354,6 +380,13 @@ class Gate:
                             f"{self.dataset.label}, so there is nothing to compare {opt_target} against. Check the "
                             f"model's preprocessing and postprocessing in {model.manifest_path} (scale, class_space, "
                             "score_threshold) and its files")
+        return ref_side
+
+    def compare(self, model_name: str, opt_target: str, ref: str | Path | None = None,
+                tolerance: float | None = None) -> Verdict:
+        model = self.model(model_name)
+        _, precision = parse_target(opt_target)  # a bad target fails before minutes of reference inference
+        ref_side = self._reference(model_name, opt_target, ref)
         opt_side = self.side(model_name, opt_target)
         tol, source = resolve_tolerance(precision, model.tolerances, model.manifest_path.name, tolerance)
         verdict = build_verdict(

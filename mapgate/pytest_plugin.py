@@ -474,10 +474,12 @@ class GateCase(pytest.Item):
     def reportinfo(self) -> tuple[Path, int | None, str]:
         return self.path, None, f"{self.spec.name} {self.target}"
 
-    def runtest(self) -> None:
+    def setup(self) -> None:
+        """What can go wrong before a verdict, so that pytest (and JUnit) report it as an error, not
+        as a failed gate: a missing backend (skip), the data set, the baselines' place, the conversion,
+        the reference run and the optimized run."""
         from mapgate import report
         from mapgate.backends import get_backend
-        from mapgate.compare import outcome
 
         session = _session(self.config)
         model, ref_backend = self.spec.name, self.spec.reference_backend
@@ -487,13 +489,23 @@ class GateCase(pytest.Item):
                 self.mapgate_row = report.CaseRow(model, self.target, "skipped", reference=ref_backend,
                                                   reason=f"{name}: {available.reason}").to_dict()
                 pytest.skip(f"{name}: {available.reason}")
+        self._baselines_path()
+        session.gate.prepare(model, self.target)
+
+    def runtest(self) -> None:
+        """The verdict alone: a failed gate is CaseFailed (a JUnit <failure>), its properties recorded first."""
+        from mapgate import report
+        from mapgate.compare import outcome
+
+        session = _session(self.config)
+        model = self.spec.name
         gate = session.gate
         verdict = gate.compare(model, self.target)
         directory = gate.case_dir(model, self.target)
-        for key, value in report.junit_properties(verdict):
-            self.user_properties.append((key, value))
         result = outcome(verdict, session.inconclusive)
         status, path = self._baselines(session, verdict, gate.dataset.label, refuse=result == "fail")
+        for key, value in report.junit_properties(verdict, result=result, baseline=status.kind.value):
+            self.user_properties.append((key, value))
         failed = result == "fail" or status.regressed
         baseline = report.baseline_text(status, str(path))
         if status.kind in (BaselineKind.MISSING, BaselineKind.OTHER_DATASET):
@@ -519,12 +531,7 @@ class GateCase(pytest.Item):
                    refuse: bool) -> tuple[BaselineStatus, Path]:
         """Both sides against the baselines beside the manifest: the first regressed side, else the
         optimized side's status. ``refuse``: this case fails, so --update-baselines must not record it."""
-        from mapgate.errors import ConfigError
-
-        path = baselines_path(self.spec.manifest_path)
-        if PACKAGE_DIR in path.resolve().parents:
-            raise ConfigError(f"{self.spec.manifest_path} is inside the installed mapgate package; "
-                                    "copy it into your repository (its baselines must live beside it)")
+        path = self._baselines_path()
         data = session.baselines(path)
         precision = self.target.split(":")[1]
         checks = [BaselineCheck(self.spec.name, verdict.ref["target"], verdict.ref_stats["AP"],
@@ -540,6 +547,15 @@ class GateCase(pytest.Item):
                                   checks[-1].tolerance_points, dataset=dataset), path
         statuses = [check.compare(data) for check in checks]
         return next((s for s in statuses if s.regressed), statuses[-1]), path
+
+    def _baselines_path(self) -> Path:
+        from mapgate.errors import ConfigError
+
+        path = baselines_path(self.spec.manifest_path)
+        if PACKAGE_DIR in path.resolve().parents:
+            raise ConfigError(f"{self.spec.manifest_path} is inside the installed mapgate package; "
+                              "copy it into your repository (its baselines must live beside it)")
+        return path
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         if isinstance(excinfo.value, CaseFailed):
@@ -559,7 +575,7 @@ def _repr_mapgate_error(excinfo: pytest.ExceptionInfo[BaseException]) -> str | N
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     rep = yield
-    if isinstance(item, GateCase) and call.when == "call":
+    if isinstance(item, GateCase) and (call.when == "call" or (call.when == "setup" and call.excinfo is not None)):
         row = item.mapgate_row
         if row is None and call.excinfo is not None:  # an error before a verdict (conversion, bad file)
             from mapgate.report import CaseRow
@@ -567,6 +583,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             row = CaseRow(item.spec.name, item.target, "error", reference=item.spec.reference_backend,
                           reason=str(call.excinfo.value).splitlines()[0][:300] if str(call.excinfo.value) else
                           type(call.excinfo.value).__name__).to_dict()
+        if call.when == "setup" and rep.failed and call.excinfo is not None:
+            # pytest renders a setup error as a traceback (item.repr_failure is only asked for the call
+            # phase); a mapgate error is its one line, in the terminal and in JUnit's <error>
+            rep.longrepr = _repr_mapgate_error(call.excinfo) or rep.longrepr
         rep.mapgate_row = row  # extra report attributes travel from xdist workers to the controller
         rep.mapgate_baselines = item.mapgate_baselines
     return rep
@@ -632,7 +652,7 @@ def mapgate_session(request: pytest.FixtureRequest) -> MapgateSession:
 # (hooks of MapgateSession, registered as a plugin object in pytest_configure)
 def _on_logreport(session: MapgateSession, report: pytest.TestReport) -> None:
     row = getattr(report, "mapgate_row", None)
-    if row is None or report.when != "call":
+    if row is None or report.when not in ("setup", "call"):  # setup: skipped, or an error before a verdict
         return
     session.rows.append(row)
     for path, models in (getattr(report, "mapgate_baselines", None) or {}).items():

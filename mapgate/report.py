@@ -231,11 +231,21 @@ def case_text(v: Verdict, directory: Path | None = None, result: str | None = No
     return "\n".join(lines)
 
 
-def junit_properties(v: Verdict) -> list[tuple[str, Any]]:
-    """JUnit XML properties of one case (``record_property``)."""
+def junit_properties(v: Verdict, result: str | None = None, baseline: str | None = None) -> list[tuple[str, Any]]:
+    """JUnit XML properties of one case that reached a verdict (``record_property``): ``result`` is
+    what the verdict did to the run (pass, fail, warn), ``baseline`` the baseline comparison."""
     ci = v.ci or {}
-    return [("delta_ap", round(v.delta_ap, 4)), ("ci_low", _round(ci.get("low_points"))),
-            ("ci_high", _round(ci.get("high_points"))), ("tolerance", v.tolerance), ("verdict", v.verdict)]
+    props: list[tuple[str, Any]] = [
+        ("delta_ap", round(v.delta_ap, 4)), ("ci_low", _round(ci.get("low_points"))),
+        ("ci_high", _round(ci.get("high_points"))), ("tolerance", v.tolerance), ("verdict", v.verdict),
+        ("expected", v.expected)]
+    if result is not None:
+        props.append(("result", result))
+    if baseline is not None:
+        props.append(("baseline", baseline))
+    if v.speed:
+        props += [(f"speed_{k}", v.speed[k]) for k in ("fp32_ms", "optimized_ms") if k in v.speed]
+    return props
 
 
 def _round(x: float | None) -> float | str:

@@ -31,7 +31,10 @@ def test_extras_attached_by_other_analyses_are_rendered() -> None:
 
 def test_junit_properties_carry_the_decision_numbers() -> None:
     props = dict(report.junit_properties(verdict(-0.1)))
-    assert props == {"delta_ap": -0.1, "ci_low": -0.4, "ci_high": 0.1, "tolerance": 0.5, "verdict": "pass"}
+    assert props == {"delta_ap": -0.1, "ci_low": -0.4, "ci_high": 0.1, "tolerance": 0.5, "verdict": "pass",
+                     "expected": "pass"}
+    props = dict(report.junit_properties(verdict(-0.1), result="pass", baseline="matched"))
+    assert props["result"] == "pass" and props["baseline"] == "matched"
 
 
 def test_the_run_table_links_every_case_and_explains_what_did_not_pass() -> None:

@@ -83,7 +83,8 @@ def test_a_passing_gate_prints_the_table_and_writes_the_report_junit_and_step_su
     assert summary.read_text().startswith("earlier step\n# mapgate accuracy gate")  # appended, not replaced
     # JUnit properties per case
     props = junit_properties(user_repo.path / "j.xml")["onnxruntime:fp32"]
-    assert set(props) == {"delta_ap", "ci_low", "ci_high", "tolerance", "verdict"}
+    assert set(props) == {"delta_ap", "ci_low", "ci_high", "tolerance", "verdict", "expected", "result", "baseline"}
+    assert props["result"] == "pass" and props["baseline"] == "missing"
     assert props["verdict"] == "pass" and float(props["tolerance"]) == 0.1
     assert float(props["ci_low"]) <= float(props["delta_ap"]) <= float(props["ci_high"])
     assert float(props["ci_low"]) > -0.1
