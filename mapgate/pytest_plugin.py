@@ -46,10 +46,17 @@ from mapgate.argtypes import (
     positive_int,
     shard_spec,
 )
-from mapgate.catalog import MANIFEST_NAME
-from mapgate.baselines import BaselineCheck, BaselineKind, BaselineStatus, baselines_path
+from mapgate import report
+from mapgate.backends import all_backends, get_backend, markers
+from mapgate.baselines import BaselineCheck, BaselineKind, BaselineStatus, baselines_path, load_baselines, write_updates
+from mapgate.catalog import MANIFEST_NAME, Catalog, add_model, walk
+from mapgate.compare import default_inconclusive_policy, outcome
 from mapgate.decision import DEFAULT_TOLERANCES, PRECISIONS
+from mapgate.errors import ConfigError, MapgateError
 from mapgate.fsutil import write_json_atomic
+from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS, RUN_ID_ENV, Gate, default_run_id
+from mapgate.manifest import read_toml
+from mapgate.report import CaseRow
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -139,8 +146,6 @@ class MapgateSession:
     def walked(self) -> dict[Path, Any]:
         """Each collected manifest -> (its models, including included files', and the headers read),
         or the error that stopped reading it: one broken manifest is its own collection error."""
-        from mapgate.catalog import walk
-        from mapgate.errors import MapgateError
 
         out: dict[Path, Any] = {}
         for root in self.manifests:
@@ -157,8 +162,6 @@ class MapgateSession:
 
     @cached_property
     def catalog(self) -> Any:
-        from mapgate.catalog import Catalog, add_model
-
         merged: dict[str, Any] = {}
         for models, _ in self.trees.values():
             for name, spec in models.items():
@@ -179,8 +182,6 @@ class MapgateSession:
 
     @cached_property
     def gate(self) -> Any:
-        from mapgate.gate import Gate
-
         # Progress bars only where someone watches them: a terminal, with capture off (-s).
         progress = self.option("capture") == "no" and sys.stderr.isatty()
         source = self.data_source
@@ -237,13 +238,9 @@ class MapgateSession:
 
     @cached_property
     def inconclusive(self) -> str:
-        from mapgate.compare import default_inconclusive_policy
-
         return self.option("inconclusive") or default_inconclusive_policy()
 
     def baselines(self, path: Path) -> dict[str, Any]:
-        from mapgate.baselines import load_baselines
-
         cache = self.__dict__.setdefault("_baselines", {})
         if path not in cache:
             cache[path] = load_baselines(path)
@@ -286,9 +283,6 @@ def _covered(path: Path, args: list[str], base: Path) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from mapgate.backends import all_backends, markers
-    from mapgate.gate import RUN_ID_ENV, default_run_id
-
     backends = all_backends()
     unknown = [t for t in (config.getoption("backends") or []) if t.split(":")[0] not in backends]
     if unknown:
@@ -296,7 +290,6 @@ def pytest_configure(config: pytest.Config) -> None:
                                 f"known: {', '.join(sorted(backends))}")
     if not hasattr(config, "workerinput"):  # the controller (or a plain run): xdist workers inherit it
         os.environ.setdefault(RUN_ID_ENV, default_run_id())
-    from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS
 
     session = MapgateSession(config, _manifests(config))
     # beside the first manifest, where the CLI puts them too (one cache for both), else at the rootdir
@@ -363,8 +356,6 @@ def _report_unreadable(session: pytest.Session) -> None:
     if mapgate is None or hasattr(session.config, "workerinput") or mapgate.unreadable_reported:
         return
     mapgate.unreadable_reported = True
-    from mapgate.errors import ConfigError
-    from mapgate.manifest import read_toml
 
     for path in mapgate.unreadable:
         try:
@@ -457,8 +448,6 @@ class GateCase(pytest.Item):
     def __init__(self, *, spec: Any, target: str, **kw: Any) -> None:
         super().__init__(**kw)
         self.spec, self.target = spec, target
-        from mapgate.backends import get_backend
-        from mapgate.errors import ConfigError
 
         backend = target.split(":")[0]
         try:
@@ -478,8 +467,6 @@ class GateCase(pytest.Item):
         """What can go wrong before a verdict, so that pytest (and JUnit) report it as an error, not
         as a failed gate: a missing backend (skip), the data set, the baselines' place, the conversion,
         the reference run and the optimized run."""
-        from mapgate import report
-        from mapgate.backends import get_backend
 
         session = _session(self.config)
         model, ref_backend = self.spec.name, self.spec.reference_backend
@@ -494,8 +481,6 @@ class GateCase(pytest.Item):
 
     def runtest(self) -> None:
         """The verdict alone: a failed gate is CaseFailed (a JUnit <failure>), its properties recorded first."""
-        from mapgate import report
-        from mapgate.compare import outcome
 
         session = _session(self.config)
         model = self.spec.name
@@ -549,8 +534,6 @@ class GateCase(pytest.Item):
         return next((s for s in statuses if s.regressed), statuses[-1]), path
 
     def _baselines_path(self) -> Path:
-        from mapgate.errors import ConfigError
-
         path = baselines_path(self.spec.manifest_path)
         if PACKAGE_DIR in path.resolve().parents:
             raise ConfigError(f"{self.spec.manifest_path} is inside the installed mapgate package; "
@@ -565,7 +548,6 @@ class GateCase(pytest.Item):
 
 def _repr_mapgate_error(excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
     """mapgate's own errors say what, why and the fix: show them, not a traceback."""
-    from mapgate.errors import MapgateError
 
     if isinstance(excinfo.value, MapgateError):
         return f"{type(excinfo.value).__name__}: {excinfo.value}"
@@ -578,7 +560,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if isinstance(item, GateCase) and (call.when == "call" or (call.when == "setup" and call.excinfo is not None)):
         row = item.mapgate_row
         if row is None and call.excinfo is not None:  # an error before a verdict (conversion, bad file)
-            from mapgate.report import CaseRow
 
             row = CaseRow(item.spec.name, item.target, "error", reference=item.spec.reference_backend,
                           reason=str(call.excinfo.value).splitlines()[0][:300] if str(call.excinfo.value) else
@@ -671,15 +652,11 @@ def _on_sessionfinish(session: MapgateSession) -> None:
                 f"mapgate: --update-baselines refused to record {len(session.refused)} failing case(s) "
                 f"({', '.join(session.refused)}): fix them first, a baseline must be a result that passes")
     if session.baseline_updates and session.option("update_baselines"):
-        from mapgate.baselines import write_updates
-
         for path, updates in sorted(session.baseline_updates.items()):
             lines = write_updates(Path(path), updates)
             session.messages.append(f"mapgate: baselines rewritten in {path}:\n" + "\n".join(lines))
     if not session.rows:
         return
-    from mapgate import report
-    from mapgate.gate import default_run_id
 
     rows = [report.CaseRow.from_dict(r) for r in session.rows]
     run_dir = Path(session.option("reports_dir")) / default_run_id()

@@ -32,7 +32,7 @@ def _gate_run(reports: Path, *extra: str) -> tuple[dict[str, tuple[str | None, s
                    for p in reports.glob("*/*/*/comparison.json")}
     for c in comparisons.values():  # a clock reading differs between any two runs; its presence does not
         speed = c.pop("speed")
-        assert speed is None or set(speed) == {"fp32_ms", "optimized_ms", "speedup_vs_fp32", "n_images", "backend"}
+        assert speed is None or set(speed) == {"fp32_ms", "optimized_ms", "speedup_vs_fp32", "n_images", "backend", "fp32_backend"}
     return cases, comparisons
 
 

@@ -34,7 +34,7 @@ import ctypes
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +67,7 @@ from mapgate.convert.trt_onnx import (
 from mapgate.errors import BackendUnavailable, ConfigError, ConversionError, InferenceError
 from mapgate.files import verified_sha256
 from mapgate.fsutil import sha256_json
-from mapgate.optional import require, version_of
+from mapgate.optional import version_of
 
 if TYPE_CHECKING:
     import tensorrt
