@@ -53,7 +53,7 @@ from mapgate.catalog import MANIFEST_NAME, Catalog, add_model, walk
 from mapgate.compare import default_inconclusive_policy, outcome
 from mapgate.decision import DEFAULT_TOLERANCES, PRECISIONS
 from mapgate.errors import ConfigError, MapgateError
-from mapgate.fsutil import write_json_atomic
+from mapgate.fsutil import mark_complete, mark_incomplete, write_json_atomic
 from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS, RUN_ID_ENV, Gate, default_run_id
 from mapgate.manifest import read_toml
 from mapgate.report import CaseRow
@@ -135,7 +135,7 @@ class MapgateSession:
         _on_logreport(self, report)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        _on_sessionfinish(self)
+        _on_sessionfinish(self, interrupted=session.exitstatus == pytest.ExitCode.INTERRUPTED)
         if self.refused and not hasattr(self.config, "workerinput"):
             session.exitstatus = 2  # a usage error: the baselines asked for were not all recorded
 
@@ -192,6 +192,8 @@ class MapgateSession:
                     engines_dir=self.option("engines_dir"), reports_dir=self.option("reports_dir"),
                     use_cache=not self.option("no_detection_cache"), calib_dir=source.calib_images,
                     progress=progress, workers=self.option("workers"), batch_size=self.option("batch_size"))
+        # the run folder is marked until the controller's sessionfinish: a killed session leaves the mark
+        mark_incomplete(gate.run_dir, "a pytest session of the mapgate accuracy gate")
         gate.write_env()
         return gate
 
@@ -641,10 +643,18 @@ def _on_logreport(session: MapgateSession, report: pytest.TestReport) -> None:
             session.baseline_updates.setdefault(path, {}).setdefault(model, {}).update(targets)
 
 
-def _on_sessionfinish(session: MapgateSession) -> None:
-    """Write the baselines and report.md (the terminal summary only prints what was written)."""
+def _on_sessionfinish(session: MapgateSession, interrupted: bool = False) -> None:
+    """Write the baselines and report.md (the terminal summary only prints what was written), then
+    unmark the run folder, unless the session was interrupted (Ctrl-C): its folder stays marked."""
     if hasattr(session.config, "workerinput"):  # xdist workers: the controller reports
         return
+    run_dir = Path(session.option("reports_dir")) / default_run_id()
+    _write_session_outputs(session, run_dir)
+    if not interrupted and run_dir.is_dir():
+        mark_complete(run_dir)
+
+
+def _write_session_outputs(session: MapgateSession, run_dir: Path) -> None:
     if session.option("update_baselines"):
         session.refused = [f"{r['model']} {r['optimized']}" for r in session.rows if r["result"] == "failed"]
         if session.refused:
@@ -659,7 +669,6 @@ def _on_sessionfinish(session: MapgateSession) -> None:
         return
 
     rows = [report.CaseRow.from_dict(r) for r in session.rows]
-    run_dir = Path(session.option("reports_dir")) / default_run_id()
     dataset = next((r.dataset for r in rows if r.dataset), "")
     session.messages.append(f"mapgate: report {report.write_run(rows, run_dir, dataset=dataset)}")
     warning = report.write_step_summary(rows, run_dir, dataset=dataset)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,3 +119,34 @@ def test_a_killed_merge_leaves_its_run_folder_marked(sandbox: Sandbox, engines: 
     again = _mapgate(sandbox.root, "merge", *shards, "--out", sandbox.root / "merged2", "--inconclusive", "pass")
     assert again.returncode == 0, again.stderr[-2000:]
     assert not list((sandbox.root / "merged2").rglob(INCOMPLETE))
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "user-repo"
+
+
+def _pytest(repo: Path, run_id: str, phase: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAPGATE_", "PYTEST_"))}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[2]), MAPGATE_RUN_ID=run_id)
+    if phase:
+        env["MAPGATE_FAULT_PHASE"] = phase
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "accuracy",
+                           "--max-images", str(N), "--reports-dir", str(repo / "reports")],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=repo)
+
+
+@pytest.mark.slow
+def test_a_killed_pytest_session_leaves_its_run_folder_marked_and_a_finished_one_does_not(
+        tmp_path: Path, require_backend) -> None:  # noqa: ANN001
+    require_backend("opencv")
+    require_backend("onnxruntime")
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLE, repo)
+    killed = _pytest(repo, "killed", phase="report@2")  # the optimized side: reference written, comparison not
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-2000:]
+    assert (repo / "reports" / "killed" / INCOMPLETE).is_file()
+    _no_corrupt_json(repo / "reports")
+    done = _pytest(repo, "done")
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (repo / "reports" / "done" / "report.md").is_file()
+    assert not list((repo / "reports" / "done").rglob(INCOMPLETE))
+    assert (repo / "reports" / "killed" / INCOMPLETE).is_file()  # a later run does not clear another's mark
