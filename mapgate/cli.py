@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -346,13 +347,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
         print(f"{m.name:30} {m.family:18} {m.reference_backend:12} {state_of(m.reference_backend)}")
         for line in missing_files(m, mirror=args.mirror):
             print(f"{'':30}   files missing: {line}")
-        for target in m.optimized:
-            owner = backends.get(target.partition(":")[0])
-            makeable = owner is not None and owner.facts.can_make(m, target)
-            how = "prebuilt" if target in m.prebuilt else ("converted" if makeable else "no route")
-            expected = m.expected_verdict(target, this_cpu().saturates)
+        for opt in m.optimized:
+            owner = backends.get(opt.partition(":")[0])
+            makeable = owner is not None and owner.facts.can_make(m, opt)
+            how = "prebuilt" if opt in m.prebuilt else ("converted" if makeable else "no route")
+            expected = m.expected_verdict(opt, this_cpu().saturates)
             expect = f", expected verdict {expected}" if expected != "pass" else ""
-            print(f"{'':30}   -> {target:18} {how:9} {state_of(target)}{expect}")
+            print(f"{'':30}   -> {opt:18} {how:9} {state_of(opt)}{expect}")
 
     print(f"\n{'backend':12} {'precisions':16} {'runs originals':25} {'pytest -m':12} status")
     for name, b in sorted(backends.items()):
@@ -535,16 +536,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     print(doctor_text(facts))
     if not args.run:
         return EXIT_OK
+    known = _catalog(args).models  # a mistyped --model is named even where TensorRT is missing
+    unknown = [m for m in args.model if m not in known]
+    if unknown:
+        raise ConfigError(f"--model {unknown[0]!r} is not in the manifest; known: {', '.join(sorted(known))}")
     missing = tensorrt_missing(facts)
     if missing is not None:
         print(f"mapgate: error: doctor --run: {NOTHING_TO_RUN}: TensorRT cannot run here: {missing}", file=sys.stderr)
         return EXIT_USAGE
     gate = _gate(args, reports=args.out)
-    unknown = [m for m in args.model if m not in gate.models]
-    if unknown:
-        raise ConfigError(f"--model {unknown[0]!r} is not in the manifest; known: {', '.join(sorted(gate.models))}")
-    import shutil
-
     say = (lambda msg: print(f"doctor: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
         (lambda msg: None)
     checks = run_checks(gate, args.model or list(gate.models), say=say, trtexec=shutil.which("trtexec"))
