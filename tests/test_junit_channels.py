@@ -24,6 +24,7 @@ import pytest
 
 from mapgate.backends.base import BuildContext
 from mapgate.cache import FAILURE_SUFFIX, RETRY_ENV, cached_artifact
+from mapgate.cli import main
 from mapgate.convert import ort_quant
 from mapgate.errors import BackendUnavailable, ConversionError, StorageError
 
@@ -198,6 +199,25 @@ def test_a_quantizer_failure_is_one_line_remembered_and_retried_when_the_recipe_
     with pytest.raises(ConversionError) as retried:
         ort_quant.build(minmax, ctx, "onnxruntime:int8")
     assert "remembered" not in str(retried.value) and planted_quantizer_failure == [1, 1]
+
+
+def test_the_cli_prints_a_quantizer_failure_as_one_line_and_exits_2(
+        tmp_path: Path, planted_quantizer_failure: list[int], require_backend: Any,
+        capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`mapgate compare` meets the same failure: one line on stderr naming the model and the quantizer,
+    exit 2, no traceback; a second run does not quantize again."""
+    require_backend("onnxruntime")
+    monkeypatch.delenv(RETRY_ENV, raising=False)
+    argv = ["compare", "--model", MODEL, "--opt", "onnxruntime:int8", "--max-images", "2", "--resamples", "20",
+            "--engines-dir", str(tmp_path / "engines"), "--out", str(tmp_path / "reports"), "--no-progress"]
+    for attempt in (1, 2):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        lines = [line for line in err.splitlines() if line.startswith("mapgate: error:")]
+        assert len(lines) == 1 and "Traceback" not in out + err, err
+        assert f"model {MODEL!r}" in lines[0] and "planted failure in the calibrator" in lines[0], lines[0]
+        assert ("remembered from the build of" in lines[0]) == (attempt == 2), lines[0]
+    assert planted_quantizer_failure == [1]
 
 
 # ------------------------------------------------------------------------------- JUnit under pytest
