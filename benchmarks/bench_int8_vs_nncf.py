@@ -43,7 +43,7 @@ import numpy as np
 
 from mapgate.errors import BackendUnavailable
 from mapgate.fsutil import write_json_atomic
-from mapgate.int8_repair import NO_RECIPE
+from mapgate.int8_repair import DEFAULT_MIN_SPEEDUP, NO_RECIPE
 from mapgate.optional import require
 
 DEFAULT_MODELS = ("yolov3-tiny-416", "yolo-fastest-1.1-320")
@@ -172,7 +172,7 @@ def _compare_with(gate: Any, name: str, spec: Any) -> Any:
 
 
 def run_mapgate(gate: Any, name: str, tolerance: float, max_float: int, say: Callable[[str], None],
-                min_speedup: float = 1.0) -> dict[str, Any]:
+                min_speedup: float = DEFAULT_MIN_SPEEDUP) -> dict[str, Any]:
     from mapgate.convert import ort_quant, onnx_for
     from mapgate.int8_repair import RepairConfig, repair
     from mapgate.sensitivity import conv_nodes
@@ -184,7 +184,7 @@ def run_mapgate(gate: Any, name: str, tolerance: float, max_float: int, say: Cal
     proto = ort_quant.load_for_quantization(onnx_for(model, gate.build_context()))
     convs = conv_nodes(proto)
     keep = set(ort_quant.keep_float_nodes(proto, result.recipe.keep_float))
-    method = "mapgate int8-repair" + ("" if min_speedup == 1.0 else f" --min-speedup {min_speedup:g}")
+    method = "mapgate int8-repair" + ("" if min_speedup == DEFAULT_MIN_SPEEDUP else f" --min-speedup {min_speedup:g}")
     return {"model": name, "method": method, "min_speedup": min_speedup, "proxy_lost": 100.0 - result.proxy_after.pseudo_ap,
             "proxy_tolerance": tolerance, "proxy_met": result.proxy_met, "status": result.status,
             "float_layers": len([c for c in convs if c in keep]), "convs": len(convs),

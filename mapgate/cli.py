@@ -393,10 +393,10 @@ def _data_source(args: argparse.Namespace, catalog: Catalog) -> DataSource:
                                calib_images=getattr(args, "calib_dir", None), label=args.dataset_label)
 
 
-def _gate(args: argparse.Namespace, reports: Path | None = None) -> Gate:
+def _gate(args: argparse.Namespace, reports: Path | None = None, catalog: Catalog | None = None) -> Gate:
     if args.mirror:
         os.environ["MAPGATE_MIRROR"] = str(args.mirror)
-    catalog = _catalog(args)
+    catalog = catalog or _catalog(args)
     source = _data_source(args, catalog)
     dataset = source.open(args.max_images)
     if args.shard:
@@ -536,15 +536,15 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     print(doctor_text(facts))
     if not args.run:
         return EXIT_OK
-    known = _catalog(args).models  # a mistyped --model is named even where TensorRT is missing
-    unknown = [m for m in args.model if m not in known]
+    catalog = _catalog(args)  # a mistyped --model is named even where TensorRT is missing
+    unknown = [m for m in args.model if m not in catalog.models]
     if unknown:
-        raise ConfigError(f"--model {unknown[0]!r} is not in the manifest; known: {', '.join(sorted(known))}")
+        raise ConfigError(f"--model {unknown[0]!r} is not in the manifest; known: {', '.join(sorted(catalog.models))}")
     missing = tensorrt_missing(facts)
     if missing is not None:
         print(f"mapgate: error: doctor --run: {NOTHING_TO_RUN}: TensorRT cannot run here: {missing}", file=sys.stderr)
         return EXIT_USAGE
-    gate = _gate(args, reports=args.out)
+    gate = _gate(args, reports=args.out, catalog=catalog)
     say = (lambda msg: print(f"doctor: {msg}", file=sys.stderr, flush=True)) if not args.no_progress else \
         (lambda msg: None)
     checks = run_checks(gate, args.model or list(gate.models), say=say, trtexec=shutil.which("trtexec"))

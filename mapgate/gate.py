@@ -68,7 +68,6 @@ def framework_versions() -> dict[str, str | None]:
     """Versions of every backend's frameworks, as each backend declares them (``facts.version_modules``):
     an upgraded OpenCV or ONNX Runtime must not reuse detections made by the old one, and a backend
     cannot be left out of a hand list (read from package metadata: no imports)."""
-
     versions: dict[str, str | None] = {}
     for backend in all_backends().values():
         versions.update(backend.facts.versions())
@@ -263,7 +262,6 @@ class Gate:
 
     def _per_image(self, detections: list[dict[str, Any]]) -> Any:
         """One evaluation per side: its per-image matching serves both the metrics and the bootstrap."""
-
         return per_image_results(self.ground_truth, detections, self.dataset.image_ids, label=self.dataset.label)
 
     def _identity(self, model: ModelSpec, backend: Any, precision: str | None, ctx: BuildContext) -> dict[str, Any]:
@@ -437,14 +435,12 @@ class Gate:
 
     def _attribution(self, ref: Side, opt: Side) -> dict[str, Any]:
         """Where the AP points went (TIDE error types, by size, worst classes): ~0.4 s on 206 images."""
-
         return attribute(self.ground_truth, ref.detections, opt.detections, self.dataset.image_ids,
                          ref_metrics=ref.metrics, opt_metrics=opt.metrics)
 
     def _bootstrap(self, ref: Side, opt: Side) -> dict[str, Any]:
         """The paired bootstrap CI, cached by the content keys of both detection sets (it is a pure
         function of them, the images, the resample count and the seed)."""
-
         def compute() -> dict[str, Any]:
             return paired_bootstrap(ref.per_image, opt.per_image, n_resamples=self.bootstrap_resamples,
                                     seed=self.bootstrap_seed).to_dict()
@@ -474,7 +470,6 @@ class Gate:
 def is_backend_ref(ref: str) -> bool:
     """``compare --ref``: a known backend name (or BACKEND:PRECISION) is always a backend, even if a
     file of that name exists here; anything else is a stored detections.json or its folder."""
-
     return ref.partition(":")[0] in all_backends()
 
 
@@ -514,7 +509,6 @@ def _load_cached_dict(data: bytes, provenance: dict[str, Any]) -> dict[str, Any]
 
 def environment() -> dict[str, Any]:
     """Versions and hardware for env.json: what a re-check needs to know about this run."""
-
     # libraries every run uses or converts with; each backend's frameworks come from its facts
     libraries = ("numpy", "pycocotools", "numba", "onnx", "tf2onnx")
     env: dict[str, Any] = {

@@ -56,7 +56,6 @@ from mapgate.errors import ConfigError, MapgateError
 from mapgate.fsutil import mark_complete, mark_incomplete, write_json_atomic
 from mapgate.gate import DEFAULT_ENGINES, DEFAULT_REPORTS, RUN_ID_ENV, Gate, default_run_id
 from mapgate.manifest import read_toml
-from mapgate.report import CaseRow
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -146,7 +145,6 @@ class MapgateSession:
     def walked(self) -> dict[Path, Any]:
         """Each collected manifest -> (its models, including included files', and the headers read),
         or the error that stopped reading it: one broken manifest is its own collection error."""
-
         out: dict[Path, Any] = {}
         for root in self.manifests:
             try:
@@ -469,7 +467,6 @@ class GateCase(pytest.Item):
         """What can go wrong before a verdict, so that pytest (and JUnit) report it as an error, not
         as a failed gate: a missing backend (skip), the data set, the baselines' place, the conversion,
         the reference run and the optimized run."""
-
         session = _session(self.config)
         model, ref_backend = self.spec.name, self.spec.reference_backend
         for name in (self.target.split(":")[0], ref_backend):
@@ -483,7 +480,6 @@ class GateCase(pytest.Item):
 
     def runtest(self) -> None:
         """The verdict alone: a failed gate is CaseFailed (a JUnit <failure>), its properties recorded first."""
-
         session = _session(self.config)
         model = self.spec.name
         gate = session.gate
@@ -550,7 +546,6 @@ class GateCase(pytest.Item):
 
 def _repr_mapgate_error(excinfo: pytest.ExceptionInfo[BaseException]) -> str | None:
     """mapgate's own errors say what, why and the fix: show them, not a traceback."""
-
     if isinstance(excinfo.value, MapgateError):
         return f"{type(excinfo.value).__name__}: {excinfo.value}"
     return None
@@ -562,8 +557,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if isinstance(item, GateCase) and (call.when == "call" or (call.when == "setup" and call.excinfo is not None)):
         row = item.mapgate_row
         if row is None and call.excinfo is not None:  # an error before a verdict (conversion, bad file)
-
-            row = CaseRow(item.spec.name, item.target, "error", reference=item.spec.reference_backend,
+            row = report.CaseRow(item.spec.name, item.target, "error", reference=item.spec.reference_backend,
                           reason=str(call.excinfo.value).splitlines()[0][:300] if str(call.excinfo.value) else
                           type(call.excinfo.value).__name__).to_dict()
         if call.when == "setup" and rep.failed and call.excinfo is not None:

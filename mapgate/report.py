@@ -254,7 +254,6 @@ def _round(x: float | None) -> float | str:
 
 def write_case(v: Verdict, directory: Path, ref_metrics: Any = None, opt_metrics: Any = None) -> list[Path]:
     """summary.md and, when both evaluations are given, the PNGs, into ``directory``."""
-
     pictures = []
     if ref_metrics is not None and opt_metrics is not None:
         pictures = [_plot_pr_curves(v, ref_metrics, opt_metrics, directory / PR_CURVES_PNG),
@@ -486,7 +485,6 @@ def run_markdown(rows: list[CaseRow], title: str = "mapgate accuracy gate", data
 
 def write_run(rows: list[CaseRow], run_dir: Path, dataset: str = "") -> Path:
     """reports/<run-id>/report.md."""
-
     path = run_dir / REPORT_MD
     write_bytes_atomic(path, run_markdown(rows, dataset=dataset).encode())
     return path

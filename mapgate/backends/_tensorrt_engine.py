@@ -175,7 +175,6 @@ class CalibrationSetDigest:
 def calibration_set_digest(images: Iterable[Path]) -> CalibrationSetDigest:
     """:func:`mapgate.calibration.calibration_set_hash` plus the count. The order is kept because it is
     the order TensorRT sees the batches in; callers feed images sorted by file name."""
-
     paths = list(images)
     return CalibrationSetDigest(calibration_set_hash(paths), len(paths))
 

@@ -323,7 +323,6 @@ def pins_layers(precision: str, mode: str) -> bool:
 
 def int8_kind(version: Sequence[int], mode: str) -> str:
     """Which INT8 ``tensorrt:int8`` builds on this TensorRT (``mapgate models``, ``mapgate doctor``)."""
-
     how = "INT8 flag, no calibrator" if mode == WEAK else "strongly typed"
     return (f"explicit Q/DQ: the onnxruntime:int8 ONNX ({how}; in the Q/DQ form of "
             f"{qdq_parser_form(tuple(version))['name']}'s ONNX parser)")
@@ -382,7 +381,6 @@ def _import_tensorrt() -> Any:
 
 def _polygraphy_version() -> str:
     """Polygraphy's version; BackendUnavailable when missing or older than the tested minimum."""
-
     polygraphy = BACKEND.facts.require("polygraphy")
     version = str(getattr(polygraphy, "__version__", "0"))
     if parse_version(version) < MIN_POLYGRAPHY_VERSION:
@@ -490,7 +488,6 @@ def _onnx_for(model: "ModelSpec", ctx: BuildContext, precision: str = "fp32", mo
     """The ONNX the engine is built from: the FP32 model; for INT8 (either mode) the Q/DQ file of
     ``onnxruntime:int8``, checked against ``trt_version``'s Q/DQ form (None: every release's);
     in strongly typed mode for FP16 the mixed-precision conversion."""
-
     if mode == STRONG and precision == "fp16":
         path = build_fp16(model, ctx)
     elif precision == "int8":
@@ -506,7 +503,6 @@ def _onnx_for(model: "ModelSpec", ctx: BuildContext, precision: str = "fp32", mo
 
 def fp32_nodes(model: "ModelSpec", onnx_path: Path) -> tuple[list[str], list[str]]:
     """(node names, their output tensor names) a weakly typed FP16 build pins to FP32."""
-
     onnx = BACKEND.facts.require("onnx")
     proto = onnx.load(str(onnx_path), load_external_data=False)
     keep = set(keep_float_nodes(proto, model.convert.int8_keep_float))
@@ -644,7 +640,6 @@ class TensorRTRunner(Runner):
 
     def _calibration(self) -> CalibrationInfo:
         """The calibration of the Q/DQ file the INT8 engine is built from: its images in its order."""
-
         images = quantization_images(self.ctx.calib_images, self.ctx.max_calib_images)
         check_disjoint(set(self.ctx.calib_image_ids) | set(image_ids_of(images)), self.ctx.evaluated_image_ids,
                        where=f"{self.where} calibration")
@@ -656,7 +651,6 @@ class TensorRTRunner(Runner):
     def engine_spec(self) -> tuple[EngineSpec, str, tuple[list[str], list[str]]]:
         """The cache key inputs of this runner's engine, the build mode and the FP32-pinned nodes
         (weakly typed FP16). Needs the ONNX (converted, cached) and the CUDA device, not a build."""
-
         trt_version, why = installed_version()
         if trt_version is None:
             raise BackendUnavailable(NAME, why)
@@ -739,7 +733,6 @@ class TensorRTRunner(Runner):
 
 def engine_key_extras() -> dict[str, Any]:
     """Engine key fields beyond EngineSpec's own: Polygraphy's defaults shape the engine too."""
-
     return {"polygraphy": version_of("polygraphy")}
 
 

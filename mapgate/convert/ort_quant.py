@@ -26,17 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from mapgate.convert import BuildContext
+from mapgate.convert import BuildContext, dfq, onnx_for
 from mapgate.calibration import calibration_batches, calibration_set_hash, check_disjoint, image_ids_of, quantization_images
 from mapgate.cache import cached_artifact
-from mapgate.convert import dfq
 from mapgate.cpu import this_cpu
 from mapgate.fsutil import fault_point, write_bytes_atomic
 from mapgate.errors import ConfigError, ConversionError, MapgateError
 from mapgate.files import verified_sha256
 from mapgate.manifest import INT8_ACTIVATION_TYPES, INT8_CALIBRATIONS, INT8_OPS, ModelSpec
 from mapgate.optional import require, version_of
-from mapgate.convert import onnx_for
 
 QDQ_MIN_OPSET = 13  # per-channel DequantizeLinear needs the 'axis' attribute of opset 13
 # Measured on val2017-mini: quantizing every op type (MinMax) cost SSDLite 6.8 AP points; quantizing

@@ -49,7 +49,6 @@ FP16_INSTALL_HINT = "pip install onnxconverter-common  (or NVIDIA ModelOpt: pip 
 
 def keep_float_nodes(proto: Any, prefixes: tuple[str, ...]) -> list[str]:
     """Nodes every reduced-precision recipe keeps in float: the output tail and ``int8_keep_float``."""
-
     return sorted(float_tail(proto) | {n.name for n in proto.graph.node if n.name.startswith(tuple(prefixes))})
 
 
@@ -257,5 +256,4 @@ def check_qdq_form(path: Path, version: tuple[int, ...] | None = None) -> None:
 def build_int8(model: ModelSpec, ctx: BuildContext) -> Path:
     """The Q/DQ ONNX: the ``onnxruntime:int8`` artifact's recipe (the same cache entry and bytes, except on a
     CPU whose int8 dot product saturates, where only the ONNX Runtime file gets 7-bit weights)."""
-
     return ort_quant.build(model, ctx, "tensorrt:int8")

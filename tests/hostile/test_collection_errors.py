@@ -54,6 +54,7 @@ CASES: dict[str, Callable[[Path], str]] = {"not-utf8": _not_utf8, "folder": _fol
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_broken_manifest_is_one_collection_error_and_the_rest_runs(pytester: pytest.Pytester, case: str) -> None:
     says = CASES[case](pytester.path)
+    # a test file beside the broken manifest: it passes by design, so its outcome shows the session went on
     pytester.makepyfile(test_other="def test_other():\n    assert True\n")
     before = tree(pytester.path)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rE")
@@ -75,6 +76,7 @@ def test_a_broken_manifest_named_with_mapgate_manifest_does_not_stop_the_rootdir
     """Two manifests: the broken one is its error, the good one (here an empty include list with a
     [dataset]-less header only) still collects, and test files run."""
     (pytester.path / "bad.toml").write_bytes(b"\xff[models.x]\n")
+    # a test file beside the broken manifest: it passes by design, so its outcome shows the session went on
     pytester.makepyfile(test_other="def test_other():\n    assert True\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--mapgate-manifest={pytester.path / 'bad.toml'}",
                                            "test_other.py")
@@ -89,6 +91,7 @@ def test_under_xdist_a_broken_manifest_is_reported_too(pytester: pytest.Pytester
     """The controller collects nothing under -n: a manifest that is not a file is reported by it."""
     pytest.importorskip("xdist")
     says = CASES[case](pytester.path)
+    # a test file beside the broken manifest: it passes by design, so its outcome shows the session went on
     pytester.makepyfile(test_other="def test_other():\n    assert True\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
     out = result.stdout.str()
