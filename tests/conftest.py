@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+try:  # pytest >= 9.2: node ids are structured (see pytest_collection_modifyitems below)
+    from _pytest.nodes import coerce_node_id
+except ImportError:  # older pytest reads xdist's own suffix
+    coerce_node_id = None
+
 from mapgate.backends import get_backend
 from mapgate.manifest import ModelSpec
 from mapgate.catalog import load_manifest
@@ -94,6 +99,22 @@ def _compiled_kernels() -> None:
     side = per_image_results(gt, dets)
     paired_bootstrap(side, side, n_resamples=2)
     attribute(gt, dets, dets)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep ``xdist_group`` working: loadgroup reads a test's group from an ``@group`` suffix of its node id,
+    which xdist still writes to ``item._nodeid``, a field pytest 9.2 no longer reads (pytest-dev/pytest-xdist#1386;
+    the fix, #1388, writes the structured id as here). Without it a module fixture of a grouped module is
+    built once per worker. On workers only (the controller schedules; mapgate's plugin makes it loadgroup
+    after the workers' options were sent, so their own ``loadgroup`` flag is False)."""
+    if not hasattr(config, "workerinput") or coerce_node_id is None:
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and item.nodeid.rfind("@") <= item.nodeid.rfind("]") and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
 
 
 @pytest.hookimpl(hookwrapper=True)

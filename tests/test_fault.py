@@ -144,6 +144,7 @@ PHASES = {
 }
 
 
+@pytest.mark.xdist_group("fault-compare")  # the tests sharing a module fixture run where it was built
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_killed_at_a_named_point_then_rerun_gives_the_same_result_and_no_debris(
         baseline: dict[str, Any], tmp_path: Path, phase: str) -> None:
@@ -172,6 +173,7 @@ def marked_or_whole(reports: Path) -> list[str]:
 
 # SIGKILL is what the named points above deliver, each where a half-written file could be left; a kill
 # at a moment adds SIGTERM (mapgate's handler must leave the same state) at one unplanned point
+@pytest.mark.xdist_group("fault-compare")
 @pytest.mark.parametrize(("fraction", "sig"), [(0.7, signal.SIGTERM)])
 def test_killed_at_a_moment_then_rerun_gives_the_same_result_and_no_debris(
         baseline: dict[str, Any], tmp_path: Path, fraction: float, sig: int) -> None:
@@ -190,6 +192,7 @@ def test_killed_at_a_moment_then_rerun_gives_the_same_result_and_no_debris(
     assert debris(work) == []
 
 
+@pytest.mark.xdist_group("fault-compare")
 def test_the_uninterrupted_run_itself_leaves_no_debris(baseline: dict[str, Any]) -> None:
     assert debris(baseline["work"]) == []
     assert {"opencv/detections.json", "opencv/metrics.json", "onnxruntime-int8/detections.json",
@@ -254,6 +257,7 @@ def shard_runs(tmp_path_factory: pytest.TempPathFactory, require_backend) -> dic
                         for p in sorted((work / "merged" / RUN / MERGE_MODEL).rglob("*")) if p.is_file()}}
 
 
+@pytest.mark.xdist_group("fault-merge")
 @pytest.mark.parametrize(("phase", "sig"), [("report@2", None), ("merge", None), (0.5, signal.SIGTERM)])
 def test_a_killed_merge_leaves_its_folder_marked_and_no_corrupt_json(shard_runs: dict[str, Any], phase: Any,
                                                                      sig: int | None) -> None:
@@ -307,6 +311,7 @@ def _recipe(work: Path) -> list[str]:
 
 # each repair runs twice (killed, then again): one kill while converting, one while writing the report
 # and one SIGTERM at an unplanned moment (~40 s each on 2 cores, so not every combination)
+@pytest.mark.xdist_group("fault-repair")
 @pytest.mark.parametrize(("phase", "sig"), [("convert@1", None), ("report@2", None), (0.4, signal.SIGTERM)])
 def test_a_killed_int8_repair_writes_no_half_recipe_and_marks_its_run(repaired: dict[str, Any], tmp_path: Path,
                                                                       phase: Any, sig: int | None) -> None:

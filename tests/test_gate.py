@@ -32,6 +32,9 @@ from mapgate.fsutil import sha256_file
 from mapgate.gate import Gate, contract_hash
 from mapgate.catalog import load_manifest
 
+# one worker builds the module's compare run once (loadgroup)
+pytestmark = pytest.mark.xdist_group("gate-work")
+
 MODEL = "yolox-nano-416"
 N_IMAGES = 12
 RESAMPLES = 200  # the CI's width is not under test here; 1000 resamples only cost time

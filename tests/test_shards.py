@@ -14,6 +14,9 @@ from mapgate.cli import EXIT_FAIL, EXIT_USAGE, main
 from mapgate.dataset import CocoDataset
 from mapgate.errors import DataError
 
+# one worker builds the module's shard runs once (loadgroup)
+pytestmark = pytest.mark.xdist_group("shards")
+
 MODEL, OPT, N_IMAGES = "yolo-fastest-1.1-320", "onnxruntime:int8", 40  # int8: a verdict with a non-zero CI
 
 

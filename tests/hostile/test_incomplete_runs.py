@@ -18,6 +18,9 @@ import pytest
 from hostile_helpers import Sandbox, cli
 from mapgate.fsutil import INCOMPLETE
 
+# one worker fills the module's engines cache once (loadgroup)
+pytestmark = pytest.mark.xdist_group("incomplete-runs")
+
 MODEL, N = "yolox-nano-416", 2
 
 
