@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from mapgate.convert import BuildContext, dfq, onnx_for
+from mapgate.convert.ort_histogram import fast_percentile_histograms
 from mapgate.calibration import calibration_batches, calibration_set_hash, check_disjoint, image_ids_of, quantization_images
 from mapgate.cache import cached_artifact
 from mapgate.cpu import this_cpu
@@ -195,7 +196,8 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     if calibration_cache is not None and "calibration_cache_path" in inspect.signature(q.quantize_static).parameters:
         kwargs["calibration_cache_path"] = str(calibration_cache)
     # the histogram calibrators print() their progress; stdout belongs to mapgate's own output
-    with contextlib.redirect_stdout(io.StringIO()), _without_preprocess_advice(), _one_line_failure(model):
+    with contextlib.redirect_stdout(io.StringIO()), _without_preprocess_advice(), _one_line_failure(model), \
+            fast_percentile_histograms():
         q.quantize_static(
             proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=_OP_TYPES[ops],
             quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8 if u8 else q.QuantType.QInt8,
