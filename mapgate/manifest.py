@@ -120,6 +120,8 @@ class Postprocess:
     multi_label: bool = True
     max_detections: int = 100
     pre_nms_top_k: int = 0  # 0 = keep all candidates above the score threshold
+    # Paddle's MultiClassNMS nms_top_k: each class's k best candidates go to its NMS (0 = all)
+    pre_nms_top_k_per_class: int = 0
     decoder: dict[str, Any] = field(default_factory=dict)  # family-specific settings
 
 
@@ -465,6 +467,7 @@ def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> Model
         multi_label=qe.get("multi_label", bool, True),
         max_detections=qe.get("max_detections", int, 100),
         pre_nms_top_k=qe.get("pre_nms_top_k", int, 0),
+        pre_nms_top_k_per_class=qe.get("pre_nms_top_k_per_class", int, 0),
         decoder=_decoder(qe, family, decl, output_names),
     )
     qe.reject_unknown()
@@ -475,6 +478,9 @@ def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> Model
         raise qe.error("nms_iou", f"must be in (0, 1], got {post.nms_iou}")
     if post.max_detections < 1:
         raise qe.error("max_detections", "must be at least 1")
+    for fld in ("pre_nms_top_k", "pre_nms_top_k_per_class"):
+        if getattr(post, fld) < 0:
+            raise qe.error(fld, "must be 0 (keep every candidate) or a positive count")
 
     te = e.sub("tolerance")
     # only explicit overrides are kept, so a verdict can say where its tolerance came from

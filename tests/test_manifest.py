@@ -177,6 +177,8 @@ def test_the_minimal_entry_used_below_is_valid(tmp_path: Path) -> None:
     (("optimized", "postprocess.score_threshold = 1.0\noptimized"), "postprocess.score_threshold", "[0, 1)"),
     (("optimized", "postprocess.nms_iou = 0.0\noptimized"), "postprocess.nms_iou", "(0, 1]"),
     (("optimized", "postprocess.max_detections = 0\noptimized"), "postprocess.max_detections", "at least 1"),
+    (("optimized", "postprocess.pre_nms_top_k_per_class = -1\noptimized"), "postprocess.pre_nms_top_k_per_class",
+     "positive count"),
     (("optimized", 'expected_verdicts."tflite:int8" = "maybe"\noptimized'), "expected_verdicts.tflite:int8",
      "must be one of"),
 ])
