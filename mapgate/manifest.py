@@ -77,7 +77,7 @@ FORMATS = {
 CLASS_SPACES = ("coco80", "coco90")
 NMS_MODES = ("per_class", "agnostic", "none")
 RESIZE_MODES = ("plain", "letterbox", "warp")
-INTERPOLATIONS = ("linear", "area", "cubic", "nearest")
+INTERPOLATIONS = ("linear", "area", "cubic", "nearest", "darknet")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ class Preprocess:
     scale: float = 1.0  # applied before mean/std: x * scale
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    interpolation: str = "linear"  # linear | area | cubic | nearest (OpenCV's INTER_*), as the authors' eval resizes
+    # linear | area | cubic | nearest (OpenCV's INTER_*) | darknet (its own resize_image), as the authors' eval resizes
+    interpolation: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -453,6 +454,10 @@ def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> Model
         interpolation=pe.get("interpolation", str, "linear", INTERPOLATIONS),
     )
     pe.reject_unknown()
+    if pre.interpolation == "darknet" and (pre.resize == "warp" or pre.dtype != "float32"):
+        # darknet's resize has no warp form, and its float output is what darknet feeds, never rounded to uint8
+        raise pe.error("interpolation", "\"darknet\" needs resize = \"plain\" or \"letterbox\" and dtype = "
+                                        "\"float32\"")
     if not all(v > 0 for v in pre.std):
         raise pe.error("std", f"must be positive (pixels are divided by it), got {list(pre.std)}")
 
