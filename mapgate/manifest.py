@@ -77,7 +77,7 @@ FORMATS = {
 CLASS_SPACES = ("coco80", "coco90")
 NMS_MODES = ("per_class", "agnostic", "none")
 RESIZE_MODES = ("plain", "letterbox", "warp")
-INTERPOLATIONS = ("linear", "area", "cubic", "nearest")
+INTERPOLATIONS = ("linear", "area", "cubic", "nearest", "darknet")
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ class Preprocess:
     scale: float = 1.0  # applied before mean/std: x * scale
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    interpolation: str = "linear"  # linear | area | cubic | nearest (OpenCV's INTER_*), as the authors' eval resizes
+    # linear | area | cubic | nearest (OpenCV's INTER_*) | darknet (its own resize_image), as the authors' eval resizes
+    interpolation: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class Postprocess:
     multi_label: bool = True
     max_detections: int = 100
     pre_nms_top_k: int = 0  # 0 = keep all candidates above the score threshold
+    # Paddle's MultiClassNMS nms_top_k: each class's k best candidates go to its NMS (0 = all)
+    pre_nms_top_k_per_class: int = 0
     decoder: dict[str, Any] = field(default_factory=dict)  # family-specific settings
 
 
@@ -451,6 +454,10 @@ def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> Model
         interpolation=pe.get("interpolation", str, "linear", INTERPOLATIONS),
     )
     pe.reject_unknown()
+    if pre.interpolation == "darknet" and (pre.resize == "warp" or pre.dtype != "float32"):
+        # darknet's resize has no warp form, and its float output is what darknet feeds, never rounded to uint8
+        raise pe.error("interpolation", "\"darknet\" needs resize = \"plain\" or \"letterbox\" and dtype = "
+                                        "\"float32\"")
     if not all(v > 0 for v in pre.std):
         raise pe.error("std", f"must be positive (pixels are divided by it), got {list(pre.std)}")
 
@@ -465,6 +472,7 @@ def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> Model
         multi_label=qe.get("multi_label", bool, True),
         max_detections=qe.get("max_detections", int, 100),
         pre_nms_top_k=qe.get("pre_nms_top_k", int, 0),
+        pre_nms_top_k_per_class=qe.get("pre_nms_top_k_per_class", int, 0),
         decoder=_decoder(qe, family, decl, output_names),
     )
     qe.reject_unknown()
@@ -475,6 +483,9 @@ def _parse_model(path: Path, name: str, table: Any, registry: Registry) -> Model
         raise qe.error("nms_iou", f"must be in (0, 1], got {post.nms_iou}")
     if post.max_detections < 1:
         raise qe.error("max_detections", "must be at least 1")
+    for fld in ("pre_nms_top_k", "pre_nms_top_k_per_class"):
+        if getattr(post, fld) < 0:
+            raise qe.error(fld, "must be 0 (keep every candidate) or a positive count")
 
     te = e.sub("tolerance")
     # only explicit overrides are kept, so a verdict can say where its tolerance came from

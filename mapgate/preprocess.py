@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from mapgate.darknet_resize import resize_image
 from mapgate.manifest import ModelSpec
 
 
@@ -40,6 +41,14 @@ _INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "cubic": c
                   "nearest": cv2.INTER_NEAREST}
 
 
+def _resize(image: np.ndarray, size_wh: tuple[int, int], interpolation: str) -> np.ndarray:
+    """cv2.resize (uint8 out, rounded), or darknet's own resize_image (float32 out, unrounded, as darknet
+    feeds it to the network)."""
+    if interpolation == "darknet":
+        return resize_image(image, *size_wh)
+    return cv2.resize(image, size_wh, interpolation=_INTERPOLATION[interpolation])
+
+
 def resize_matrix(raw_wh: tuple[int, int], dst_wh: tuple[int, int]) -> np.ndarray:
     """NanoDet's keep-ratio resize matrix (original pixel -> network pixel, 3x3).
 
@@ -61,16 +70,15 @@ def preprocess(image_bgr: np.ndarray, model: ModelSpec) -> tuple[np.ndarray, Tra
     p = model.preprocess
     net_h, net_w = model.input_size
     h, w = image_bgr.shape[:2]
-    interpolation = _INTERPOLATION[p.interpolation]
     if p.resize == "plain":
-        canvas = cv2.resize(image_bgr, (net_w, net_h), interpolation=interpolation)
+        canvas = _resize(image_bgr, (net_w, net_h), p.interpolation)
         t = Transform(net_w / w, net_h / h, 0.0, 0.0, w, h)
     elif p.resize == "warp":
         # cv2.warpPerspective samples the source at M^-1 of each network pixel (pixel centres at
         # integers), so shrinking 640 -> 320 picks every second pixel where cv2.resize averages:
         # a different input, hence its own mode. Border as NanoDet's (constant; its value is 0).
         m = resize_matrix((w, h), (net_w, net_h))
-        canvas = cv2.warpPerspective(image_bgr, m, (net_w, net_h), flags=interpolation,
+        canvas = cv2.warpPerspective(image_bgr, m, (net_w, net_h), flags=_INTERPOLATION[p.interpolation],
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=(p.pad_value,) * 3)
         # m is a pure scale + translation, so its inverse (NanoDet's warp_boxes with inv(M)) is
         # exactly Transform's (x - pad) / scale, and clipping to the image is the same too
@@ -78,8 +86,8 @@ def preprocess(image_bgr: np.ndarray, model: ModelSpec) -> tuple[np.ndarray, Tra
     else:
         r = min(net_h / h, net_w / w)
         new_w, new_h = int(w * r), int(h * r)  # int() truncation as YOLOX/Ultralytics do
-        resized = cv2.resize(image_bgr, (new_w, new_h), interpolation=interpolation)
-        canvas = np.full((net_h, net_w, 3), p.pad_value, dtype=np.uint8)
+        resized = _resize(image_bgr, (new_w, new_h), p.interpolation)
+        canvas = np.full((net_h, net_w, 3), p.pad_value, dtype=resized.dtype)
         if p.letterbox_align == "topleft":
             top, left = 0, 0
         else:

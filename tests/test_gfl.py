@@ -86,10 +86,11 @@ def test_picodet_decoder_at_320_with_named_outputs(tmp_path: Path, manifest_copy
     """PicoDet-S at 320 (a size the bundled 416 file cannot run), four strides, outputs named."""
     names = [f"save_infer_model/scale_{i}.tmp_1" for i in range(8)]
     decoder = (f'decoder = {{ outputs = "by_name", strides = [8, 16, 32, 64], class_outputs = {names[:4]!r}, '
-               f'box_outputs = {names[4:]!r} }}').replace("'", '"')
+               f'box_outputs = {names[4:]!r}, pre_nms_top_k_per_level = 1000 }}').replace("'", '"')
     path = manifest_copy(tmp_path / "p.toml", "picodet-s-416", {
         "input_size = [416, 416]": "input_size = [320, 320]",
-        'decoder = { outputs = "by_shape", strides = [8, 16, 32, 64], reg_max = 7, cell_offset = 0.5 }': decoder})
+        'decoder = { outputs = "by_shape", strides = [8, 16, 32, 64], reg_max = 7, cell_offset = 0.5, '
+        'pre_nms_top_k_per_level = 1000 }': decoder})
     model = load_manifest(path)["picodet-s-416"]
     objects = [(0, 10, 1, 0, 0.5), (3, 24, 5, 0, 0.95)]  # stride 64 on 320: a 5x5 grid (ceil)
     (cls, box), expected = synthetic_heads((320, 320), [8, 16, 32, 64], objects)

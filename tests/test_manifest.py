@@ -89,8 +89,8 @@ def test_bundled_entries_carry_their_contract_fields(bundled_models) -> None:
     assert ssd.convert.int8_keep_float == ("Postprocessor/",)
     assert ssd.output_names == ("Postprocessor/Slice:0", "Postprocessor/ExpandDims_1:0")
     fastest = bundled_models["yolo-fastest-1.1-320"]
-    # its INT8 recipe (int8-repair) passes the gate: no expected-verdict canary is left
-    assert fastest.expected_verdicts == {}
+    # its INT8 recipe (int8-repair, on cv2.resize input) is 0.02 past the tolerance on darknet's own resize
+    assert fastest.expected_verdicts == {"onnxruntime:int8": "inconclusive"}
     assert fastest.convert.int8_calibration == "percentile" and len(fastest.convert.int8_keep_float) == 12
 
 
@@ -177,6 +177,12 @@ def test_the_minimal_entry_used_below_is_valid(tmp_path: Path) -> None:
     (("optimized", "postprocess.score_threshold = 1.0\noptimized"), "postprocess.score_threshold", "[0, 1)"),
     (("optimized", "postprocess.nms_iou = 0.0\noptimized"), "postprocess.nms_iou", "(0, 1]"),
     (("optimized", "postprocess.max_detections = 0\noptimized"), "postprocess.max_detections", "at least 1"),
+    (("optimized", 'preprocess.interpolation = "darknet"\npreprocess.dtype = "uint8"\noptimized'),
+     "preprocess.interpolation", "needs resize"),
+    (("optimized", 'preprocess.interpolation = "darknet"\npreprocess.resize = "warp"\noptimized'),
+     "preprocess.interpolation", "needs resize"),
+    (("optimized", "postprocess.pre_nms_top_k_per_class = -1\noptimized"), "postprocess.pre_nms_top_k_per_class",
+     "positive count"),
     (("optimized", 'expected_verdicts."tflite:int8" = "maybe"\noptimized'), "expected_verdicts.tflite:int8",
      "must be one of"),
 ])

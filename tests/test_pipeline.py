@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mapgate.manifest import ModelSpec
-from mapgate.postprocess import Candidates, decoder_for, postprocess, select
+from mapgate.postprocess import Candidates, decoder_for, postprocess, select, top_k_per_class
 from mapgate.postprocess.coco_ids import COCO80_TO_ID, VALID_IDS, to_coco_ids
 from mapgate.postprocess.nms import nms, nms_dense
 from mapgate.preprocess import Transform, preprocess
@@ -360,6 +360,29 @@ def test_select_without_nms_keeps_top_k_by_score(bundled_models) -> None:
     scores[0, 0], scores[1, 1], scores[2, 2] = 0.2, 0.9, 0.5
     _, s, c = select(Candidates(boxes, scores), model)
     assert s.tolist() == pytest.approx([0.9, 0.5]) and c.tolist() == [1, 2]
+
+
+def test_per_class_top_k_keeps_each_classes_best_candidates_lower_index_first_on_ties() -> None:
+    scores = np.array([0.5, 0.9, 0.7, 0.7, 0.8, 0.1, 0.7])
+    classes = np.array([0, 0, 0, 1, 1, 1, 0])
+    # class 0: 0.9 (1), then 0.7 at 2 and 6 tie: index 2 goes first; class 1: 0.8 (4), 0.7 (3)
+    assert top_k_per_class(scores, classes, 2).tolist() == [1, 2, 3, 4]
+    assert top_k_per_class(scores, classes, 10).tolist() == list(range(7))
+    assert top_k_per_class(np.zeros(0), np.zeros(0, int), 3).size == 0
+
+
+def test_per_class_top_k_before_nms_drops_a_classes_tail_as_paddles_multiclass_nms_does(bundled_models) -> None:
+    """Three disjoint class-0 boxes and one class-1 box: with nms_top_k 2 per class, class 0's worst
+    box never reaches its NMS (Paddle's MultiClassNMS), though 100 detections per image would keep it."""
+    model = with_post(bundled_models["picodet-s-416"], pre_nms_top_k_per_class=2, score_threshold=0.05)
+    boxes = np.array([[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]], np.float32)
+    scores = np.zeros((4, 80), np.float32)
+    scores[:3, 0] = [0.9, 0.8, 0.7]
+    scores[3, 1] = 0.6
+    _, s, c = select(Candidates(boxes, scores), model)
+    assert s.tolist() == pytest.approx([0.9, 0.8, 0.6]) and c.tolist() == [0, 0, 1]
+    _, s_all, _ = select(Candidates(boxes, scores), with_post(model, pre_nms_top_k_per_class=0))
+    assert s_all.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
 
 
 # ============================================================================ postprocess() records

@@ -53,7 +53,7 @@ def select(c: Candidates, model: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.
         keep = keep[np.argsort(-c.scores[keep], kind="stable")][: post.max_detections]
         return c.boxes[keep], c.scores[keep], c.classes[keep]
     scores = c.scores
-    if post.multi_label and post.nms != "none" and not post.pre_nms_top_k:
+    if post.multi_label and post.nms != "none" and not post.pre_nms_top_k and not post.pre_nms_top_k_per_class:
         box_idx, cls_idx = nms_dense(c.boxes, scores, post.score_threshold, post.nms_iou, post.max_detections,
                                      agnostic=post.nms == "agnostic")
         return c.boxes[box_idx], scores[box_idx, cls_idx], cls_idx
@@ -65,6 +65,9 @@ def select(c: Candidates, model: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.
         cand_scores = scores[np.arange(scores.shape[0]), cls_idx]
         box_idx = np.flatnonzero(cand_scores > post.score_threshold)
         cls_idx, cand_scores = cls_idx[box_idx], cand_scores[box_idx]
+    if post.pre_nms_top_k_per_class:
+        top = top_k_per_class(cand_scores, cls_idx, post.pre_nms_top_k_per_class)
+        box_idx, cls_idx, cand_scores = box_idx[top], cls_idx[top], cand_scores[top]
     if post.pre_nms_top_k and cand_scores.size > post.pre_nms_top_k:
         top = np.argsort(-cand_scores, kind="stable")[: post.pre_nms_top_k]
         box_idx, cls_idx, cand_scores = box_idx[top], cls_idx[top], cand_scores[top]
@@ -75,6 +78,16 @@ def select(c: Candidates, model: ModelSpec) -> tuple[np.ndarray, np.ndarray, np.
                    agnostic=post.nms == "agnostic", box_index=box_idx)
     boxes = c.boxes[box_idx[keep]]
     return boxes, cand_scores[keep], cls_idx[keep]
+
+
+def top_k_per_class(scores: np.ndarray, classes: np.ndarray, k: int) -> np.ndarray:
+    """Indices (ascending) of each class's ``k`` best candidates, ties to the lower index, as Paddle's
+    MultiClassNMS selects its ``nms_top_k`` per class (a stable descending sort, then truncation)."""
+    order = np.lexsort((-scores, classes))  # by class, then descending score; lexsort is stable
+    sorted_cls = classes[order]
+    first = np.searchsorted(sorted_cls, sorted_cls, side="left")  # where each class's run starts
+    rank = np.arange(order.size) - first
+    return np.sort(order[rank < k])
 
 
 def postprocess(outputs: dict[str, np.ndarray], model: ModelSpec, transform: Transform, image_id: int) -> list[dict]:
