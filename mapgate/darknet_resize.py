@@ -10,12 +10,14 @@ input column exactly, but the last row is only ``(1 - dy) * row[iy]``; when floa
 
 The arithmetic is float32 in darknet's order, so this equals a direct transcription of the C
 loops bit for bit (tests/test_darknet_resize.py); it can differ from a darknet binary only by
-what its compiler flags (-Ofast) reorder.
+what its compiler flags (-Ofast) reorder. Why numba: the two passes are loops numpy can only
+express with gathered copies (6 ms per 640x480 image against cv2.resize's 0.3 ms; compiled, ~1 ms).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
 
 def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -31,35 +33,40 @@ def resize_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
     if width < 2 or height < 2:
         # darknet divides by (w - 1) and (h - 1): a one-pixel side makes its scale infinite
         raise ValueError(f"darknet's resize_image needs at least 2x2 output pixels, got {width}x{height}")
-    part = _columns(src, width)
-    return _rows(part, height)
+    squeeze = src.ndim == 2
+    out = _columns_rows(np.ascontiguousarray(src[:, :, None] if squeeze else src), width, height)
+    return out[:, :, 0] if squeeze else out
 
 
-def _scale(n_in: int, n_out: int) -> np.float32:
-    return np.float32(n_in - 1) / np.float32(n_out - 1)  # (float)(im.w - 1) / (w - 1)
-
-
-def _columns(src: np.ndarray, width: int) -> np.ndarray:
-    in_w = src.shape[1]
-    part = np.empty((src.shape[0], width) + src.shape[2:], np.float32)
-    part[:, width - 1] = src[:, in_w - 1]  # c == w - 1 (or im.w == 1): the last input column as is
-    if in_w == 1:
-        part[:] = src[:, :1]
-        return part
-    sx = np.arange(width - 1, dtype=np.float32) * _scale(in_w, width)
-    ix = sx.astype(np.int64)  # (int) truncation; sx >= 0
-    dx = (sx - ix.astype(np.float32)).reshape((1, -1) + (1,) * (src.ndim - 2))  # float - (float)int, as in C
-    part[:, : width - 1] = (np.float32(1) - dx) * src[:, ix] + dx * src[:, ix + 1]
-    return part
-
-
-def _rows(part: np.ndarray, height: int) -> np.ndarray:
-    in_h = part.shape[0]
-    sy = np.arange(height, dtype=np.float32) * _scale(in_h, height)
-    iy = sy.astype(np.int64)
-    dy = (sy - iy.astype(np.float32)).reshape((height,) + (1,) * (part.ndim - 1))
-    out = (np.float32(1) - dy) * part[iy]
-    if in_h > 1:
-        # darknet adds the lower row for every row but the last (r == h - 1 keeps (1 - dy) * row[iy] only)
-        out[:-1] += dy[:-1] * part[iy[:-1] + 1]
+@njit(cache=True, nogil=True)
+def _columns_rows(src: np.ndarray, width: int, height: int) -> np.ndarray:
+    """darknet's two passes over HxWxC float32, each output value in darknet's float32 operations."""
+    in_h, in_w, channels = src.shape
+    one = np.float32(1)
+    w_scale = np.float32(in_w - 1) / np.float32(width - 1)  # (float)(im.w - 1) / (w - 1)
+    h_scale = np.float32(in_h - 1) / np.float32(height - 1)
+    part = np.empty((in_h, width, channels), np.float32)
+    for r in range(in_h):
+        for c in range(width):
+            if c == width - 1 or in_w == 1:  # the last input column as is
+                for k in range(channels):
+                    part[r, c, k] = src[r, in_w - 1, k]
+                continue
+            sx = np.float32(c) * w_scale
+            ix = int(sx)  # (int) truncation; sx >= 0
+            dx = sx - np.float32(ix)
+            for k in range(channels):
+                part[r, c, k] = (one - dx) * src[r, ix, k] + dx * src[r, ix + 1, k]
+    out = np.empty((height, width, channels), np.float32)
+    for r in range(height):
+        sy = np.float32(r) * h_scale
+        iy = int(sy)
+        dy = sy - np.float32(iy)
+        for c in range(width):
+            for k in range(channels):
+                v = (one - dy) * part[iy, c, k]
+                # darknet adds the lower row for every row but the last (r == h - 1 keeps (1 - dy) * row[iy])
+                if r != height - 1 and in_h != 1:
+                    v = v + dy * part[iy + 1, c, k]
+                out[r, c, k] = v
     return out

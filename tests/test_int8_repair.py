@@ -24,6 +24,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+# one worker runs the module's bounded search once (loadgroup)
+pytestmark = pytest.mark.xdist_group("int8-repair")
+
 MODEL = "yolo-fastest-1.1-320"
 
 
