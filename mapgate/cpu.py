@@ -105,3 +105,10 @@ def engine_threads(environ: dict[str, str] | None = None, cpus: int | None = Non
             else (os.cpu_count() or 1)
         return max(1, available // int(workers))
     return None
+
+
+# Calibration runs its sessions with one thread on every machine: the calibrated ranges depend on the
+# thread count (ONNX Runtime, optimisations off: yolo-fastest's MinMax Q/DQ file differs between 1 and
+# 2 threads), so a fixed count makes an INT8 file the same whatever the cores or xdist workers; one
+# thread also keeps two workers' spinning pools apart (two YOLOv3-tiny builds at once: 34 s -> 25 s).
+CALIBRATION_THREADS = 1

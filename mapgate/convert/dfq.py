@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mapgate.cpu import CALIBRATION_THREADS
 from mapgate.optional import require
 
 # ops f with f(s x) = s f(x) for s > 0, per channel: scaling passes through them unchanged
@@ -190,6 +191,7 @@ def correct_bias(qdq: Any, float_proto: Any, batches: Iterable[np.ndarray]) -> t
     # unfused, Q/DQ runs as float fake-quantization: the same rounding of weights and activations the
     # fused integer kernel does, and the twins stay outside any fusion
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads, opts.inter_op_num_threads = CALIBRATION_THREADS, 1  # why: mapgate.cpu
     session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     names = [n for _, q, f in pairs for n in (q, f)]

@@ -30,7 +30,7 @@ from mapgate.convert import BuildContext, dfq, onnx_for
 from mapgate.convert.ort_histogram import fast_percentile_histograms
 from mapgate.calibration import calibration_batches, calibration_set_hash, check_disjoint, image_ids_of, quantization_images
 from mapgate.cache import cached_artifact
-from mapgate.cpu import this_cpu
+from mapgate.cpu import CALIBRATION_THREADS, this_cpu
 from mapgate.fsutil import fault_point, write_bytes_atomic
 from mapgate.errors import ConfigError, ConversionError, MapgateError
 from mapgate.files import verified_sha256
@@ -168,16 +168,15 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
     "u8" activations are asymmetric (zero point free), as ONNX Runtime's U8S8 CPU kernels take them.
     """
     q = require("onnxruntime.quantization", "onnxruntime")
-    ort = require("onnxruntime", "onnxruntime")
     if method not in _METHOD_NAMES:
         raise ConfigError(f"INT8 calibration method {method!r} is not one of {', '.join(_METHOD_NAMES)}")
     if ops not in _OP_TYPES or activation_type not in INT8_ACTIVATION_TYPES:
         raise ConfigError(f"INT8 form ops={ops!r}, activation_type={activation_type!r}: ops must be one of "
                           f"{', '.join(INT8_OPS)}, activation_type one of {', '.join(INT8_ACTIVATION_TYPES)}")
     u8 = activation_type == "u8"
-    input_name = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     # quantize_static rewrites the proto it is given (weights become external data): never share one
     proto = copy.deepcopy(proto) if proto is not None else load_for_quantization(source)
+    input_name = graph_input_name(proto)
     kept = keep_float_nodes(proto, keep_float)
     if cle:
         proto, _ = dfq.equalize(proto)
@@ -197,7 +196,7 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
         kwargs["calibration_cache_path"] = str(calibration_cache)
     # the histogram calibrators print() their progress; stdout belongs to mapgate's own output
     with contextlib.redirect_stdout(io.StringIO()), _without_preprocess_advice(), _one_line_failure(model), \
-            fast_percentile_histograms():
+            fast_percentile_histograms(), calibration_threads(CALIBRATION_THREADS):
         q.quantize_static(
             proto, str(out), Reader(), nodes_to_exclude=kept, op_types_to_quantize=_OP_TYPES[ops],
             quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8 if u8 else q.QuantType.QInt8,
@@ -258,6 +257,48 @@ def _drop_unread_qdq(proto: Any) -> None:
     read = {i for n in proto.graph.node for i in n.input} | {v.name for v in [*proto.graph.input, *proto.graph.output]}
     for init in [i for i in proto.graph.initializer if i.name in dropped_inputs and i.name not in read]:
         proto.graph.initializer.remove(init)
+
+
+def graph_input_name(proto: Any) -> str:
+    """The name of the graph's first input that is not an initializer (what ``InferenceSession.get_inputs()[0]``
+    reports), read from the proto: a session would optimise the whole graph only to say it."""
+    initializers = {i.name for i in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in initializers]
+    if not names:
+        raise ConversionError("the ONNX graph has no input to feed calibration images to")
+    return names[0]
+
+
+@contextlib.contextmanager
+def calibration_threads(threads: int | None) -> Iterator[None]:
+    """While inside, ONNX Runtime's calibrators run their augmented model with ``threads`` intra-op
+    threads (None: ORT's default, one per core; mapgate passes :data:`mapgate.cpu.CALIBRATION_THREADS`).
+    ``quantize_static`` takes no session options, so the session is made here exactly as
+    ``CalibraterBase.create_inference_session`` makes it (ORT 1.32: optimisations off, the
+    calibrator's providers); an ORT whose calibrators lack those attributes keeps its own."""
+    calibrate = require("onnxruntime.quantization.calibrate", "onnxruntime")
+    ort = require("onnxruntime", "onnxruntime")
+    base = getattr(calibrate, "CalibraterBase", None)
+    original = getattr(base, "create_inference_session", None)
+    if threads is None or original is None:
+        yield
+        return
+
+    def create_inference_session(self: Any) -> None:
+        if not (hasattr(self, "augmented_model_path") and hasattr(self, "execution_providers")):
+            original(self)
+            return
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=opts,
+                                                  providers=self.execution_providers)
+
+    base.create_inference_session = create_inference_session
+    try:
+        yield
+    finally:
+        base.create_inference_session = original
 
 
 @contextlib.contextmanager
