@@ -138,7 +138,7 @@ def validation_fn_for(proxy: Any, model: Any) -> Callable[[Any, Iterable[int]], 
         idx = [int(k) for k in items]
         outputs, dets, per_item = [], [], []
         for k in idx:
-            batch, transform = proxy.inputs[k]
+            batch, transform = proxy.inputs[k].tensor, proxy.inputs[k].transform
             values = session.run(out_names, {name: batch})
             out = {canonical_name(n): v for n, v in zip(out_names, values)}
             outputs.append(out)

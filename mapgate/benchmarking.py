@@ -6,7 +6,8 @@ Two measurements per (model, backend:precision):
   Runners' ``infer()`` returns only once results are on the host (TensorRT synchronizes its
   stream), so the clock read after it is honest for GPU engines too.
 * **end-to-end** (:func:`end_to_end_callable`): decode the JPEG, preprocess, infer,
-  postprocess into COCO records, cycling over the given images.
+  postprocess into COCO records, cycling over the given images; infer and postprocess are the
+  detection loop's own step (``detections.detect``).
 
 Both return a :class:`Timed` callable; :func:`measure` runs warm-up rounds, then hands it to
 ``benchmark.pedantic`` (one call = one round = one batch), and :func:`record` puts images/s,
@@ -34,11 +35,11 @@ import numpy as np
 from mapgate.backends.base import Runner
 from mapgate.calibration import image_ids_of
 from mapgate.dataset import read_image
+from mapgate.detections import detect, prepare
 from mapgate.errors import ConfigError
 from mapgate.fingerprint import device_fingerprint, fingerprint_id
 from mapgate.fsutil import sha256_file
 from mapgate.manifest import ModelSpec
-from mapgate.postprocess import postprocess
 from mapgate.preprocess import preprocess
 
 KINDS = ("engine_only", "end_to_end")
@@ -115,10 +116,6 @@ def _batching(runner: Runner, batch: np.ndarray) -> tuple[bool, str]:
     return False, f"sequential (outputs of a batch of {n} have leading dims {sorted(set(map(str, leading.values())))})"
 
 
-def _split(outputs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
-    return {k: v[i : i + 1] for k, v in outputs.items()}
-
-
 def load_batch(model: ModelSpec, image_paths: Sequence[Path], batch_size: int = 1) -> np.ndarray:
     """The first ``batch_size`` images (cycled if fewer) decoded and preprocessed, stacked."""
     if batch_size < 1:
@@ -162,17 +159,9 @@ def end_to_end_callable(model: ModelSpec, runner: Runner, image_paths: Sequence[
         nonlocal cursor
         picks = [(cursor + i) % len(paths) for i in range(batch_size)]
         cursor = (cursor + batch_size) % len(paths)
-        prepared = [preprocess(read_image(paths[i]), model) for i in picks]
-        records: list[dict[str, Any]] = []
-        if native:
-            outputs = runner.infer(np.concatenate([p[0] for p in prepared], axis=0))
-            for j, (i, (_, transform)) in enumerate(zip(picks, prepared)):
-                one = outputs if batch_size == 1 else _split(outputs, j)
-                records.extend(postprocess(one, model, transform, ids[i]))
-        else:
-            for i, (tensor, transform) in zip(picks, prepared):
-                records.extend(postprocess(runner.infer(tensor), model, transform, ids[i]))
-        return records
+        prepared = [prepare(model, read_image(paths[i]), ids[i]) for i in picks]
+        batches = [prepared] if native else [[p] for p in prepared]
+        return [r for done in detect(model, runner, batches) for r in done.records]
 
     return Timed(fn, batch_size, how, len(paths))
 

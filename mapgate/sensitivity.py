@@ -13,9 +13,12 @@ scored on the proxy images by
 * ``matched_iou`` / ``score_drift``: mean IoU and mean absolute score change of the FP32
   detections it reproduces (same class, IoU >= 0.5).
 
-Each candidate's speed is measured beside the FP32 model's (:meth:`Proxy.speed`): engine only
-(``session.run``), batch 1, one engine thread, the two models alternating image by image so a
-shared machine's load hits both alike; the ratio is what the search compares.
+Every model (the FP32 one and each candidate file) runs on the onnxruntime backend's runner
+(``backends.onnxruntime.file_runner``), its detections made by the detection loop's own step
+(``detections.detect``). Each candidate's speed is measured beside the FP32 model's
+(:meth:`Proxy.speed`): engine only (``Runner.infer``), batch 1, one engine thread, the two
+models alternating image by image so a shared machine's load hits both alike; the ratio is what
+the search compares.
 
 Every image read goes through :class:`ImageLog`, so a test can prove the evaluated images were
 never touched.
@@ -32,15 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from mapgate.backends.base import canonical_name
+from mapgate.backends.base import Runner
+from mapgate.backends.onnxruntime import file_runner
 from mapgate.calibration import image_ids_of
 from mapgate.dataset import read_image
+from mapgate.detections import detect, prepare
 from mapgate.errors import ConfigError
 from mapgate.manifest import ModelSpec
-from mapgate.optional import require
 from mapgate.compare import _iou_matrix
-from mapgate.preprocess import preprocess
-from mapgate.postprocess import postprocess
 from mapgate.postprocess.coco_ids import VALID_IDS
 from mapgate.evaluate import evaluate
 
@@ -120,61 +122,40 @@ class Proxy:
         self.images = list(images)
         self.ids = [i for i in image_ids_of(self.images)] if len(image_ids_of(self.images)) == len(self.images) \
             else list(range(1, len(self.images) + 1))
-        self.inputs = []
-        for path in self.images:
-            batch, transform = preprocess(log.read(path), model)
-            self.inputs.append((batch, transform))
+        self.inputs = [prepare(model, log.read(path), image_id) for path, image_id in zip(self.images, self.ids)]
         self.fp32_outputs, self.fp32_dets = self.run(fp32_onnx)
         self.fp32_latency_ms = self.last_latency_ms
         self._pseudo_gt = self._pseudo_ground_truth()
-        self._fp32_timing = self._timing_session(fp32_onnx)
+        self._fp32_timing = self._timing_runner(fp32_onnx)
 
-    def _timing_session(self, onnx_path: Path) -> Any:
-        ort = require("onnxruntime", "onnxruntime")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = TIMING_THREADS
-        opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        session.run(None, {name: self.inputs[0][0]})  # warm-up
-        return session, name
+    def _timing_runner(self, onnx_path: Path) -> Runner:
+        runner = file_runner(self.model, onnx_path, threads=TIMING_THREADS)
+        runner.activate()
+        runner.infer(self.inputs[0].tensor)  # warm-up
+        return runner
 
     def speed(self, onnx_path: Path, rounds: int = TIMING_ROUNDS, images: int = TIMING_IMAGES) -> Speed:
         """``onnx_path`` and FP32 alternating on the first ``images`` proxy images, ``rounds`` times."""
-        cand = self._timing_session(onnx_path)
-        batches = [b for b, _ in self.inputs[:images]]
-        sides = {"cand": cand, "fp32": self._fp32_timing}
+        batches = [p.tensor for p in self.inputs[:images]]
         times: dict[str, list[float]] = {"cand": [], "fp32": []}
-        for r in range(rounds):
-            for k, batch in enumerate(batches):
-                for key in (("cand", "fp32") if (r + k) % 2 == 0 else ("fp32", "cand")):
-                    session, name = sides[key]
-                    t0 = time.perf_counter()
-                    session.run(None, {name: batch})
-                    times[key].append(time.perf_counter() - t0)
+        with self._timing_runner(onnx_path) as cand:
+            sides = {"cand": cand, "fp32": self._fp32_timing}
+            for r in range(rounds):
+                for k, batch in enumerate(batches):
+                    for key in (("cand", "fp32") if (r + k) % 2 == 0 else ("fp32", "cand")):
+                        t0 = time.perf_counter()
+                        sides[key].infer(batch)
+                        times[key].append(time.perf_counter() - t0)
         return Speed(1000.0 * float(np.median(times["cand"])), 1000.0 * float(np.median(times["fp32"])), len(batches))
 
     def run(self, onnx_path: Path) -> tuple[list[dict[str, np.ndarray]], list[dict[str, Any]]]:
-        """Raw outputs and detections of ``onnx_path`` on the proxy images (ONNX Runtime, CPU)."""
-
-        ort = require("onnxruntime", "onnxruntime")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        out_names = [o.name for o in session.get_outputs()]
-        outputs, dets, times = [], [], []
-        session.run(out_names, {name: self.inputs[0][0]})  # warm-up
-        for (batch, transform), image_id in zip(self.inputs, self.ids):
-            t0 = time.perf_counter()
-            values = session.run(out_names, {name: batch})
-            times.append(time.perf_counter() - t0)
-            out = {canonical_name(k): v for k, v in zip(out_names, values)}
-            outputs.append(out)
-            dets.extend(postprocess(out, self.model, transform, image_id))
-        self.last_latency_ms = 1000.0 * float(np.median(times))
-        return outputs, dets
+        """Raw outputs and detections of ``onnx_path`` on the proxy images (the onnxruntime backend, CPU)."""
+        with file_runner(self.model, onnx_path) as runner:
+            runner.infer(self.inputs[0].tensor)  # warm-up
+            done = list(detect(self.model, runner, ([p] for p in self.inputs), keep_outputs=True))
+        self.last_latency_ms = 1000.0 * float(np.median([d.seconds["inference"] for d in done]))
+        outputs = [d.outputs for d in done if d.outputs is not None]
+        return outputs, [r for d in done for r in d.records]
 
     def _pseudo_ground_truth(self) -> dict[str, Any]:
         cat_ids = sorted(VALID_IDS | {int(d["category_id"]) for d in self.fp32_dets})
