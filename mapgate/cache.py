@@ -475,6 +475,7 @@ def sweep(root: Path, max_depth: int = 4) -> int:
             dirnames.clear()
             continue
         candidates += [here / f for f in filenames if f.startswith(".") and f.endswith(PART_SUFFIX)]
+        candidates += [here / d for d in dirnames if d.startswith(".") and d.endswith(PART_SUFFIX)]  # run folders
         if depth >= max_depth:
             dirnames.clear()
     for p in candidates:

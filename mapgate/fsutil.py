@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -231,9 +232,27 @@ INCOMPLETE = ".incomplete"
 def mark_incomplete(folder: Path, what: str) -> Path:
     """Mark ``folder`` as being written (before its first file): a kill at any later point leaves
     the mark, and readers (``merge``, stored references) refuse the folder until
-    :func:`mark_complete` removes it as the last step."""
+    :func:`mark_complete` removes it as the last step.
+
+    A new folder appears with its mark already inside (built as a ``.part`` folder, then one rename),
+    so no kill leaves it unmarked; an existing one gets the mark by an atomic write.
+    """
+    mark = f"{what} by pid {os.getpid()} did not finish\n".encode()
+    if not os.path.lexists(folder):
+        ensure_dir(folder.parent)
+        part = folder.parent / part_name(folder.name)
+        try:
+            os.mkdir(part)
+            write_bytes_atomic(part / INCOMPLETE, mark)
+            os.rename(part, folder)  # atomic; fails if another writer filled ``folder`` meanwhile
+            return folder / INCOMPLETE
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise storage_error(exc, folder, "create folder") from exc
+        finally:
+            shutil.rmtree(part, ignore_errors=True)
     ensure_dir(folder)
-    write_bytes_atomic(folder / INCOMPLETE, f"{what} by pid {os.getpid()} did not finish\n".encode())
+    write_bytes_atomic(folder / INCOMPLETE, mark)
     return folder / INCOMPLETE
 
 

@@ -337,10 +337,13 @@ def test_leftovers_of_dead_runs_are_swept_and_live_ones_kept(tmp_path: Path) -> 
     user_file = root / "m" / "notes.part"  # not ours (no leading dot): never touched
     for p in (dead_part, live_part, foreign, old_foreign, user_file):
         p.write_bytes(b"x")
+    dead_run = root / f".run.{HOST_TAG}-{dead}-0badf00d.part"  # a run folder killed before its rename
+    (dead_run / ".incomplete").parent.mkdir()
+    (dead_run / ".incomplete").write_bytes(b"x")
     day_ago = time.time() - 2 * 86400
     os.utime(old_foreign, (day_ago, day_ago))
-    assert _fresh_sweep(root) == 3
-    assert not dead_part.exists() and not dead_tmp.exists() and not old_foreign.exists()
+    assert _fresh_sweep(root) == 4
+    assert not dead_part.exists() and not dead_tmp.exists() and not old_foreign.exists() and not dead_run.exists()
     assert live_part.exists() and foreign.exists() and user_file.exists()
 
 

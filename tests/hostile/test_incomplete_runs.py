@@ -153,3 +153,30 @@ def test_a_killed_pytest_session_leaves_its_run_folder_marked_and_a_finished_one
     assert (repo / "reports" / "done" / "report.md").is_file()
     assert not list((repo / "reports" / "done").rglob(INCOMPLETE))
     assert (repo / "reports" / "killed" / INCOMPLETE).is_file()  # a later run does not clear another's mark
+
+
+@pytest.mark.parametrize("dies_at", ["write", "rename"])
+def test_a_new_run_folder_never_exists_without_its_mark(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        dies_at: str) -> None:
+    """A signal between creating the folder and writing its mark once left an unmarked folder (CI saw
+    it: merge killed by SIGTERM): the folder now appears by one rename with the mark inside."""
+    from mapgate import fsutil
+
+    class Killed(BaseException):
+        pass
+
+    def die(*_a: object, **_k: object) -> None:
+        raise Killed
+
+    if dies_at == "write":
+        monkeypatch.setattr(fsutil, "write_bytes_atomic", die)
+    else:
+        monkeypatch.setattr(fsutil.os, "rename", die)
+    with pytest.raises(Killed):
+        fsutil.mark_incomplete(tmp_path / "reports" / "run", "a test")
+    assert not (tmp_path / "reports" / "run").exists()
+    monkeypatch.undo()
+    assert fsutil.mark_incomplete(tmp_path / "reports" / "run", "a test").is_file()
+    assert [p.name for p in (tmp_path / "reports").iterdir()] == ["run"]  # no leftover beside it
+    (tmp_path / "reports" / "run" / "x.json").write_text("{}")
+    assert fsutil.mark_incomplete(tmp_path / "reports" / "run", "again").read_text().startswith("again")
