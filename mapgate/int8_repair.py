@@ -30,13 +30,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mapgate.cache import ArtifactCache
 from mapgate.calibration import check_disjoint
 from mapgate.errors import BackendUnavailable, ConfigError
 from mapgate.fsutil import mark_complete, mark_incomplete
@@ -370,8 +370,9 @@ def repair(gate: Any, model_name: str, cfg: RepairConfig, verify: bool = True,
     ctx = gate.build_context()
     check_disjoint(ctx.calib_image_ids, ctx.evaluated_image_ids, f"int8-repair of {model_name}")
     fp32 = onnx_for(model, ctx)
-    with tempfile.TemporaryDirectory(prefix="mapgate-int8-repair-") as tmp:
-        result = search(model, fp32, ctx.calib_images, cfg, Path(tmp), say=say)
+    # under the engines dir the user chose (ORT's ort.quant.* folders too), swept if the run is killed
+    with ArtifactCache(ctx.engines_dir).tempdir() as tmp:
+        result = search(model, fp32, ctx.calib_images, cfg, tmp, say=say)
     check_disjoint(result.images_read, ctx.evaluated_image_ids, f"int8-repair search of {model_name}")
     if verify and result.status != NO_RECIPE:
         say("verifying once on the evaluation set")

@@ -25,7 +25,7 @@ import pytest
 
 from mapgate.cache import PROVENANCE_SUFFIX
 from mapgate.dataset import CALIB_DIR
-from mapgate.fsutil import INCOMPLETE, sha256_file
+from mapgate.fsutil import INCOMPLETE, ensure_dir, sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -206,8 +206,9 @@ def _mapgate(work: Path, run_id: str, *argv: object, phase: str | None = None) -
     # pointed into ``work`` as the hostile tests do
     code = ("import pathlib, sys; import mapgate.gate; mapgate.gate.DEFAULT_REPORTS = pathlib.Path(sys.argv[1]); "
             "from mapgate.cli import main; sys.exit(main(sys.argv[2:]))")
+    system_tmp = ensure_dir(work / "system-tmp")  # the system's temp folder: nothing may be left in it
     return subprocess.Popen([sys.executable, "-c", code, str(work / "reports"), *map(str, argv)],
-                            env=env(run_id, phase), cwd=work,
+                            env={**env(run_id, phase), "TMPDIR": str(system_tmp)}, cwd=work,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -343,6 +344,9 @@ def test_a_killed_int8_repair_writes_no_half_recipe_and_marks_its_run(repaired: 
     again = _mapgate(work, RUN, *_repair_argv(work))
     assert _finish(again) == repaired["rc"], again.stderr_text  # type: ignore[attr-defined]
     assert debris(work) == []
+    # the search's files live under --engines-dir; ".ses" is onnxruntime's telemetry session file, which
+    # importing onnxruntime (1.17+, Linux) writes to $TMPDIR whatever its caller does
+    assert [p.name for p in (work / "system-tmp").iterdir()] in ([], [".ses"])
     search = _search(work)
     assert search["candidates"] == repaired["candidates"]
     if search["chosen"] == repaired["chosen"]:
