@@ -1,10 +1,13 @@
-"""Percentile INT8 calibration: ONNX Runtime's histogram collector vs mapgate's (same bytes, less time).
+"""Percentile INT8 calibration: ONNX Runtime's histogram calibration vs mapgate's (same bytes, less
+time, less memory).
 
 For each bundled model whose recipe calibrates with Percentile, builds its ``onnxruntime:int8``
-Q/DQ file twice in this run, with ONNX Runtime's own ``HistogramCollector`` and with
-``mapgate.convert.ort_histogram``'s, on the same calibration images; prints both build times,
-the ratio, and whether the two files are byte-identical. Exits 1 if any pair differs or the
-fast collector is not faster (``--min-ratio``, default 1.0).
+Q/DQ file twice in this run, each in a fresh process: with ONNX Runtime's own ``collect_data`` and
+``HistogramCollector`` (every image's outputs held, then histogrammed), and with
+``mapgate.convert.ort_histogram``'s (two passes, one image's outputs held; one-pass histograms), on
+the same calibration images; prints both build times and peak resident memory, their ratios, and
+whether the two files are byte-identical. Exits 1 if any pair differs or mapgate's is not faster
+(``--min-ratio``, default 1.0).
 
     .venv/bin/python benchmarks/bench_percentile_calibration.py [--images 100] [--models a,b]
 """
@@ -12,7 +15,10 @@ fast collector is not faster (``--min-ratio``, default 1.0).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
+import multiprocessing
+import resource
 import sys
 import tempfile
 import time
@@ -24,17 +30,22 @@ from mapgate.catalog import load_models
 from mapgate.convert import onnx_for, ort_quant
 
 
-def _build(model, source: Path, out: Path, images: list[Path], fast: bool) -> float:  # noqa: ANN001
-    started = time.perf_counter()
-    saved = ort_quant.fast_percentile_histograms
+def _build(name: str, source: Path, out: Path, n_images: int, fast: bool) -> tuple[float, float]:
+    """(seconds, peak resident MB) of one build, run in this (fresh) process."""
+    model = load_models()[name]
+    images = calibration_images(limit=n_images)
     if not fast:
         ort_quant.fast_percentile_histograms = contextlib.nullcontext
-    try:
-        ort_quant.quantize(source, out, model, images, method="percentile",
-                           keep_float=model.convert.int8_keep_float, per_channel=model.convert.int8_per_channel)
-    finally:
-        ort_quant.fast_percentile_histograms = saved
-    return time.perf_counter() - started
+    started = time.perf_counter()
+    ort_quant.quantize(source, out, model, images, method="percentile",
+                       keep_float=model.convert.int8_keep_float, per_channel=model.convert.int8_per_channel)
+    return time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _in_a_fresh_process(*args: object) -> tuple[float, float]:
+    # peak memory is per process: each build gets its own (spawn: nothing inherited from this one)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_build, *args).result()
 
 
 def main() -> int:
@@ -46,20 +57,21 @@ def main() -> int:
     models = load_models()
     names = args.models.split(",") if args.models else \
         [n for n, m in models.items() if m.convert.int8_calibration == "percentile" and "onnxruntime:int8" in m.optimized]
-    images = calibration_images(limit=args.images)
     ok = True
-    print(f"{'model':28} {'ORT s':>7} {'mapgate s':>9} {'ratio':>6}  identical")
+    print(f"{'model':28} {'ORT s':>7} {'mapgate s':>9} {'ratio':>6} {'ORT MB':>7} {'mapgate MB':>10} "
+          f"{'ratio':>6}  identical")
     with tempfile.TemporaryDirectory() as tmp:
         ctx = BuildContext(engines_dir=Path(tmp) / "engines", progress=False)
         for name in names:
-            model = models[name]
-            source = onnx_for(model, ctx)
-            ort_s = _build(model, source, Path(tmp) / f"{name}.ort.onnx", images, fast=False)
-            fast_s = _build(model, source, Path(tmp) / f"{name}.fast.onnx", images, fast=True)
-            same = (Path(tmp) / f"{name}.ort.onnx").read_bytes() == (Path(tmp) / f"{name}.fast.onnx").read_bytes()
+            source = onnx_for(models[name], ctx)
+            ort_out, fast_out = Path(tmp) / f"{name}.ort.onnx", Path(tmp) / f"{name}.fast.onnx"
+            ort_s, ort_mb = _in_a_fresh_process(name, source, ort_out, args.images, False)
+            fast_s, fast_mb = _in_a_fresh_process(name, source, fast_out, args.images, True)
+            same = ort_out.read_bytes() == fast_out.read_bytes()
             ratio = ort_s / fast_s
             ok &= same and ratio >= args.min_ratio
-            print(f"{name:28} {ort_s:7.1f} {fast_s:9.1f} {ratio:5.2f}x  {'yes' if same else 'NO'}")
+            print(f"{name:28} {ort_s:7.1f} {fast_s:9.1f} {ratio:5.2f}x {ort_mb:7.0f} {fast_mb:10.0f} "
+                  f"{ort_mb / fast_mb:5.1f}x  {'yes' if same else 'NO'}")
     return 0 if ok else 1
 
 

@@ -13,6 +13,7 @@ from mapgate.backends.base import BuildContext
 from mapgate.calibration import calibration_images
 from mapgate.convert import onnx_for, ort_quant
 from mapgate.convert.ort_histogram import collector_class, fast_percentile_histograms
+from mapgate.errors import ConversionError
 
 calibrate = pytest.importorskip("onnxruntime.quantization.calibrate")
 ARGS = {"method": "percentile", "symmetric": True, "num_bins": 2048, "num_quantized_bins": 128,
@@ -112,3 +113,97 @@ def test_a_percentile_int8_build_is_byte_identical_with_onnx_runtimes_collector(
     monkeypatch.setattr(ort_quant, "fast_percentile_histograms", contextlib.nullcontext)
     ort_quant.quantize(source, theirs, model, images, method="percentile")
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+# ---- the streaming collect_data: two passes over the images, one image's outputs held at a time ----
+
+def _tiny_model(path: Path) -> Path:
+    """x -> Relu, Neg, and a float16 round trip (a tensor the fast histogram leaves to ONNX Runtime)."""
+    onnx = pytest.importorskip("onnx")
+    h, tp = onnx.helper, onnx.TensorProto
+    nodes = [h.make_node("Relu", ["x"], ["r"]), h.make_node("Neg", ["x"], ["n"]),
+             h.make_node("Cast", ["r"], ["h"], to=tp.FLOAT16), h.make_node("Cast", ["h"], ["y"], to=tp.FLOAT),
+             h.make_node("Add", ["y", "n"], ["z"])]
+    graph = h.make_graph(nodes, "tiny", [h.make_tensor_value_info("x", tp.FLOAT, [1, 3, 8, 8])],
+                         [h.make_tensor_value_info("z", tp.FLOAT, [1, 3, 8, 8])])
+    proto = onnx.shape_inference.infer_shapes(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    proto.ir_version = 8
+    onnx.save(proto, str(path))
+    return path
+
+
+class _Images:
+    """A calibration reader over fixed arrays; ``second`` replaces them after a rewind."""
+
+    def __init__(self, arrays: list[np.ndarray], second: list[np.ndarray] | None = None) -> None:
+        self.arrays, self.second, self.i = arrays, second, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        self.i += 1
+        return {"x": self.arrays[self.i - 1]} if self.i <= len(self.arrays) else None
+
+    def rewind(self) -> None:
+        self.arrays, self.i = self.second or self.arrays, 0
+
+
+def _calibrated(tmp_path: Path, reader: _Images, streaming: bool, one_pass: str = "ort") -> tuple[dict, dict]:
+    """``streaming``: mapgate's two passes; else one pass with ``one_pass``'s collector ("ort" or "fast")."""
+    model = _tiny_model(tmp_path / "tiny.onnx")
+    with contextlib.ExitStack() as stack:
+        if streaming:
+            stack.enter_context(fast_percentile_histograms())
+        elif one_pass == "fast":
+            stack.enter_context(pytest.MonkeyPatch.context()).setattr(calibrate, "HistogramCollector",
+                                                                      collector_class(calibrate))
+        c = calibrate.create_calibrator(model, augmented_model_path=str(tmp_path / f"aug-{streaming}.onnx"),
+                                        calibrate_method=calibrate.CalibrationMethod.Percentile,
+                                        extra_options={"symmetric": True, "num_bins": 128, "percentile": 99.9})
+        with contextlib.redirect_stdout(None):
+            c.collect_data(reader)
+        assert c.intermediate_outputs == []
+        return dict(c.collector.histogram_dict), dict(c.compute_data().data)
+
+
+BATCHES = [(RNG.standard_normal((1, 3, 8, 8)) * s).astype(F32) for s in (1.0, 3.0, 0.1, 2.0)]
+
+
+def _range_bytes(ranges: dict) -> list[tuple[str, bytes]]:
+    return [(t, np.asarray(r.range_value).tobytes()) for t, r in ranges.items()]
+
+
+def test_two_passes_store_exactly_the_histograms_and_ranges_of_onnx_runtimes_one_pass(tmp_path: Path) -> None:
+    ours, our_ranges = _calibrated(tmp_path, _Images(BATCHES), streaming=True)
+    one_pass, one_pass_ranges = _calibrated(tmp_path, _Images(BATCHES), streaming=False, one_pass="fast")
+    theirs, their_ranges = _calibrated(tmp_path, _Images(BATCHES), streaming=False)
+    assert set(ours) == set(theirs) == {"x", "r", "n", "h", "y", "z"}  # "x" also the graph input, "h" float16
+    assert all(_same(ours[t], theirs[t]) for t in theirs)
+    assert sorted(_range_bytes(our_ranges)) == sorted(_range_bytes(their_ranges))
+    # in the one-pass fast collector's order too (ONNX Runtime's own tensors last): the same ranges file
+    assert list(ours) == list(one_pass) and _range_bytes(our_ranges) == _range_bytes(one_pass_ranges)
+
+
+def test_images_that_change_between_the_passes_are_an_error_not_a_quiet_histogram(tmp_path: Path) -> None:
+    changed = [b * 1.5 for b in BATCHES]
+    with pytest.raises(ConversionError, match="differs between two runs"):
+        _calibrated(tmp_path, _Images(BATCHES, second=changed), streaming=True)
+    with pytest.raises(ConversionError, match="changed between the two passes"):
+        _calibrated(tmp_path, _Images(BATCHES, second=BATCHES[:2]), streaming=True)
+
+
+def test_a_nan_in_a_calibration_tensor_fails_as_in_onnx_runtime(tmp_path: Path) -> None:
+    bad = [*BATCHES[:2], np.full((1, 3, 8, 8), np.nan, F32)]
+    outcomes = []
+    for streaming in (True, False):
+        with pytest.raises((ValueError, AssertionError)) as info:
+            _calibrated(tmp_path, _Images(bad), streaming=streaming)
+        outcomes.append((info.type, str(info.value)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_a_reader_that_cannot_rewind_gets_onnx_runtimes_one_pass(tmp_path: Path) -> None:
+    class OnePass(_Images):
+        rewind = None  # type: ignore[assignment]
+
+    ours, _ = _calibrated(tmp_path, OnePass(BATCHES), streaming=True)
+    theirs, _ = _calibrated(tmp_path, _Images(BATCHES), streaming=False)
+    assert all(_same(ours[t], theirs[t]) for t in theirs)

@@ -186,6 +186,9 @@ def quantize(source: Path, out: Path, model: ModelSpec, images: Sequence[Path], 
         def __init__(self) -> None:
             self.batches: Iterator[np.ndarray] = calibration_batches(model, list(images))
 
+        def rewind(self) -> None:  # the streaming Percentile collector reads the images twice
+            self.batches = calibration_batches(model, list(images))
+
         def get_next(self) -> dict[str, np.ndarray] | None:
             fault_point("convert")
             batch = next(self.batches, None)
