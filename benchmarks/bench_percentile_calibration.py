@@ -39,7 +39,16 @@ def _build(name: str, source: Path, out: Path, n_images: int, fast: bool) -> tup
     started = time.perf_counter()
     ort_quant.quantize(source, out, model, images, method="percentile",
                        keep_float=model.convert.int8_keep_float, per_channel=model.convert.int8_per_channel)
-    return time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return time.perf_counter() - started, _peak_mb()
+
+
+def _peak_mb() -> float:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork+exec, so a child would report at least
+    # this benchmark's own peak; VmHWM belongs to the child's own address space
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
 
 
 def _in_a_fresh_process(*args: object) -> tuple[float, float]:

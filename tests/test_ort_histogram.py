@@ -94,12 +94,14 @@ def test_what_it_does_not_cover_ends_exactly_as_in_onnx_runtime(label: str, arra
 
 
 def test_the_collector_is_onnx_runtimes_again_after_the_block_even_after_an_error() -> None:
-    original = calibrate.HistogramCollector
+    original, collect = calibrate.HistogramCollector, calibrate.HistogramCalibrater.collect_data
     with contextlib.suppress(RuntimeError), fast_percentile_histograms():
         assert calibrate.HistogramCollector is not original
         assert issubclass(calibrate.HistogramCollector, original)
+        assert calibrate.HistogramCalibrater.collect_data is not collect
         raise RuntimeError("a failed build")
     assert calibrate.HistogramCollector is original
+    assert calibrate.HistogramCalibrater.collect_data is collect
 
 
 @pytest.mark.slow  # two Percentile INT8 builds of one model on 4 calibration images, ~10 s

@@ -1,4 +1,5 @@
-"""ONNX Runtime's Percentile calibration, same histograms, in one pass over each tensor.
+"""ONNX Runtime's Percentile calibration, same histograms: one numba pass per tensor, one image's
+outputs held at a time.
 
 ONNX Runtime (1.32) collects the symmetric Percentile histograms in
 ``HistogramCollector.collect_absolute_value``: per tensor it stacks every calibration batch,
@@ -238,7 +239,8 @@ def collector_class(calibrate: Any) -> type:
 @contextlib.contextmanager
 def fast_percentile_histograms() -> Iterator[None]:
     """While inside, ONNX Runtime's histogram calibrators build :func:`collector_class`'s collector
-    (they look ``HistogramCollector`` up in their module when they first collect)."""
+    (they look ``HistogramCollector`` up in their module when they first collect) and collect with
+    :func:`streaming_collect_data`; both are ONNX Runtime's own again on the way out."""
     calibrate = require("onnxruntime.quantization.calibrate", "onnxruntime")
     original = getattr(calibrate, "HistogramCollector", None)
     if original is None or not hasattr(original, "collect_absolute_value"):
