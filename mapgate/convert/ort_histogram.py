@@ -92,8 +92,8 @@ def _min_abs_of(a: np.ndarray, lo: np.float32, hi: np.float32) -> np.float32:
 
 
 class _AbsHistogram:
-    """One tensor's ``(hist, edges, min, max)`` built from its batches' extremes first (:meth:`bounds`),
-    then their counts (:meth:`count`), batch by batch: what both collectors share."""
+    """One tensor's ``(hist, edges, min, max)``: the edges from the extremes of all its batches (given),
+    then the counts, batch by batch (:meth:`count`); what the one-pass and the two-pass collector share."""
 
     def __init__(self, lo: np.float32, hi: np.float32, alo: np.float32, num_bins: int) -> None:
         f32 = np.float32
