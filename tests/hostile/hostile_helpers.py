@@ -57,7 +57,9 @@ class Sandbox:
 
 
 def _shallow(folder: Path) -> set[str]:
-    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    # dot names are live builders' working files (engines/.tmp while any INT8 build runs, .part files):
+    # under xdist the bundled gate builds in the repository's engines/ on the other worker meanwhile
+    return {p.name for p in folder.iterdir() if not p.name.startswith(".")} if folder.is_dir() else set()
 
 
 def make_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
