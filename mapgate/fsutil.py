@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import logging
@@ -240,6 +241,7 @@ def mark_incomplete(folder: Path, what: str) -> Path:
     mark = f"{what} by pid {os.getpid()} did not finish\n".encode()
     if not os.path.lexists(folder):
         ensure_dir(folder.parent)
+        _remove_dead_parts_of(folder)
         part = folder.parent / part_name(folder.name)
         try:
             os.mkdir(part)
@@ -254,6 +256,15 @@ def mark_incomplete(folder: Path, what: str) -> Path:
     ensure_dir(folder)
     write_bytes_atomic(folder / INCOMPLETE, mark)
     return folder / INCOMPLETE
+
+
+def _remove_dead_parts_of(folder: Path) -> None:
+    # a run killed inside mark_incomplete leaves its .part folder beside ``folder`` (in a folder the user
+    # chose for --out, which no sweep walks): the next run for the same folder removes exactly those
+    for p in folder.parent.glob(f".{glob.escape(folder.name)}.*{PART_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if p.is_dir() and not p.is_symlink() and leftover_is_stale(p.name, p.lstat().st_mtime):
+                shutil.rmtree(p)
 
 
 def mark_complete(folder: Path) -> None:

@@ -180,3 +180,20 @@ def test_a_new_run_folder_never_exists_without_its_mark(tmp_path: Path, monkeypa
     assert [p.name for p in (tmp_path / "reports").iterdir()] == ["run"]  # no leftover beside it
     (tmp_path / "reports" / "run" / "x.json").write_text("{}")
     assert fsutil.mark_incomplete(tmp_path / "reports" / "run", "again").read_text().startswith("again")
+
+
+def test_a_run_killed_inside_the_marking_leaves_nothing_the_next_run_keeps(tmp_path: Path) -> None:
+    """The .part folder a kill leaves beside a new --out folder is removed by the next run for that folder;
+    a live writer's and another folder's are not touched."""
+    from mapgate.fsutil import HOST_TAG, mark_incomplete
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    left = tmp_path / f".out.{HOST_TAG}-{dead}-0badc0de.part"
+    live = tmp_path / f".out.{HOST_TAG}-{os.getpid()}-00c0ffee.part"
+    other = tmp_path / f".other.{HOST_TAG}-{dead}-0badc0de.part"
+    for p in (left, live, other):
+        p.mkdir()
+        (p / INCOMPLETE).write_text("x")
+    mark_incomplete(tmp_path / "out", "a test")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out"])
