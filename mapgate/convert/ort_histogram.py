@@ -76,19 +76,25 @@ def _abs_bincount(x: np.ndarray, edges: np.ndarray, first: np.float32, denom: np
             counts[i] += 1
 
 
+def _fast_batch(a: Any) -> bool:
+    """Whether one batch of a tensor is one the fast path takes (else ONNX Runtime's path decides)."""
+    return isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size > 0
+
+
 def _flat_float32(data: Any) -> list[np.ndarray] | None:
     """The batches of one tensor as flat float32 views, or None where ONNX Runtime's path must decide."""
     arrays = data if isinstance(data, list) else [data]
-    if not arrays or not all(isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size for a in arrays):
+    if not arrays or not all(_fast_batch(a) for a in arrays):
         return None
     if len({a.shape for a in arrays}) != 1:  # ONNX Runtime stacks the batches and refuses ragged ones
         return None
     return [np.ascontiguousarray(a).reshape(-1) for a in arrays]
 
 
-def _min_abs_of(a: np.ndarray, lo: np.float32, hi: np.float32) -> np.float32:
-    # lo itself where nothing is negative (ReLU outputs), -hi where nothing is positive, else a scan
-    return np.abs(lo) if lo >= 0 else (np.abs(hi) if hi <= 0 else np.float32(_min_abs(a)))
+def _min_abs_of(arrays: Sequence[np.ndarray], lo: np.float32, hi: np.float32) -> np.float32:
+    """min |x| over ``arrays`` whose min and max are ``lo`` and ``hi``: lo itself where nothing is
+    negative (ReLU outputs), -hi where nothing is positive, else a scan."""
+    return np.abs(lo) if lo >= 0 else (np.abs(hi) if hi <= 0 else np.float32(min(_min_abs(a) for a in arrays)))
 
 
 class _AbsHistogram:
@@ -121,8 +127,7 @@ def histogram_of_absolute(arrays: Sequence[np.ndarray], num_bins: int
     lo, hi = f32(min(a.min() for a in arrays)), f32(max(a.max() for a in arrays))
     if not (np.isfinite(lo) and np.isfinite(hi)):  # a NaN propagates into min and max
         return None
-    alo = np.abs(lo) if lo >= 0 else (np.abs(hi) if hi <= 0 else f32(min(_min_abs(a) for a in arrays)))
-    hist = _AbsHistogram(lo, hi, alo, num_bins)
+    hist = _AbsHistogram(lo, hi, _min_abs_of(arrays, lo, hi), num_bins)
     for a in arrays:
         hist.count(a)
     return hist.result()
@@ -140,8 +145,7 @@ class _Extremes:
     def add(self, a: Any) -> None:
         if self.per_batch is None:
             return
-        if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.size) or \
-                (self.shape is not None and a.shape != self.shape):
+        if not _fast_batch(a) or (self.shape is not None and a.shape != self.shape):
             self.per_batch = None
             return
         self.shape = a.shape
@@ -151,7 +155,7 @@ class _Extremes:
             self.per_batch = None
             return
         self.per_batch.append((lo, hi))
-        self.alo = min(self.alo, _min_abs_of(flat, lo, hi))
+        self.alo = min(self.alo, _min_abs_of([flat], lo, hi))
 
     def histogram(self, num_bins: int) -> _AbsHistogram | None:
         if not self.per_batch:
